@@ -1,0 +1,1 @@
+"""Data side: records core, format adapters, transforms and the LightningDataModule."""

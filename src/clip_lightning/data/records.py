@@ -1,0 +1,155 @@
+"""The one caption-dataset core that every data format feeds.
+
+A format adapter (``clip_lightning.data.formats``) turns whatever the user downloaded into a
+list of :class:`CaptionRecord` (one image, all of its captions, and its split). Everything
+downstream -- splitting, validation, sampling, caching, loading -- works on records only, so
+adding a format never means copying a loader.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from PIL import Image, UnidentifiedImageError
+
+from clip_lightning.errors import DataError
+
+SPLITS = ("train", "val", "test")
+
+
+@runtime_checkable
+class ImageSource(Protocol):
+    """Anything that can open one image: a file, a row of a HF dataset, a rendered scene."""
+
+    @property
+    def key(self) -> str:
+        """A human-readable name for error messages (usually a file name)."""
+        ...
+
+    def open(self) -> Image.Image:
+        """Return the image, possibly lazily decoded; :func:`load_rgb` converts it."""
+        ...
+
+
+@dataclass(frozen=True)
+class FileImage:
+    """An image file on disk."""
+
+    path: Path
+
+    @property
+    def key(self) -> str:
+        return str(self.path)
+
+    def open(self) -> Image.Image:
+        return Image.open(self.path)
+
+
+@dataclass(frozen=True)
+class BytesImage:
+    """An encoded image held in memory (e.g. the ``bytes`` of a HF ``Image`` feature)."""
+
+    data: bytes = field(repr=False)
+    name: str
+
+    @property
+    def key(self) -> str:
+        return self.name
+
+    def open(self) -> Image.Image:
+        return Image.open(io.BytesIO(self.data))
+
+
+@dataclass(frozen=True)
+class CaptionRecord:
+    """One image with all of its captions. ``split`` is None when the format carries none."""
+
+    image_id: str
+    image: ImageSource
+    captions: tuple[str, ...]
+    split: str | None = None
+
+
+class BadImageError(DataError):
+    """An image that is missing, truncated or not an image at all."""
+
+
+def load_rgb(source: ImageSource) -> Image.Image:
+    """Decode ``source`` fully and convert it to RGB.
+
+    Grayscale, CMYK and palette images are converted; transparent pixels (RGBA, LA, palette with
+    a transparency key) are composited onto white so they do not turn black.
+    """
+    try:
+        image = source.open()
+        image.load()
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise BadImageError(f"cannot read image {source.key}: {exc}") from exc
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGB", image.size, (255, 255, 255))
+        background.paste(image, mask=image.getchannel("A"))
+        return background
+    return image.convert("RGB") if image.mode != "RGB" else image
+
+
+_WHITESPACE = re.compile(r"\s+")
+
+
+def clean_caption(caption: str) -> str:
+    """Collapse newlines, tabs and repeated spaces; strip the ends."""
+    return _WHITESPACE.sub(" ", caption).strip()
+
+
+def make_record(
+    image_id: str, image: ImageSource, captions: Sequence[str], split: str | None = None
+) -> CaptionRecord:
+    """Build a record with cleaned, non-empty captions (empty ones are dropped here)."""
+    cleaned = tuple(c for c in (clean_caption(str(c)) for c in captions) if c)
+    return CaptionRecord(image_id=str(image_id), image=image, captions=cleaned, split=split)
+
+
+def _stable_fraction(image_id: str, seed: int) -> float:
+    digest = hashlib.sha1(f"{seed}:{image_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def assign_splits(
+    records: Sequence[CaptionRecord], val_size: int, test_size: int, seed: int = 0
+) -> list[CaptionRecord]:
+    """Give split-less records a deterministic split by image id.
+
+    Records are ordered by a seeded hash of their image id, so the split does not depend on
+    file order and all captions of an image land in the same split.
+    """
+    if val_size + test_size >= len(records):
+        raise DataError(
+            f"split sizes val={val_size} + test={test_size} leave no training images out of "
+            f"{len(records)}; lower dataset.split_sizes.val / dataset.split_sizes.test"
+        )
+    order = sorted(records, key=lambda r: _stable_fraction(r.image_id, seed))
+    names = ["val"] * val_size + ["test"] * test_size
+    names += ["train"] * (len(order) - len(names))
+    by_id = {r.image_id: s for r, s in zip(order, names, strict=True)}
+    return [
+        CaptionRecord(r.image_id, r.image, r.captions, by_id[r.image_id]) for r in records
+    ]
+
+
+def split_records(records: Sequence[CaptionRecord]) -> dict[str, list[CaptionRecord]]:
+    """Group records by split name, checking that every record has a known split."""
+    groups: dict[str, list[CaptionRecord]] = {name: [] for name in SPLITS}
+    for record in records:
+        if record.split not in groups:
+            raise DataError(
+                f"record {record.image_id!r} has split {record.split!r}; expected one of {SPLITS}"
+            )
+        groups[record.split].append(record)
+    return groups

@@ -1,0 +1,45 @@
+"""Image transforms built from the image encoder's timm data config.
+
+The encoder decides input size, mean/std, interpolation and crop; the dataset config decides
+only the augmentation strength. Horizontal flips are off by default because captions say
+"left" and "right", and colour jitter is off because captions name colours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from timm.data import create_transform
+
+
+def build_image_transforms(
+    data_config: Mapping[str, Any],
+    scale: Sequence[float] = (0.5, 1.0),
+    ratio: Sequence[float] = (3 / 4, 4 / 3),
+    hflip: float = 0.0,
+) -> tuple[Callable, Callable]:
+    """Return ``(train_transform, eval_transform)``: RandomResizedCrop vs resize + centre crop."""
+    common = {
+        "input_size": tuple(data_config["input_size"]),
+        "interpolation": data_config.get("interpolation", "bicubic"),
+        "mean": tuple(data_config["mean"]),
+        "std": tuple(data_config["std"]),
+    }
+    train = create_transform(
+        **common,
+        is_training=True,
+        scale=tuple(scale),
+        ratio=tuple(ratio),
+        hflip=hflip,
+        vflip=0.0,
+        color_jitter=None,
+        auto_augment=None,
+    )
+    evaluation = create_transform(
+        **common,
+        is_training=False,
+        crop_pct=data_config.get("crop_pct", 1.0),
+        crop_mode=data_config.get("crop_mode", "center"),
+    )
+    return train, evaluation

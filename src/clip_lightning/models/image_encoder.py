@@ -1,0 +1,102 @@
+"""Image tower: any timm model, returning pooled features."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import timm
+import torch
+from PIL import Image
+from timm.data import create_transform, resolve_model_data_config
+from timm.models import group_parameters
+from torch import nn
+
+from clip_lightning.errors import ModelLoadError
+from clip_lightning.models.freezing import set_frozen_eval
+
+
+class ImageEncoder(nn.Module):
+    """A timm backbone with its classifier removed (``num_classes=0`` gives pooled features).
+
+    Args:
+        name: any ``timm.create_model`` name, e.g. ``resnet50``.
+        pretrained: load timm's pretrained weights (from the HF hub, or ``weights_file``).
+        weights_file: a local weights file to use instead of downloading.
+        image_size: override the model's default input resolution.
+        freeze: lock the whole tower (LiT-style) ...
+        unfreeze_last_blocks: ... except its last N blocks (timm's fine-grained block groups).
+        channels_last: NHWC memory format, faster for CNNs under mixed precision on GPUs.
+        model_kwargs: forwarded to ``timm.create_model`` (e.g. ``drop_path_rate``).
+    """
+
+    def __init__(
+        self,
+        name: str = "resnet50",
+        pretrained: bool = True,
+        weights_file: str | None = None,
+        image_size: int | None = None,
+        freeze: bool = False,
+        unfreeze_last_blocks: int = 0,
+        channels_last: bool = False,
+        **model_kwargs: Any,
+    ):
+        super().__init__()
+        overlay = {"file": weights_file} if weights_file else None
+        try:
+            self.model = timm.create_model(
+                name, pretrained=pretrained, num_classes=0, pretrained_cfg_overlay=overlay,
+                **model_kwargs,
+            )
+        except RuntimeError as exc:
+            if "Unknown model" in str(exc):
+                raise ModelLoadError(
+                    f"timm has no model {name!r}; set model.image_encoder.name to one of "
+                    "timm.list_models() (e.g. resnet50, vit_base_patch16_224)"
+                ) from exc
+            raise _weights_error(name, exc) from exc
+        except Exception as exc:  # network and hub errors come in many types
+            raise _weights_error(name, exc) from exc
+        self.num_features: int = self.model.num_features
+        self.data_config: dict[str, Any] = resolve_model_data_config(self.model)
+        if image_size is not None:
+            self.data_config["input_size"] = (3, image_size, image_size)
+        self.channels_last = channels_last
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        if freeze:
+            self.model.requires_grad_(False)
+            if unfreeze_last_blocks > 0:
+                groups = group_parameters(self.model, self.model.group_matcher(coarse=False))
+                trainable = {n for g in sorted(groups)[-unfreeze_last_blocks:] for n in groups[g]}
+                for param_name, param in self.model.named_parameters():
+                    param.requires_grad_(param_name in trainable)
+            self.train(self.training)
+
+    def train(self, mode: bool = True) -> ImageEncoder:
+        super().train(mode)
+        set_frozen_eval(self.model)
+        return self
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.model(images)
+
+    def transform(self) -> Any:
+        """The evaluation transform matching this encoder (for PIL images)."""
+        return create_transform(**self.data_config, is_training=False)
+
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        """Turn PIL images into a normalised batch, converting each to RGB first."""
+        transform = self.transform()
+        return torch.stack([transform(image.convert("RGB")) for image in images])
+
+
+def _weights_error(name: str, exc: BaseException) -> ModelLoadError:
+    return ModelLoadError(
+        f"could not load pretrained weights for image encoder {name!r} "
+        f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'}). "
+        "If you are offline, point model.image_encoder.weights_file at a local weights file, "
+        "set model.image_encoder.pretrained=false, or run `experiment=quickstart`, "
+        "which trains fully offline."
+    )

@@ -1,0 +1,1 @@
+"""Helpers for the Hydra entry points: config printing, instantiation, results."""
