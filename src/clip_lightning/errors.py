@@ -15,3 +15,19 @@ class ModelLoadError(ClipLightningError):
 
 class CheckpointError(ClipLightningError):
     """A checkpoint is missing or does not belong to this model."""
+
+
+def find_user_error(exc: BaseException) -> ClipLightningError | None:
+    """The :class:`ClipLightningError` behind ``exc``, if any.
+
+    Hydra's ``instantiate`` wraps errors raised in constructors (once per nesting level), so
+    the user-facing error is usually a few ``__cause__`` links down.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ClipLightningError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None

@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
+from clip_lightning.gradcache import grad_cache_backward
 from clip_lightning.metrics import RetrievalRecall
 from clip_lightning.models.freezing import count_parameters
 from clip_lightning.optim import param_groups
@@ -44,6 +45,11 @@ class CLIPModule(L.LightningModule):
         scheduler: a ``_partial_`` config called with ``optimizer`` and ``num_training_steps``.
         tower_lr: per-tower learning rates, keys ``image_encoder`` / ``text_encoder``.
         compile: ``torch.compile`` both encoders in place (state-dict keys are unchanged).
+        grad_cache_chunk_size: embed the batch in chunks of this many pairs with GradCache
+            (:mod:`clip_lightning.gradcache`): the loss still contrasts the whole batch, so a
+            batch of 1024 fits in the memory of 128. ``None`` embeds the batch in one go.
+        clip_grad_norm: gradient-norm clipping (both modes; ``trainer.gradient_clip_val``, if
+            set, takes precedence in the default mode).
     """
 
     def __init__(
@@ -57,6 +63,8 @@ class CLIPModule(L.LightningModule):
         embed_dim: int = 256,
         tower_lr: Mapping[str, float] | None = None,
         compile: bool = False,
+        grad_cache_chunk_size: int | None = None,
+        clip_grad_norm: float | None = 1.0,
     ):
         super().__init__()
         self.save_hyperparameters(
@@ -70,8 +78,12 @@ class CLIPModule(L.LightningModule):
                 "embed_dim": embed_dim,
                 "tower_lr": _plain(tower_lr) or {},
                 "compile": compile,
+                "grad_cache_chunk_size": grad_cache_chunk_size,
+                "clip_grad_norm": clip_grad_norm,
             }
         )
+        # GradCache runs several backward passes per step, which needs manual optimization.
+        self.automatic_optimization = grad_cache_chunk_size is None
         self.image_encoder = instantiate(self.hparams.image_encoder)
         self.text_encoder = instantiate(self.hparams.text_encoder)
         self.image_head = instantiate(
@@ -124,19 +136,68 @@ class CLIPModule(L.LightningModule):
             logger.log_metrics(counts, step=0)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        image_embeddings = self.embed_images(batch["images"])
-        text_embeddings = self.embed_texts(batch["input_ids"], batch["attention_mask"])
-        loss = self.loss(image_embeddings, text_embeddings)
+        if self.automatic_optimization:
+            image_embeddings = self.embed_images(batch["images"])
+            text_embeddings = self.embed_texts(batch["input_ids"], batch["attention_mask"])
+            loss = self.loss(image_embeddings, text_embeddings)
+            self._raise_if_not_finite(loss)
+        else:
+            loss = self._grad_cache_step(batch)
+        batch_size = batch["images"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self.log("train/logit_scale", self.loss.scale, batch_size=batch_size)
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        # Persist the frozen text tower's feature cache (no-op without a cache_dir or news).
+        if self.trainer.is_global_zero:
+            self.text_encoder.save_feature_cache()
+
+    def _raise_if_not_finite(self, loss: torch.Tensor) -> None:
+        """Stop before a NaN/inf loss reaches the weights; last.ckpt stays the last good one."""
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"non-finite training loss ({loss.item()}) at step {self.global_step}; "
                 "lower optimizer.lr or use trainer.precision=bf16-mixed instead of 16-mixed. "
                 "The last good checkpoint is kept in the run's checkpoints/ folder."
             )
-        batch_size = batch["images"].shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
-        self.log("train/logit_scale", self.loss.scale, batch_size=batch_size)
+
+    def _grad_cache_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One optimizer step over the whole batch, embedded chunk by chunk (GradCache)."""
+        if self.trainer.world_size > 1:
+            raise NotImplementedError(
+                "model.grad_cache_chunk_size is supported on a single device only; under DDP "
+                "the contrastive batch already grows with the number of devices"
+            )
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        loss = grad_cache_backward(
+            self.embed_images,
+            lambda tokens: self.embed_texts(tokens["input_ids"], tokens["attention_mask"]),
+            self.loss,
+            batch["images"],
+            {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]},
+            chunk_size=self.hparams.grad_cache_chunk_size,
+            backward=self.manual_backward,
+        )
+        self._raise_if_not_finite(loss)
+        if self.hparams.clip_grad_norm:
+            self.clip_gradients(optimizer, gradient_clip_val=self.hparams.clip_grad_norm)
+        optimizer.step()
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
         return loss
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        clip = gradient_clip_val if gradient_clip_val is not None else self.hparams.clip_grad_norm
+        if clip:
+            self.clip_gradients(optimizer, clip, gradient_clip_algorithm or "norm")
 
     # ---------------------------------------------------------------- evaluation
     def _retrieval_update(self, metric: RetrievalRecall, batch: dict[str, torch.Tensor]) -> None:

@@ -6,23 +6,23 @@ best checkpoint -> write ``metrics.json`` into the run directory.
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
 from pathlib import Path
 
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from clip_lightning.errors import ClipLightningError
 from clip_lightning.utils.config import print_config_tree, register_resolvers
+from clip_lightning.utils.entry import build_datamodule, exit_on_user_error
 from clip_lightning.utils.instantiate import instantiate_list
 from clip_lightning.utils.results import print_recall_table, to_floats, write_json
+from clip_lightning.utils.resume import checkpoint_run_dir, read_wandb_id, resolve_ckpt_path
+from clip_lightning.utils.wandb_run import continue_wandb_run, finish_wandb, remember_wandb_run
 
-log = logging.getLogger(__name__)
 register_resolvers()
 
 
@@ -34,22 +34,31 @@ def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
 
     model = instantiate(cfg.model)
-    datamodule = instantiate(
-        cfg.dataset,
-        image_config=model.image_encoder.data_config,
-        tokenizer=model.text_encoder.tokenizer,
-        max_length=model.text_encoder.max_length,
-    )
+    datamodule = build_datamodule(cfg.dataset, model)
     datamodule.load_splits()  # a missing dataset fails here, before the trainer starts
+    # ckpt_path=last: the newest last.ckpt of this task's earlier runs (or of resume_dir)
+    ckpt_path = resolve_ckpt_path(
+        cfg.get("ckpt_path"),
+        cfg.get("resume_dir"),
+        runs_dir=Path(HydraConfig.get().run.dir).parent,
+        run_dir=run_dir,
+    )
+    if ckpt_path is not None:
+        continue_wandb_run(cfg.get("logger"), read_wandb_id(checkpoint_run_dir(ckpt_path)))
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         callbacks=instantiate_list(cfg.get("callbacks")),
         logger=instantiate_list(cfg.get("logger")),
     )
     for logger in trainer.loggers:
-        logger.log_hyperparams(cfg)  # type: ignore[arg-type]
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+    if trainer.is_global_zero:
+        remember_wandb_run(trainer.loggers, run_dir)
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    except FloatingPointError as exc:  # the module's non-finite-loss guard: a user-fixable error
+        raise ClipLightningError(str(exc)) from exc
     metrics = to_floats(trainer.callback_metrics)
     if cfg.get("test"):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -63,15 +72,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@exit_on_user_error
 def main(cfg: DictConfig) -> float | None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         metrics = train(cfg)
-    except ClipLightningError as exc:
-        log.error("%s", exc)
-        if HydraConfig.get().mode.name == "MULTIRUN":
-            raise
-        sys.exit(1)
+    except BaseException:
+        finish_wandb(exit_code=1)  # a failed sweep job must not leave its W&B run open
+        raise
+    finish_wandb()
     metric_name = cfg.get("optimized_metric")
     return metrics.get(metric_name) if metric_name else None
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -121,26 +121,93 @@ def _stable_fraction(image_id: str, seed: int) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def assign_splits(
-    records: Sequence[CaptionRecord], val_size: int, test_size: int, seed: int = 0
-) -> list[CaptionRecord]:
-    """Give split-less records a deterministic split by image id.
+# Split names used by the common formats, mapped to ours ("restval" is Karpathy's extra
+# COCO training images).
+SPLIT_ALIASES = {
+    "train": "train",
+    "restval": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "dev": "val",
+    "test": "test",
+}
 
-    Records are ordered by a seeded hash of their image id, so the split does not depend on
-    file order and all captions of an image land in the same split.
-    """
-    if val_size + test_size >= len(records):
+
+def normalise_split(name: str | None) -> str | None:
+    """Map a format's split name to ``train``/``val``/``test`` (None stays None)."""
+    if name is None:
+        return None
+    split = SPLIT_ALIASES.get(str(name).strip().lower())
+    if split is None:
         raise DataError(
-            f"split sizes val={val_size} + test={test_size} leave no training images out of "
-            f"{len(records)}; lower dataset.split_sizes.val / dataset.split_sizes.test"
+            f"unknown split name {name!r}; expected one of {sorted(SPLIT_ALIASES)} "
+            "(or drop the split column so splits are assigned by image id)"
         )
-    order = sorted(records, key=lambda r: _stable_fraction(r.image_id, seed))
-    names = ["val"] * val_size + ["test"] * test_size
+    return split
+
+
+def _count(size: float, pool: int) -> int:
+    """A split size is a count (int >= 1) or a fraction of the pool (0 < float < 1)."""
+    if isinstance(size, float) and 0 < size < 1:
+        return round(size * pool)
+    return int(size)
+
+
+def assign_splits(
+    records: Sequence[CaptionRecord], val_size: float, test_size: float, seed: int = 0
+) -> list[CaptionRecord]:
+    """Give split-less records a deterministic split by image id; others keep theirs.
+
+    The split-less records (the *pool*) are ordered by a seeded hash of their image id, so the
+    split does not depend on file order and all captions of an image land in the same split.
+    The first ``val_size`` go to val, the next ``test_size`` to test and the rest to train.
+    Sizes are counts, or fractions of the pool (COCO's official val2017 is split 0.5 / 0.5).
+    """
+    pool = [r for r in records if r.split is None]
+    val, test = _count(val_size, len(pool)), _count(test_size, len(pool))
+    has_train = len(pool) > val + test or any(r.split == "train" for r in records)
+    if val + test > len(pool) or not has_train:
+        raise DataError(
+            f"split sizes val={val_size} + test={test_size} do not fit the {len(pool)} images "
+            "without a split while leaving some for training; lower dataset.split_sizes.val / "
+            "dataset.split_sizes.test (counts, or fractions such as 0.05)"
+        )
+    order = sorted(pool, key=lambda r: _stable_fraction(r.image_id, seed))
+    names = ["val"] * val + ["test"] * test
     names += ["train"] * (len(order) - len(names))
     by_id = {r.image_id: s for r, s in zip(order, names, strict=True)}
     return [
-        CaptionRecord(r.image_id, r.image, r.captions, by_id[r.image_id]) for r in records
+        r
+        if r.split is not None
+        else CaptionRecord(r.image_id, r.image, r.captions, by_id[r.image_id])
+        for r in records
     ]
+
+
+def group_captions(
+    rows: Iterable[tuple[str, ImageSource, Sequence[str], str | None]],
+) -> list[CaptionRecord]:
+    """Merge rows of ``(image_id, image, captions, split)`` into one record per image.
+
+    Formats that store one caption per row (COCO annotations, the Kaggle CSV, some parquet
+    exports) go through here. The first row's image source wins; an image whose rows disagree
+    on the split is an error, because its captions would otherwise leak across splits.
+    """
+    images: dict[str, ImageSource] = {}
+    captions: dict[str, list[str]] = {}
+    splits: dict[str, str | None] = {}
+    for image_id, image, texts, split in rows:
+        key = str(image_id)
+        if key not in images:
+            images[key], captions[key], splits[key] = image, [], split
+        elif splits[key] != split:
+            raise DataError(
+                f"image {key!r} appears in splits {splits[key]!r} and {split!r}; the captions "
+                "of one image must stay in one split -- fix the split column of the data"
+            )
+        captions[key].extend(texts)
+    return [make_record(key, images[key], captions[key], splits[key]) for key in images]
 
 
 def split_records(records: Sequence[CaptionRecord]) -> dict[str, list[CaptionRecord]]:

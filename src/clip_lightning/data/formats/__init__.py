@@ -1,7 +1,9 @@
 """Format adapters: each turns one on-disk or hub layout into :class:`CaptionRecord` lists.
 
 Adapters only *describe* data (records); loading, splitting and sampling live in the shared
-core, so a new format is one small function registered in :data:`FORMATS`.
+core, so a new format is one small function registered in :data:`FORMATS`. ``format=auto``
+recognises a local folder by its files (:func:`detect_format`), or uses the hub id when there
+is no folder.
 """
 
 from __future__ import annotations
@@ -10,21 +12,94 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from clip_lightning.data.formats.coco import find_caption_files, load_coco
+from clip_lightning.data.formats.common import ACCEPTED_LAYOUTS
+from clip_lightning.data.formats.hf import load_hf
+from clip_lightning.data.formats.kaggle_csv import find_csv, load_kaggle_csv
+from clip_lightning.data.formats.karpathy import find_split_json, load_karpathy
 from clip_lightning.data.formats.synthetic import load_synthetic
 from clip_lightning.data.records import CaptionRecord
 from clip_lightning.errors import DataError
 
 FORMATS: dict[str, Callable[..., list[CaptionRecord]]] = {
     "synthetic": load_synthetic,
+    "hf": load_hf,
+    "karpathy": load_karpathy,
+    "coco": load_coco,
+    "kaggle_csv": load_kaggle_csv,
+}
+
+# Where to get each named dataset, for the error raised when nothing is found locally.
+DOWNLOADS = {
+    "flickr30k": (
+        "the hub dataset nlphuji/flickr30k (set dataset.root=null), dataset_flickr30k.json from "
+        "Karpathy's splits with the Flickr30k images, or the Kaggle dataset "
+        "hsankesara/flickr-image-dataset"
+    ),
+    "coco": (
+        "dataset_coco.json from Karpathy's splits with the COCO 2014 images, or the official "
+        "annotations_trainval2017.zip + train2017.zip + val2017.zip from https://cocodataset.org"
+    ),
 }
 
 
-def load_records(format: str, root: str | Path | None = None, **options: Any) -> list[CaptionRecord]:
-    """Dispatch to the adapter named by ``format`` with the adapter's own ``options``."""
-    if format not in FORMATS:
+def detect_format(root: Path) -> str | None:
+    """The format of a local folder, recognised by its files; None when nothing matches."""
+    if find_split_json(root) is not None:
+        return "karpathy"
+    if find_caption_files(root):
+        return "coco"
+    if find_csv(root) is not None:
+        return "kaggle_csv"
+    if (
+        (root / "dataset_dict.json").is_file()
+        or (root / "state.json").is_file()
+        or next(root.rglob("*.parquet"), None) is not None
+    ):
+        return "hf"
+    return None
+
+
+def missing_data_error(name: str, root: Path | None, problem: str) -> DataError:
+    """One paragraph: what is wrong with ``root``, the accepted layouts, and where to download."""
+    where = DOWNLOADS.get(name, "the dataset's download page")
+    return DataError(
+        f"{problem}. dataset.root must be one of: {'; '.join(ACCEPTED_LAYOUTS)}. "
+        f"Get {name} as {where}."
+    )
+
+
+def resolve_format(
+    format: str, root: Path | None, name: str = "dataset", hub_id: str | None = None
+) -> str:
+    """Turn ``auto`` into a concrete format, checking that ``root`` exists and is recognised."""
+    if format != "auto" and format not in FORMATS:
         raise DataError(
-            f"unknown dataset.format={format!r}; choose one of {sorted(FORMATS)}"
+            f"unknown dataset.format={format!r}; choose auto or one of {sorted(FORMATS)}"
         )
+    if root is not None and format != "synthetic" and not root.is_dir():
+        raise missing_data_error(name, root, f"dataset.root={root} does not exist")
+    if format != "auto":
+        return format
+    if root is None:
+        if not hub_id:
+            raise missing_data_error(name, None, "dataset.root is not set (and no dataset.hub_id)")
+        return "hf"
+    detected = detect_format(root)
+    if detected is None:
+        listing = sorted(p.name for p in root.iterdir())[:10]
+        raise missing_data_error(
+            name, root, f"cannot tell the format of dataset.root={root} (it holds {listing})"
+        )
+    return detected
+
+
+def load_records(
+    format: str, root: str | Path | None = None, **options: Any
+) -> list[CaptionRecord]:
+    """Dispatch to the adapter named by ``format`` (``auto``: detected) with its ``options``."""
+    folder = Path(root).expanduser() if root is not None else None
+    format = resolve_format(format, folder, hub_id=options.get("hub_id"))
     if format == "synthetic":
         return FORMATS[format](**options)
-    return FORMATS[format](Path(root) if root is not None else None, **options)
+    return FORMATS[format](folder, **options)

@@ -1,0 +1,8 @@
+"""Lightning callbacks shipped with clip-lightning (referenced from ``conf/callbacks``)."""
+
+from clip_lightning.callbacks.alignment_plots import AlignmentPlots
+from clip_lightning.callbacks.preemption import PreemptionCheckpoint
+from clip_lightning.callbacks.rng_state import RNGStateCheckpoint
+from clip_lightning.callbacks.throughput import Throughput
+
+__all__ = ["AlignmentPlots", "PreemptionCheckpoint", "RNGStateCheckpoint", "Throughput"]

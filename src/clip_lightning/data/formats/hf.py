@@ -1,0 +1,216 @@
+"""Hugging Face datasets: a hub id, a local ``save_to_disk`` folder, or parquet files.
+
+Images are either ``datasets.Image`` features (pixels inside the dataset; read lazily, one row
+at a time) or file-path strings relative to ``image_dir`` (e.g. ``yerevann/coco-karpathy``,
+whose ``filepath``/``filename`` columns point into a COCO 2014 image folder). Column names
+come from ``dataset.columns``; a wrong name lists the available ones.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import huggingface_hub
+from PIL import Image
+
+from clip_lightning.data.formats.common import ACCEPTED_LAYOUTS
+from clip_lightning.data.records import (
+    SPLIT_ALIASES,
+    CaptionRecord,
+    FileImage,
+    ImageSource,
+    group_captions,
+    normalise_split,
+)
+from clip_lightning.errors import DataError
+
+# The keys of `dataset.columns`; image and captions are required, the others optional (null).
+COLUMN_KEYS = ("image", "captions", "split", "image_id", "image_folder")
+_SPLIT_IN_NAME = re.compile(r"(?:^|[/_.-])(" + "|".join(SPLIT_ALIASES) + r")(?=[/_.-]|$)")
+
+
+@dataclass(frozen=True, eq=False)
+class DatasetRowImage:
+    """An image stored in row ``row`` of a HF dataset with one ``Image(decode=False)`` column.
+
+    Holding the (memory-mapped) dataset instead of the bytes keeps 31k images out of RAM; it
+    pickles by file reference, so DataLoader workers share the same arrow files.
+    """
+
+    dataset: datasets.Dataset
+    column: str
+    row: int
+    name: str
+    image_dir: Path | None = None
+
+    @property
+    def key(self) -> str:
+        return self.name
+
+    def open(self) -> Image.Image:
+        value = self.dataset[self.row][self.column]
+        if value is None:
+            raise FileNotFoundError(f"row {self.row} has no image")
+        if value.get("bytes"):
+            return Image.open(io.BytesIO(value["bytes"]))
+        path = Path(value["path"] or "")
+        return Image.open(
+            path if path.is_absolute() or self.image_dir is None else self.image_dir / path
+        )
+
+
+def hub_error(hub_id: str, exc: BaseException) -> DataError:
+    """One paragraph: what failed, and the two offline ways forward."""
+    cause = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+    return DataError(
+        f"could not load the Hugging Face dataset {hub_id!r} ({cause}). Without hub access, set "
+        f"dataset.root=DIR to a local copy -- {'; '.join(ACCEPTED_LAYOUTS)} -- or run the "
+        "offline quickstart with experiment=quickstart. With a cached copy, set HF_HUB_OFFLINE=1."
+    )
+
+
+def _load_hub(hub_id: str, hub_kwargs: Mapping[str, Any]) -> Mapping[str, datasets.Dataset]:
+    """``load_dataset(hub_id)``; a quick metadata request first, so being offline fails in
+    well under a second instead of after the hub client's retries."""
+    try:
+        if not huggingface_hub.constants.HF_HUB_OFFLINE:
+            huggingface_hub.HfApi().dataset_info(hub_id, timeout=10)
+        loaded = datasets.load_dataset(hub_id, **hub_kwargs)
+    except Exception as exc:  # network, auth, cache and format errors come in many types
+        raise hub_error(hub_id, exc) from exc
+    return loaded if isinstance(loaded, Mapping) else {"data": loaded}
+
+
+def _split_of_file(path: Path, root: Path) -> str:
+    match = _SPLIT_IN_NAME.search(path.relative_to(root).as_posix().lower())
+    return normalise_split(match.group(1)) if match else "data"
+
+
+def _load_local(root: Path, hub_kwargs: Mapping[str, Any]) -> Mapping[str, datasets.Dataset]:
+    """A ``save_to_disk`` folder, or parquet files grouped into splits by their path names."""
+    try:
+        if (root / "dataset_dict.json").is_file() or (root / "state.json").is_file():
+            loaded = datasets.load_from_disk(str(root))
+            return loaded if isinstance(loaded, Mapping) else {"data": loaded}
+        files = sorted(root.rglob("*.parquet"))
+        if not files:
+            raise DataError(f"no save_to_disk dataset or parquet files in {root}")
+        data_files: dict[str, list[str]] = {}
+        for path in files:
+            data_files.setdefault(_split_of_file(path, root), []).append(str(path))
+        return datasets.load_dataset("parquet", data_files=data_files, **hub_kwargs)
+    except DataError:
+        raise
+    except Exception as exc:  # arrow and datasets errors come in many types
+        raise DataError(
+            f"cannot read the Hugging Face dataset in {root} ({type(exc).__name__}: {exc}); "
+            "it must be a datasets.save_to_disk folder or a folder of parquet files"
+        ) from exc
+
+
+def _column(columns: Mapping[str, str | None], key: str, dataset: datasets.Dataset, where: str):
+    name = columns.get(key)
+    if name is not None and name not in dataset.column_names:
+        raise DataError(
+            f"column {name!r} (dataset.columns.{key}) is not in {where}; available columns: "
+            f"{dataset.column_names}; set dataset.columns.{key}=<one of them>"
+            + (" or null" if key not in ("image", "captions") else "")
+        )
+    return name
+
+
+def _captions(value: Any) -> list[str]:
+    """A caption cell: a string, a list of strings, or Karpathy-style ``[{"raw": ...}]``."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return [v["raw"] if isinstance(v, Mapping) else str(v) for v in value]
+
+
+def _records_of(
+    dataset: datasets.Dataset,
+    split_name: str,
+    columns: Mapping[str, str | None],
+    image_dir: Path | None,
+    where: str,
+) -> list[tuple[str, ImageSource, list[str], str | None]]:
+    image_col = _column(columns, "image", dataset, where)
+    caption_col = _column(columns, "captions", dataset, where)
+    if image_col is None or caption_col is None:
+        raise DataError("dataset.columns.image and dataset.columns.captions must be set")
+    split_col = _column(columns, "split", dataset, where)
+    id_col = _column(columns, "image_id", dataset, where)
+    folder_col = _column(columns, "image_folder", dataset, where)
+    meta_cols = [c for c in (caption_col, split_col, id_col, folder_col) if c is not None]
+    feature = dataset.features[image_col]
+    is_image = isinstance(feature, datasets.Image)
+    if not is_image:
+        if getattr(feature, "dtype", None) not in ("string", "large_string"):
+            raise DataError(
+                f"column {image_col!r} of {where} holds {feature}, not images or file paths; "
+                "set dataset.columns.image to the image column"
+            )
+        if image_dir is None:
+            raise DataError(
+                f"{where} stores image file paths (column {image_col!r}), not the images; set "
+                "dataset.image_dir=DIR to the folder they are relative to (for COCO Karpathy: "
+                "the folder holding train2014/ and val2014/ from https://cocodataset.org)"
+            )
+        meta_cols.append(image_col)
+    meta = dataset.select_columns(sorted(set(meta_cols))).to_dict()
+    pixels = (
+        dataset.select_columns([image_col]).cast_column(image_col, datasets.Image(decode=False))
+        if is_image
+        else None
+    )
+    default_split = normalise_split(split_name) if split_name in SPLIT_ALIASES else None
+    rows = []
+    for row in range(len(dataset)):
+        image_id = str(meta[id_col][row]) if id_col else f"{split_name}/{row}"
+        source: ImageSource
+        if pixels is not None:
+            source = DatasetRowImage(pixels, image_col, row, f"{where}[{image_id}]", image_dir)
+        else:
+            folder = str(meta[folder_col][row]) if folder_col else ""
+            source = FileImage(image_dir / folder / meta[image_col][row])  # type: ignore[operator]
+            image_id = image_id if id_col else str(Path(folder) / meta[image_col][row])
+        split = normalise_split(meta[split_col][row]) if split_col else default_split
+        rows.append((image_id, source, _captions(meta[caption_col][row]), split))
+    return rows
+
+
+def load_hf(
+    root: Path | None = None,
+    hub_id: str | None = None,
+    columns: Mapping[str, str | None] | None = None,
+    image_dir: str | Path | None = None,
+    hub_kwargs: Mapping[str, Any] | None = None,
+) -> list[CaptionRecord]:
+    """Records from a local HF folder (``root``) or, when ``root`` is None, the hub ``hub_id``.
+
+    Rows sharing an image id are merged (datasets with one caption per row); without an id
+    column every row is its own image.
+    """
+    unknown = set(columns or {}) - set(COLUMN_KEYS)
+    if unknown:
+        raise DataError(f"unknown dataset.columns keys {sorted(unknown)}; use {COLUMN_KEYS}")
+    columns = {"image": "image", "captions": "caption", **dict(columns or {})}
+    folder = Path(image_dir).expanduser() if image_dir is not None else None
+    if root is not None:
+        table, where = _load_local(root, dict(hub_kwargs or {})), str(root)
+        folder = root if folder is None else folder if folder.is_absolute() else root / folder
+    elif hub_id:
+        table, where = _load_hub(hub_id, dict(hub_kwargs or {})), hub_id
+    else:
+        raise DataError("dataset.format=hf needs dataset.root=DIR or dataset.hub_id=OWNER/NAME")
+    rows = []
+    for split_name, dataset in table.items():
+        rows.extend(_records_of(dataset, split_name, columns, folder, where))
+    return group_captions(rows)

@@ -1,0 +1,56 @@
+"""Karpathy's split JSON (``dataset_flickr30k.json``, ``dataset_coco.json``) + an image folder.
+
+These files carry the standard retrieval splits: Flickr30k 29,000 / 1,014 / 1,000 and COCO
+113,287 / 5,000 / 5,000, where COCO's ``restval`` images count as training images.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from clip_lightning.data.formats.common import read_json, resolve_image_dir
+from clip_lightning.data.records import CaptionRecord, FileImage, make_record, normalise_split
+from clip_lightning.errors import DataError
+
+PATTERN = "dataset_*.json"
+# where the images usually sit relative to the json (Flickr's own zip: flickr30k-images/)
+IMAGE_FOLDERS = ("", "images", "flickr30k-images", "flickr30k_images", "Images")
+
+
+def find_split_json(root: Path) -> Path | None:
+    """The ``dataset_*.json`` in ``root``, if there is exactly one candidate."""
+    found = sorted(root.glob(PATTERN))
+    return found[0] if found else None
+
+
+def _caption(sentence: object) -> str:
+    return sentence["raw"] if isinstance(sentence, dict) else str(sentence)
+
+
+def load_karpathy(
+    root: Path | None, image_dir: str | Path | None = None, annotation: str | None = None
+) -> list[CaptionRecord]:
+    """One record per entry of ``images``; ``annotation`` picks the json when there are several."""
+    if root is None:
+        raise DataError("dataset.format=karpathy needs dataset.root=DIR (the split json folder)")
+    path = root / annotation if annotation else find_split_json(root)
+    if path is None or not path.is_file():
+        raise DataError(
+            f"no {annotation or PATTERN} in {root}; download dataset_flickr30k.json or "
+            "dataset_coco.json from Karpathy's splits and put it there"
+        )
+    data = read_json(path)
+    if not isinstance(data, dict) or "images" not in data:
+        raise DataError(f"{path} has no 'images' list; is it one of Karpathy's split files?")
+    entries = data["images"]
+    relative = [Path(e.get("filepath", "")) / e["filename"] for e in entries]
+    base = resolve_image_dir(root, image_dir, relative, IMAGE_FOLDERS)
+    return [
+        make_record(
+            str(entry.get("cocoid", Path(entry["filename"]).stem)),
+            FileImage(base / rel),
+            [_caption(s) for s in entry.get("sentences", [])],
+            normalise_split(entry.get("split")),
+        )
+        for entry, rel in zip(entries, relative, strict=True)
+    ]

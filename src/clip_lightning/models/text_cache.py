@@ -1,0 +1,147 @@
+"""Memoised features of a frozen text tower, in memory and optionally on disk.
+
+A frozen tower maps the same tokens to the same features every epoch, so recomputing them is
+wasted work -- often most of a step when the image tower is small. Captions are keyed by their
+token ids (padding removed). A cache file is only valid for the exact tower that wrote it, so
+its name and contents carry a fingerprint of everything that shapes a feature: the weights
+themselves, the tokenizer, ``max_length`` and the pooling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+Encode = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def hash_module_weights(module: nn.Module) -> str:
+    """SHA-256 over every tensor of the state dict (name, dtype, shape and bytes).
+
+    Hashing the weights rather than a file name also tells apart two random initialisations
+    and two ``config_overrides`` of the same checkpoint.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def hash_tokenizer(tokenizer: Any) -> str:
+    """SHA-256 of a tokenizer's full definition (vocabulary, normaliser, special tokens)."""
+    if getattr(tokenizer, "is_fast", False):
+        definition = tokenizer.backend_tokenizer.to_str()
+    else:
+        definition = json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    return hashlib.sha256(f"{type(tokenizer).__name__}|{definition}".encode()).hexdigest()
+
+
+class TextFeatureCache:
+    """Token ids -> pooled features; computes only the captions it has not seen.
+
+    Args:
+        path: a file to load the cache from (when it exists and its fingerprint matches) and
+            to :meth:`save` it to; ``None`` keeps it in memory only.
+        fingerprint: what identifies the tower that computes the features; a file written
+            with a different fingerprint is ignored.
+    """
+
+    def __init__(
+        self, path: str | Path | None = None, fingerprint: Mapping[str, Any] | None = None
+    ) -> None:
+        self.features: dict[bytes, torch.Tensor] = {}
+        self.hits = 0
+        self.misses = 0
+        self.path = Path(path) if path is not None else None
+        self.fingerprint = dict(fingerprint or {})
+        self._unsaved = 0
+        if self.path is not None:
+            self.load()
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __call__(
+        self, encode: Encode, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        # One host copy per batch, not one per caption (each would be a GPU sync).
+        ids = input_ids.cpu().numpy().astype(np.int64, copy=False)
+        mask = attention_mask.cpu().numpy().astype(bool)
+        keys = [row[row_mask].tobytes() for row, row_mask in zip(ids, mask, strict=True)]
+        first_missing: dict[bytes, int] = {}
+        for row, key in enumerate(keys):
+            if key not in self.features and key not in first_missing:
+                first_missing[key] = row
+        self.misses += len(first_missing)
+        self.hits += len(keys) - len(first_missing)
+        if first_missing:
+            self._compute(encode, input_ids, attention_mask, first_missing)
+        features = torch.stack([self.features[key] for key in keys])
+        return features.to(input_ids.device, non_blocking=True)
+
+    def _compute(
+        self,
+        encode: Encode,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        missing: dict[bytes, int],
+    ) -> None:
+        """Encode the missing captions in float32, so a cache does not depend on precision."""
+        rows = torch.tensor(list(missing.values()), device=input_ids.device)
+        mask = attention_mask[rows]
+        width = int(mask.sum(1).max())
+        device = input_ids.device
+        with torch.no_grad(), torch.autocast(device.type, enabled=False):
+            computed = encode(input_ids[rows, :width], mask[:, :width]).float()
+        if self.features:
+            # A cache loaded from disk lives on the CPU until the first batch says where to be.
+            stored_device = next(iter(self.features.values())).device
+            if stored_device != device:
+                self.features = {k: v.to(device) for k, v in self.features.items()}
+        self.features.update(zip(missing, computed, strict=True))
+        self._unsaved += len(missing)
+
+    def load(self) -> bool:
+        """Read :attr:`path` if it exists and was written for the same fingerprint."""
+        if self.path is None or not self.path.is_file():
+            return False
+        payload = torch.load(self.path, map_location="cpu", weights_only=True)
+        if payload.get("fingerprint") != self.fingerprint:
+            return False
+        self.features = dict(zip(payload["keys"], payload["features"], strict=True))
+        self._unsaved = 0
+        return True
+
+    def save(self) -> bool:
+        """Write the cache to :attr:`path` atomically (temporary file + ``os.replace``).
+
+        Skipped when nothing new was computed since the last load or save, so calling it
+        every epoch costs nothing once the cache is complete.
+        """
+        if self.path is None or not self._unsaved or not self.features:
+            return False
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        keys = list(self.features)
+        payload = {
+            "fingerprint": self.fingerprint,
+            "keys": keys,
+            "features": torch.stack([self.features[k] for k in keys]).cpu(),
+        }
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            torch.save(payload, tmp)
+            os.replace(tmp, self.path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        self._unsaved = 0
+        return True

@@ -1,0 +1,149 @@
+"""Zero-shot image classification with a trained CLIP model.
+
+Each class becomes a text embedding: its name is put into every prompt template, the
+normalised embeddings are averaged and renormalised (prompt ensembling, as in the CLIP paper),
+and every image is assigned the class whose embedding is most similar. The images come from an
+``ImageFolder`` layout (one sub-folder per class); no labels are used for anything but scoring.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from torchmetrics.functional.classification import multiclass_accuracy
+from torchvision.datasets import ImageFolder
+
+from clip_lightning.data.records import FileImage, load_rgb
+from clip_lightning.errors import DataError
+from clip_lightning.module import CLIPModule
+
+
+def class_name(folder: str) -> str:
+    """Folder name -> prompt text: ``golden_retriever`` -> ``golden retriever``."""
+    return folder.replace("_", " ").strip()
+
+
+def _load_image(path: str):
+    # module-level (not a lambda) so DataLoader workers can pickle it
+    return load_rgb(FileImage(Path(path)))
+
+
+def image_folder(data_dir: str | Path | None, transform=None) -> ImageFolder:
+    """Open ``data_dir`` as an ImageFolder of at least two classes, or raise :class:`DataError`."""
+    if not data_dir:
+        raise DataError("no image folder given; pass data_dir=DIR with one sub-folder per class")
+    root = Path(data_dir).expanduser()
+    if not root.is_dir():
+        raise DataError(f"image folder {str(root)!r} does not exist; pass data_dir=DIR")
+    try:
+        dataset = ImageFolder(str(root), transform=transform, loader=_load_image)
+    except FileNotFoundError as exc:
+        raise DataError(
+            f"{str(root)!r} is not a usable image folder ({exc}); put the images of each class "
+            "in their own sub-folder, e.g. DIR/cat/1.jpg and DIR/dog/2.jpg"
+        ) from exc
+    if len(dataset.classes) < 2:
+        raise DataError(
+            f"{str(root)!r} has only one class folder ({dataset.classes[0]!r}); zero-shot "
+            "classification needs at least two: add one sub-folder per class"
+        )
+    return dataset
+
+
+@torch.no_grad()
+def class_embeddings(
+    model: CLIPModule, classnames: Sequence[str], templates: Sequence[str]
+) -> torch.Tensor:
+    """``[num_classes, D]``: per class, the mean of its normalised prompt embeddings, renormalised.
+
+    Templates mark the class name with ``{}``, e.g. ``"a photo of a {}."``.
+    """
+    if not templates or any("{}" not in t for t in templates):
+        raise DataError(
+            f"zeroshot.templates must be a non-empty list of prompts with a {{}} placeholder "
+            f"for the class name, got {list(templates)}"
+        )
+    rows = []
+    for name in classnames:
+        prompts = F.normalize(model.encode_text([t.format(name) for t in templates]), dim=-1)
+        rows.append(F.normalize(prompts.mean(dim=0), dim=-1))
+    return torch.stack(rows)
+
+
+@torch.no_grad()
+def image_embeddings(
+    model: CLIPModule, dataset: ImageFolder, batch_size: int = 64, num_workers: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embeddings ``[N, D]`` and labels ``[N]`` of every image in ``dataset``, in order."""
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False)
+    embeddings, labels = [], []
+    for images, targets in loader:
+        embeddings.append(model.embed_images(images.to(model.device)).float().cpu())
+        labels.append(targets)
+    return torch.cat(embeddings), torch.cat(labels)
+
+
+@dataclass
+class ZeroShotResult:
+    """Accuracies in percent; ``per_class`` maps class name -> (top-1 accuracy, image count)."""
+
+    top_k: dict[int, float]
+    per_class: dict[str, tuple[float, int]]
+    num_images: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            **{f"top{k}": v for k, v in self.top_k.items()},
+            "num_images": self.num_images,
+            "num_classes": len(self.per_class),
+            "per_class": {
+                name: {"top1": acc, "count": count} for name, (acc, count) in self.per_class.items()
+            },
+        }
+
+
+def score(
+    logits: torch.Tensor, labels: torch.Tensor, classnames: Sequence[str], ks: Sequence[int]
+) -> ZeroShotResult:
+    """Top-k accuracies and per-class top-1 accuracy of ``logits`` ``[N, C]``.
+
+    With fewer than ``k`` classes every image is trivially right in its top ``k``, so ``k`` is
+    capped at the number of classes (torchmetrics rejects larger values).
+    """
+    num_classes = len(classnames)
+    top_k = {
+        k: 100.0
+        * float(
+            multiclass_accuracy(
+                logits, labels, num_classes, top_k=min(k, num_classes), average="micro"
+            )
+        )
+        for k in ks
+    }
+    per_class_acc = multiclass_accuracy(logits, labels, num_classes, top_k=1, average="none")
+    counts = torch.bincount(labels, minlength=num_classes)
+    per_class = {
+        name: (100.0 * float(per_class_acc[c]), int(counts[c])) for c, name in enumerate(classnames)
+    }
+    return ZeroShotResult(top_k=top_k, per_class=per_class, num_images=len(labels))
+
+
+def zeroshot_classify(
+    model: CLIPModule,
+    data_dir: str | Path,
+    templates: Sequence[str],
+    ks: Sequence[int] = (1, 5),
+    batch_size: int = 64,
+    num_workers: int = 0,
+) -> ZeroShotResult:
+    """Classify every image under ``data_dir`` against its class folders' names."""
+    dataset = image_folder(data_dir, transform=model.image_encoder.transform())
+    classnames = [class_name(c) for c in dataset.classes]
+    classes = class_embeddings(model, classnames, templates).float().cpu()
+    images, labels = image_embeddings(model, dataset, batch_size, num_workers)
+    return score(images @ classes.T, labels, classnames, ks)

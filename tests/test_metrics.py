@@ -1,0 +1,264 @@
+"""RetrievalRecall against an independent brute-force reference on small random data."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+import torch
+from torch import Tensor
+from torch.nn.functional import normalize
+
+from clip_lightning.metrics import RetrievalRecall, recall_at_k, retrieval_ranks
+
+Data = dict[str, Tensor]
+
+
+def make_data(num_images: int = 50, dim: int = 16, seed: int = 0) -> Data:
+    """Random unit embeddings, 5-7 captions per image, sparse ids and shuffled caption order."""
+    gen = torch.Generator().manual_seed(seed)
+    image_embeddings = normalize(torch.randn(num_images, dim, generator=gen), dim=1)
+    image_ids = torch.randperm(10 * num_images, generator=gen)[:num_images] + 1000
+    counts = torch.randint(5, 8, (num_images,), generator=gen)
+    owner = torch.repeat_interleave(torch.arange(num_images), counts)
+    owner = owner[torch.randperm(owner.numel(), generator=gen)]
+    noise = torch.randn(owner.numel(), dim, generator=gen)
+    text_embeddings = normalize(image_embeddings[owner] + 1.5 * noise, dim=1)
+    text_ids = torch.randperm(10 * owner.numel(), generator=gen)[: owner.numel()] + 7
+    return {
+        "image_embeddings": image_embeddings,
+        "image_ids": image_ids,
+        "text_embeddings": text_embeddings,
+        "text_ids": text_ids,
+        "text_image_ids": image_ids[owner],
+    }
+
+
+def brute_force(data: Data, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
+    """Full similarity matrix, argsort, and Python loops: deliberately nothing like the metric."""
+    images, texts = data["image_embeddings"].double(), data["text_embeddings"].double()
+    image_ids = data["image_ids"].tolist()
+    text_owner = data["text_image_ids"].tolist()
+    sims = images @ texts.T
+    i2t = []
+    for i, image_id in enumerate(image_ids):
+        order = torch.argsort(sims[i], descending=True).tolist()
+        i2t.append(next(pos for pos, t in enumerate(order) if text_owner[t] == image_id) + 1)
+    t2i = []
+    for t, owner_id in enumerate(text_owner):
+        order = torch.argsort(sims[:, t], descending=True).tolist()
+        t2i.append(next(pos for pos, i in enumerate(order) if image_ids[i] == owner_id) + 1)
+    out: dict[str, float] = {}
+    for name, ranks in (("i2t", i2t), ("t2i", t2i)):
+        for k in ks:
+            out[f"{name}_r{k}"] = 100.0 * sum(r <= k for r in ranks) / len(ranks)
+    out["rsum"] = sum(out.values())
+    for name, ranks in (("i2t", i2t), ("t2i", t2i)):
+        out[f"{name}_mean_rank"] = statistics.mean(ranks)
+        out[f"{name}_median_rank"] = statistics.median(ranks)
+    return out
+
+
+def run_metric(batches: list[Data], **kwargs: object) -> dict[str, Tensor]:
+    metric = RetrievalRecall(**kwargs)
+    for batch in batches:
+        metric.update(**batch)
+    return metric.compute()
+
+
+def assert_same(actual: dict[str, Tensor], expected: dict[str, Tensor]) -> None:
+    assert actual.keys() == expected.keys()
+    for key in expected:
+        assert torch.equal(actual[key], expected[key]), key
+
+
+def take(data: Data, images: Tensor, texts: Tensor) -> Data:
+    """A batch with the given image rows and caption rows of ``data``."""
+    out = {k: v[images] for k, v in data.items() if k.startswith("image")}
+    out.update({k: v[texts] for k, v in data.items() if k.startswith("text")})
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_matches_brute_force(seed: int) -> None:
+    data = make_data(seed=seed)
+    expected = brute_force(data)
+    result = run_metric([data])
+    assert list(result) == [
+        "i2t_r1",
+        "i2t_r5",
+        "i2t_r10",
+        "t2i_r1",
+        "t2i_r5",
+        "t2i_r10",
+        "rsum",
+        "i2t_mean_rank",
+        "i2t_median_rank",
+        "t2i_mean_rank",
+        "t2i_median_rank",
+    ]
+    for key, value in expected.items():
+        assert result[key].item() == pytest.approx(value, rel=1e-5), key
+    # Not a degenerate fixture: recalls are neither all 0 nor all 100.
+    assert 0 < result["t2i_r1"] < result["t2i_r10"] < 100
+
+
+def test_custom_ks() -> None:
+    data = make_data()
+    result = run_metric([data], ks=(2, 3))
+    expected = brute_force(data, ks=(2, 3))
+    assert {k for k in result if "_r" in k and "rank" not in k} == {
+        "i2t_r2",
+        "i2t_r3",
+        "t2i_r2",
+        "t2i_r3",
+    }
+    for key, value in expected.items():
+        assert result[key].item() == pytest.approx(value, rel=1e-5), key
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 1000])
+def test_chunk_size_does_not_change_results(chunk_size: int) -> None:
+    data = make_data()
+    assert_same(run_metric([data], chunk_size=chunk_size), run_metric([data], chunk_size=64))
+
+
+def test_several_updates_equal_one() -> None:
+    data = make_data()
+    num_images, num_texts = data["image_ids"].numel(), data["text_ids"].numel()
+    image_splits = torch.arange(num_images).tensor_split(3)
+    text_splits = torch.arange(num_texts).tensor_split([10, num_texts])
+    batches = [take(data, i, t) for i, t in zip(image_splits, text_splits, strict=True)]
+    assert batches[-1]["text_ids"].numel() == 0  # an update with no captions is allowed
+    assert_same(run_metric(batches), run_metric([data]))
+
+
+def test_duplicates_are_ignored() -> None:
+    data = make_data()
+    # Repeat samples as DistributedSampler padding does, within and across updates.
+    repeated_images, repeated_texts = torch.tensor([0, 3, 3, 49]), torch.tensor([5, 0, 17])
+    padding = take(data, repeated_images, repeated_texts)
+    doubled = take(data, torch.cat([repeated_images, torch.arange(50)]), repeated_texts)
+    assert_same(run_metric([data, padding, doubled]), run_metric([data]))
+
+
+def test_perfect_embeddings_give_100() -> None:
+    data = make_data(dim=64)
+    gen = torch.Generator().manual_seed(3)
+    owner = torch.searchsorted(data["image_ids"].sort().values, data["text_image_ids"])
+    images = data["image_embeddings"][data["image_ids"].argsort()]
+    noise = 1e-3 * torch.randn(owner.numel(), 64, generator=gen)
+    data["text_embeddings"] = normalize(images[owner] + noise, dim=1)
+    result = run_metric([data])
+    for key, value in result.items():
+        if "rank" in key:
+            assert value.item() == 1.0, key
+        elif key != "rsum":
+            assert value.item() == 100.0, key
+    assert result["rsum"].item() == 600.0
+
+
+def test_half_precision_inputs_are_stored_as_float32() -> None:
+    data = make_data()
+    metric = RetrievalRecall()
+    metric.update(**{k: v.half() if "embeddings" in k else v for k, v in data.items()})
+    assert metric.image_embeddings[0].dtype == metric.text_embeddings[0].dtype == torch.float32
+    assert set(metric.compute()) == set(run_metric([data]))
+
+
+def test_reset_clears_data() -> None:
+    data = make_data()
+    metric = RetrievalRecall()
+    metric.update(**make_data(seed=5))
+    metric.compute()
+    metric.reset()
+    metric.update(**data)
+    assert_same(metric.compute(), run_metric([data]))
+
+
+def test_retrieval_ranks_and_recall_at_k() -> None:
+    images = torch.eye(3)
+    # Row t holds caption t's scores against the three images.
+    texts = torch.tensor(
+        [[0.1, 0.9, 0.0], [0.0, 1.0, 0.0], [0.6, 0.0, 0.5], [0.9, 0.0, 0.7], [0.5, 0.3, 0.2]]
+    )
+    owner = torch.tensor([0, 1, 2, 0, 0])
+    i2t, t2i = retrieval_ranks(images, texts, owner, chunk_size=2)
+    # Image 0: own caption 3 (0.9) is first. Image 1: own caption 1 (1.0) is first.
+    # Image 2: its only caption scores 0.5, beaten by caption 3 of image 0 (0.7).
+    assert i2t.tolist() == [1, 1, 2]
+    assert t2i.tolist() == [2, 1, 2, 1, 1]
+    assert recall_at_k(t2i, 1).item() == pytest.approx(60.0)
+    assert recall_at_k(t2i, 2).item() == 100.0
+
+
+def test_ties_are_optimistic() -> None:
+    images = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    texts = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    i2t, t2i = retrieval_ranks(images, texts, torch.tensor([0, 1]), chunk_size=1)
+    assert i2t.tolist() == [1, 1]
+    assert t2i.tolist() == [1, 1]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"image_ids": torch.arange(3)}, r"image_ids must have shape \(50,\)"),
+        ({"text_image_ids": torch.arange(3)}, "text_ids and text_image_ids must have shape"),
+        ({"text_ids": torch.arange(3)}, "text_ids and text_image_ids must have shape"),
+        ({"image_embeddings": torch.randn(50)}, "Embeddings must be 2-D"),
+    ],
+)
+def test_update_rejects_mismatched_sizes(change: Data, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        RetrievalRecall().update(**{**make_data(), **change})
+
+
+def test_compute_rejects_unknown_image_ids() -> None:
+    data = make_data()
+    data["text_image_ids"][[4, 9]] = torch.tensor([1, 99999])
+    metric = RetrievalRecall()
+    metric.update(**data)
+    with pytest.raises(ValueError, match=r"2 caption\(s\) refer to image ids never passed"):
+        metric.compute()
+
+
+def test_compute_rejects_images_without_captions() -> None:
+    data = make_data()
+    keep = data["text_image_ids"] != data["image_ids"][7]
+    metric = RetrievalRecall()
+    metric.update(**take(data, torch.arange(50), keep.nonzero().squeeze(1)))
+    with pytest.raises(ValueError, match=r"1 image\(s\) have no caption"):
+        metric.compute()
+
+
+def test_compute_rejects_mismatched_dims() -> None:
+    data = make_data()
+    data["text_embeddings"] = data["text_embeddings"][:, :8]
+    metric = RetrievalRecall()
+    metric.update(**data)
+    with pytest.raises(ValueError, match="Embedding dims differ"):
+        metric.compute()
+
+
+@pytest.mark.filterwarnings("ignore:.*was called before the ``update``")
+def test_compute_without_data() -> None:
+    with pytest.raises(ValueError, match=r"got 0 image\(s\) and 0 caption\(s\)"):
+        RetrievalRecall().compute()
+    metric = RetrievalRecall()
+    metric.update(**take(make_data(), torch.arange(0), torch.arange(5)))
+    with pytest.raises(ValueError, match=r"needs at least one image and one caption, got 0 image"):
+        metric.compute()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"ks": ()}, "ks must be a non-empty sequence"),
+        ({"ks": (0, 5)}, "ks must be a non-empty sequence"),
+        ({"chunk_size": 0}, "chunk_size must be positive"),
+    ],
+)
+def test_constructor_validation(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        RetrievalRecall(**kwargs)

@@ -1,0 +1,221 @@
+"""CLIPModule on real (small) encoders: embeddings, freezing, optimizer groups, GradCache,
+checkpoints and the inference API."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import open_dict
+from PIL import Image
+
+from clip_lightning.models import ImageEncoder
+from clip_lightning.module import CLIPModule
+from tests.conftest import TINY, compose_train
+
+
+def build(cfg):
+    model = instantiate(cfg.model)
+    datamodule = instantiate(
+        cfg.dataset,
+        image_config=model.image_encoder.data_config,
+        tokenizer=model.text_encoder.tokenizer,
+        max_length=model.text_encoder.max_length,
+    )
+    return model, datamodule
+
+
+def first_batch(datamodule) -> dict[str, torch.Tensor]:
+    return next(iter(datamodule.train_dataloader()))
+
+
+def test_embeddings_are_normalised_and_loss_finite(tiny_cfg):
+    model, datamodule = build(tiny_cfg)
+    batch = first_batch(datamodule)
+    images = model.embed_images(batch["images"])
+    texts = model.embed_texts(batch["input_ids"], batch["attention_mask"])
+    assert images.shape == texts.shape == (16, 32)
+    torch.testing.assert_close(images.norm(dim=-1), torch.ones(16))
+    torch.testing.assert_close(texts.norm(dim=-1), torch.ones(16))
+    assert torch.isfinite(model.loss(images, texts))
+
+
+def test_loss_decreases_on_a_fixed_batch(tiny_cfg):
+    L.seed_everything(0)
+    model, datamodule = build(tiny_cfg)
+    batch = first_batch(datamodule)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    losses = []
+    for _ in range(20):
+        loss = model.loss(
+            model.embed_images(batch["images"]),
+            model.embed_texts(batch["input_ids"], batch["attention_mask"]),
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_frozen_text_tower_has_no_grads_and_stays_in_eval(tiny_cfg):
+    with open_dict(tiny_cfg):
+        tiny_cfg.model.text_encoder.cache_features = False
+    model, datamodule = build(tiny_cfg)
+    model.train()
+    text = model.text_encoder
+    assert not any(p.requires_grad for p in text.parameters())
+    assert not any(m.training for m in text.model.modules())
+    batch = first_batch(datamodule)
+    first = text(batch["input_ids"], batch["attention_mask"])
+    second = text(batch["input_ids"], batch["attention_mask"])
+    torch.testing.assert_close(first, second)  # dropout is off
+    assert first.grad_fn is None
+
+
+def test_image_tower_locked_except_last_blocks_keeps_frozen_batchnorm_in_eval():
+    encoder = ImageEncoder("resnet18", pretrained=False, freeze=True, unfreeze_last_blocks=2)
+    trainable = {n for n, p in encoder.model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("layer4.") for n in trainable)
+    assert any(n.startswith("layer4.0.") for n in trainable)
+    encoder.train()
+    frozen_bn = encoder.model.layer1[0].bn1
+    assert not frozen_bn.training and encoder.model.layer4[0].bn1.training
+    before = frozen_bn.running_mean.clone()
+    encoder(torch.randn(4, 3, 32, 32))
+    torch.testing.assert_close(frozen_bn.running_mean, before)
+
+
+def test_fully_locked_image_tower_has_no_trainable_parameters():
+    encoder = ImageEncoder("resnet18", pretrained=False, freeze=True)
+    encoder.train()
+    assert not any(p.requires_grad for p in encoder.parameters())
+    assert not any(m.training for m in encoder.model.modules() if list(m.parameters(False)))
+
+
+def test_optimizer_groups_have_tower_learning_rates_and_no_decay_on_norms(tiny_cfg):
+    with open_dict(tiny_cfg):
+        tiny_cfg.model.text_encoder.freeze = False
+        tiny_cfg.model.text_encoder.cache_features = False
+        tiny_cfg.model.tower_lr = {"image_encoder": 1e-4, "text_encoder": 1e-5}
+        tiny_cfg.optimizer.lr = 1e-3
+        tiny_cfg.optimizer.weight_decay = 0.2
+    model, _ = build(tiny_cfg)
+    model.trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False)
+    groups = {g["name"]: g for g in model.configure_optimizers()["optimizer"].param_groups}
+    assert groups["image_encoder"]["lr"] == 1e-4
+    assert groups["text_encoder"]["lr"] == 1e-5
+    assert groups["head"]["lr"] == 1e-3
+    assert groups["head_no_decay"]["weight_decay"] == 0.0
+    assert groups["image_encoder"]["weight_decay"] == 0.2
+    no_decay = {id(p) for name, g in groups.items() if name.endswith("no_decay") for p in g["params"]}
+    assert id(model.loss.logit_scale) in no_decay
+    assert id(model.image_encoder.model.bn1.weight) in no_decay
+    assert id(model.image_encoder.model.conv1.weight) not in no_decay
+    grouped = sum(p.numel() for g in groups.values() for p in g["params"])
+    assert grouped == sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _one_sgd_step(overrides: list[str], tmp_path) -> dict[str, torch.Tensor]:
+    """Parameter deltas after one SGD step (delta = -lr * grad) on the first training batch."""
+    cfg = compose_train(
+        [
+            *TINY,
+            *overrides,
+            "+model.image_encoder.img_size=32",
+            "model.image_encoder.name=vit_tiny_patch16_224",
+            "model.image_encoder.image_size=32",
+            "model.text_encoder.freeze=false",
+            "model.text_encoder.cache_features=false",
+            "model/head=linear",
+            "model.clip_grad_norm=null",
+            "optimizer=sgd",
+            "optimizer.lr=1.0",
+            "optimizer.momentum=0.0",
+            "model.tower_lr={image_encoder:1.0,text_encoder:1.0}",
+            "model.scheduler=null",
+            "++trainer.max_steps=1",
+            "++trainer.limit_val_batches=0",
+            "++trainer.logger=false",
+        ],
+        output_dir=tmp_path,
+    )
+    L.seed_everything(0)
+    model, datamodule = build(cfg)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer = L.Trainer(
+        max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+    )
+    L.seed_everything(0)
+    trainer.fit(model, datamodule=datamodule)
+    return {n: p.detach() - before[n] for n, p in model.named_parameters()}
+
+
+def test_grad_cache_step_equals_full_batch_step(tmp_path):
+    full = _one_sgd_step([], tmp_path / "full")
+    chunked = _one_sgd_step(["+model.grad_cache_chunk_size=4"], tmp_path / "chunked")
+    assert any(d.abs().max() > 0 for d in full.values())
+    for name, delta in full.items():
+        torch.testing.assert_close(chunked[name], delta, atol=2e-5, rtol=1e-4, msg=name)
+
+
+def test_checkpoint_reloads_without_arguments_and_inference_api(tiny_cfg, tmp_path):
+    model, datamodule = build(tiny_cfg)
+    trainer = L.Trainer(
+        max_steps=2, limit_val_batches=1, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=tmp_path,
+    )
+    trainer.fit(model, datamodule=datamodule)
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+
+    reloaded = CLIPModule.load_from_checkpoint(path).eval()
+    assert reloaded.hparams.image_encoder["pretrained"] is False
+    model.eval()
+    captions = ["two small red circles in the top left corner", "one large blue square"]
+    images = [Image.new("RGB", (40, 30), "red"), Image.new("L", (32, 32), 128)]
+    expected_text = model.encode_text(captions)
+    torch.testing.assert_close(reloaded.encode_text(captions), expected_text)
+    embedded = reloaded.encode_image(images)
+    assert embedded.shape == (2, 32)
+    torch.testing.assert_close(embedded.norm(dim=-1), torch.ones(2))
+    torch.testing.assert_close(embedded, model.encode_image(images))
+    batch = reloaded.image_encoder.preprocess(images)
+    assert batch.shape == (2, 3, 32, 32)
+
+
+def test_bf16_mixed_precision_trains(tiny_cfg, tmp_path):
+    model, datamodule = build(tiny_cfg)
+    trainer = L.Trainer(
+        max_steps=2, limit_val_batches=0, precision="bf16-mixed", logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path,
+    )
+    trainer.fit(model, datamodule=datamodule)
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+
+
+def test_channels_last_gives_the_same_features():
+    torch.manual_seed(0)
+    plain = ImageEncoder("resnet18", pretrained=False).eval()
+    nhwc = ImageEncoder("resnet18", pretrained=False, channels_last=True).eval()
+    nhwc.load_state_dict(plain.state_dict())
+    images = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(nhwc(images), plain(images), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_compiled_encoders_match_eager(tiny_cfg):
+    model, datamodule = build(tiny_cfg)
+    with open_dict(tiny_cfg):
+        tiny_cfg.model.compile = True
+    compiled, _ = build(tiny_cfg)
+    compiled.load_state_dict(model.state_dict())
+    batch = first_batch(datamodule)
+    model.eval()
+    compiled.eval()
+    torch.testing.assert_close(
+        compiled.embed_images(batch["images"]), model.embed_images(batch["images"]),
+        atol=1e-4, rtol=1e-4,
+    )

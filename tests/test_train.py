@@ -1,0 +1,84 @@
+"""The Hydra train entry point: composition, a full tiny run, and the offline failure."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from clip_lightning.train import train
+from tests.conftest import TINY, compose_train
+
+RECALL_KEYS = [f"test/{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)] + ["test/rsum"]
+
+
+def run_cli(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "clip_lightning.train", *args],
+        cwd=cwd,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_train_writes_metrics_json_with_recall_in_percent(tiny_cfg, tmp_path):
+    metrics = train(tiny_cfg)
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written == metrics
+    for key in [*RECALL_KEYS, "val/rsum"]:
+        assert key in written
+    for key in RECALL_KEYS[:-1]:
+        assert 0.0 <= written[key] <= 100.0
+    assert written["test/rsum"] == pytest.approx(sum(written[k] for k in RECALL_KEYS[:-1]))
+    assert (tmp_path / "checkpoints" / "last.ckpt").exists()
+
+
+def test_cli_fast_dev_run_writes_a_run_dir_under_logs(tmp_path):
+    result = run_cli([*TINY, "+trainer.fast_dev_run=true"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dirs = list((tmp_path / "logs" / "quickstart" / "runs").iterdir())
+    assert len(run_dirs) == 1
+    metrics = json.loads((run_dirs[0] / "metrics.json").read_text())
+    assert set(RECALL_KEYS) <= set(metrics)
+    assert result.stdout.strip().splitlines()[-1] == f"Run directory: {run_dirs[0]}"
+
+
+def test_cfg_job_prints_the_composed_config_from_any_cwd(tmp_path):
+    result = run_cli(["--cfg", "job"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "_target_: clip_lightning.module.CLIPModule" in result.stdout
+    assert "name: resnet50" in result.stdout
+    assert not (tmp_path / "logs").exists()
+
+
+def test_real_defaults_are_the_missions_model_and_data():
+    cfg = compose_train([])
+    assert cfg.model.image_encoder.name == "resnet50"
+    assert cfg.model.image_encoder.pretrained is True
+    assert cfg.model.text_encoder.name_or_path == "distilbert-base-uncased"
+    assert cfg.dataset.name == "flickr30k"
+
+
+def test_quickstart_composes_offline_with_a_500_image_test_split():
+    cfg = compose_train(["experiment=quickstart"])
+    assert cfg.dataset.format == "synthetic"
+    assert cfg.dataset.options.test >= 500
+    assert cfg.model.image_encoder.pretrained is False
+    assert Path(cfg.model.text_encoder.name_or_path, "config.json").is_file()
+    assert cfg.model.text_encoder.freeze is True
+
+
+def test_real_defaults_fail_fast_offline_with_one_clear_message(tmp_path):
+    result = run_cli(["print_config=false"], cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1
+    assert "could not load pretrained weights for image encoder 'resnet50'" in output
+    assert "experiment=quickstart" in output
+    assert "Traceback" not in output
+    assert "Epoch" not in output
