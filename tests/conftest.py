@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import os
-
-import pytest
 from pathlib import Path
 
+import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
@@ -42,7 +41,7 @@ TINY = [
 
 
 def compose_train(overrides: list[str], output_dir: str | os.PathLike | None = None) -> DictConfig:
-    """Compose ``conf/train.yaml`` as the CLI would; ``output_dir`` stands in for Hydra's run dir."""
+    """Compose ``conf/train.yaml`` like the CLI; ``output_dir`` stands in for Hydra's run dir."""
     register_resolvers()
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         cfg = compose("train", overrides=overrides)

@@ -256,6 +256,7 @@ def test_compute_without_data() -> None:
     [
         ({"ks": ()}, "ks must be a non-empty sequence"),
         ({"ks": (0, 5)}, "ks must be a non-empty sequence"),
+        ({"ks": (5, 5)}, "ks must be a non-empty sequence of distinct"),
         ({"chunk_size": 0}, "chunk_size must be positive"),
     ],
 )

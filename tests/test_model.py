@@ -109,7 +109,9 @@ def test_optimizer_groups_have_tower_learning_rates_and_no_decay_on_norms(tiny_c
     assert groups["head"]["lr"] == 1e-3
     assert groups["head_no_decay"]["weight_decay"] == 0.0
     assert groups["image_encoder"]["weight_decay"] == 0.2
-    no_decay = {id(p) for name, g in groups.items() if name.endswith("no_decay") for p in g["params"]}
+    no_decay = {
+        id(p) for name, g in groups.items() if name.endswith("no_decay") for p in g["params"]
+    }
     assert id(model.loss.logit_scale) in no_decay
     assert id(model.image_encoder.model.bn1.weight) in no_decay
     assert id(model.image_encoder.model.conv1.weight) not in no_decay
@@ -145,8 +147,13 @@ def _one_sgd_step(overrides: list[str], tmp_path) -> dict[str, torch.Tensor]:
     model, datamodule = build(cfg)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainer = L.Trainer(
-        max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+        max_steps=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
     )
     L.seed_everything(0)
     trainer.fit(model, datamodule=datamodule)
@@ -164,8 +171,12 @@ def test_grad_cache_step_equals_full_batch_step(tmp_path):
 def test_checkpoint_reloads_without_arguments_and_inference_api(tiny_cfg, tmp_path):
     model, datamodule = build(tiny_cfg)
     trainer = L.Trainer(
-        max_steps=2, limit_val_batches=1, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=tmp_path,
+        max_steps=2,
+        limit_val_batches=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
     )
     trainer.fit(model, datamodule=datamodule)
     path = tmp_path / "model.ckpt"
@@ -189,8 +200,13 @@ def test_checkpoint_reloads_without_arguments_and_inference_api(tiny_cfg, tmp_pa
 def test_bf16_mixed_precision_trains(tiny_cfg, tmp_path):
     model, datamodule = build(tiny_cfg)
     trainer = L.Trainer(
-        max_steps=2, limit_val_batches=0, precision="bf16-mixed", logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path,
+        max_steps=2,
+        limit_val_batches=0,
+        precision="bf16-mixed",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
     )
     trainer.fit(model, datamodule=datamodule)
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
@@ -216,6 +232,8 @@ def test_compiled_encoders_match_eager(tiny_cfg):
     model.eval()
     compiled.eval()
     torch.testing.assert_close(
-        compiled.embed_images(batch["images"]), model.embed_images(batch["images"]),
-        atol=1e-4, rtol=1e-4,
+        compiled.embed_images(batch["images"]),
+        model.embed_images(batch["images"]),
+        atol=1e-4,
+        rtol=1e-4,
     )

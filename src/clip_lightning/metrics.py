@@ -76,6 +76,7 @@ def retrieval_ranks(
 
     image = image_embeddings.float()
     text = text_embeddings.float()
+    text_to_image = text_to_image.long()
     # Best own-caption score per image, needed before the pass that counts captions beating it.
     own_scores = (text * image[text_to_image]).sum(dim=1)
     best_own = torch.full((num_images,), float("-inf"), device=image.device)
@@ -140,8 +141,8 @@ class RetrievalRecall(Metric):
 
     def __init__(self, ks: Sequence[int] = (1, 5, 10), chunk_size: int = 1024, **kwargs: Any):
         super().__init__(**kwargs)
-        if not ks or any(int(k) != k or k < 1 for k in ks):
-            raise ValueError(f"ks must be a non-empty sequence of positive integers, got {ks}")
+        if not ks or len(set(ks)) != len(ks) or any(int(k) != k or k < 1 for k in ks):
+            raise ValueError(f"ks must be a non-empty sequence of distinct positive ints, got {ks}")
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
         self.ks = tuple(int(k) for k in ks)
@@ -174,7 +175,8 @@ class RetrievalRecall(Metric):
                 f"text_ids and text_image_ids must have shape ({num_texts},) to match "
                 f"text_embeddings, got {tuple(text_ids.shape)} and {tuple(text_image_ids.shape)}"
             )
-        # Float32 storage keeps half-precision runs from ranking with rounded scores.
+        # Float32, so half-precision runs do not accumulate and compare scores in half precision
+        # (which would create spurious ties).
         self.image_embeddings.append(image_embeddings.detach().float())
         self.image_ids.append(image_ids.detach().long())
         self.text_embeddings.append(text_embeddings.detach().float())

@@ -41,7 +41,12 @@ def param_groups(
         for params, wd, suffix in ((decay, weight_decay, ""), (no_decay, 0.0, "_no_decay")):
             if params:
                 groups.append(
-                    {"params": params, "lr": group_lr, "weight_decay": wd, "name": set_name + suffix}
+                    {
+                        "params": params,
+                        "lr": group_lr,
+                        "weight_decay": wd,
+                        "name": set_name + suffix,
+                    }
                 )
     return groups
 

@@ -40,7 +40,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     ckpt_path = resolve_ckpt_path(
         cfg.get("ckpt_path"),
         cfg.get("resume_dir"),
-        runs_dir=Path(HydraConfig.get().run.dir).parent,
+        runs_dir=Path(HydraConfig.get().run.dir).parent
+        if HydraConfig.initialized()
+        else run_dir.parent,
         run_dir=run_dir,
     )
     if ckpt_path is not None:

@@ -2,43 +2,70 @@
 
 The datamodule receives only data-side facts from the model (the image encoder's timm data
 config and the text tokenizer), so transforms always match the encoder; everything else comes
-from the ``dataset`` config group.
+from the ``dataset`` config group. Without them it can still load, check and cache records
+(``clip_lightning.prepare`` needs no model).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 from torch.utils.data import DataLoader
 
+from clip_lightning.data.cache import ImageCache, fingerprint
 from clip_lightning.data.datasets import CaptionCollator, CaptionEvalDataset, CaptionTrainDataset
-from clip_lightning.data.formats import load_records
-from clip_lightning.data.records import CaptionRecord, assign_splits, split_records
+from clip_lightning.data.formats import load_records, resolve_format
+from clip_lightning.data.records import SPLITS, CaptionRecord, assign_splits, split_records
 from clip_lightning.data.transforms import build_image_transforms
+from clip_lightning.data.validation import apply_policy, find_bad_records
+from clip_lightning.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 class CaptionDataModule(L.LightningDataModule):
-    """Loads records once, splits them, and serves train/val/test loaders.
+    """Loads records once, checks and splits them, and serves train/val/test loaders.
 
     ``batch_size`` is per device: with DDP on N devices the global (contrastive) batch is
-    ``N * batch_size`` because the loss gathers features from every rank.
+    ``N * batch_size`` because the loss gathers features from every rank. Lightning adds the
+    DistributedSampler; the retrieval metric drops the samples it pads in by id.
+
+    Args (beyond the loader settings):
+        format: ``auto`` (detected from ``root``; the hub when ``root`` is null) or one of
+            ``clip_lightning.data.formats.FORMATS``.
+        root: a local dataset folder. hub_id / hub_kwargs: the hub dataset used without a root
+            (``hub_kwargs`` go to ``datasets.load_dataset``). columns: HF column names.
+        image_dir: the folder image paths are relative to (default: found under ``root``).
+        split_sizes: val/test sizes (counts, or fractions) for images without a split.
+        on_bad_image: ``error`` or ``skip`` for missing/unreadable images and empty captions.
+        cache: null, a folder, or ``auto`` (= ``cache_auto_dir``) for the decoded-image cache.
     """
 
     def __init__(
         self,
-        image_config: Mapping[str, Any],
-        tokenizer: Any,
-        max_length: int,
+        image_config: Mapping[str, Any] | None = None,
+        tokenizer: Any = None,
+        max_length: int = 77,
         name: str = "dataset",
         format: str = "auto",
         root: str | None = None,
+        hub_id: str | None = None,
+        hub_kwargs: Mapping[str, Any] | None = None,
+        columns: Mapping[str, str | None] | None = None,
+        image_dir: str | None = None,
         options: Mapping[str, Any] | None = None,
-        split_sizes: Mapping[str, int] | None = None,
+        split_sizes: Mapping[str, float] | None = None,
         split_seed: int = 0,
         train_pairs: str = "random",
         augment: Mapping[str, Any] | None = None,
+        on_bad_image: str = "error",
+        cache: str | None = None,
+        cache_size: int = 256,
+        cache_auto_dir: str | None = None,
         batch_size: int = 64,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -48,12 +75,23 @@ class CaptionDataModule(L.LightningDataModule):
     ):
         super().__init__()
         self.name = name
+        self.root = Path(root).expanduser() if root is not None else None
+        self.hub_id = hub_id
         self.format = format
-        self.root = root
-        self.options = dict(options or {})
+        self.adapter_options = dict(options or {})
+        if format != "synthetic":
+            self.adapter_options["image_dir"] = image_dir
+        self.hf_options = {
+            "hub_id": hub_id,
+            "columns": dict(columns or {}),
+            "hub_kwargs": dict(hub_kwargs or {}),
+        }
         self.split_sizes = dict(split_sizes or {"val": 1000, "test": 1000})
         self.split_seed = split_seed
         self.train_pairs = train_pairs
+        self.on_bad_image = on_bad_image
+        self.cache_folder = self._cache_folder(cache, cache_auto_dir)
+        self.cache_size = cache_size
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.loader_options = {
@@ -62,27 +100,75 @@ class CaptionDataModule(L.LightningDataModule):
             "persistent_workers": persistent_workers and num_workers > 0,
             "prefetch_factor": prefetch_factor if num_workers > 0 else None,
         }
-        self.train_transform, self.eval_transform = build_image_transforms(
-            image_config, **dict(augment or {})
+        self.image_config = image_config
+        self.train_transform, self.eval_transform = (
+            build_image_transforms(image_config, **dict(augment or {}))
+            if image_config
+            else (None, None)
         )
-        self.collate = CaptionCollator(tokenizer, max_length)
+        self.collate = CaptionCollator(tokenizer, max_length) if tokenizer is not None else None
+        self.image_cache: ImageCache | None = None
+        self.records: list[CaptionRecord] | None = None
         self.splits: dict[str, list[CaptionRecord]] | None = None
 
-    def load_splits(self) -> dict[str, list[CaptionRecord]]:
-        """Read the records through the format adapter and split them (cached after first call)."""
-        if self.splits is None:
-            records = load_records(self.format, self.root, **self.options)
+    def _cache_folder(self, cache: str | None, auto_dir: str | None) -> Path | None:
+        if cache in (None, "", "none", "null"):
+            return None
+        if cache == "auto":
+            if not auto_dir:
+                raise DataError("dataset.cache=auto needs dataset.cache_auto_dir (or a folder)")
+            return Path(auto_dir).expanduser()
+        return Path(cache).expanduser()
+
+    @property
+    def source(self) -> str:
+        """Where the records come from, for the cache fingerprint and messages."""
+        return f"{self.format}:{self.root.resolve() if self.root else self.hub_id}"
+
+    def load_records(self) -> list[CaptionRecord]:
+        """All records from the format adapter, each with a split; nothing checked or dropped."""
+        if self.records is None:
+            fmt = resolve_format(self.format, self.root, self.name, self.hub_id)
+            options = dict(self.adapter_options)
+            if fmt == "hf":
+                options.update(self.hf_options)
+            records = load_records(fmt, self.root, **options)
+            if not records:
+                raise DataError(f"{self.name}: the {fmt} data at {self.source} has no images")
             if any(r.split is None for r in records):
                 records = assign_splits(
                     records, self.split_sizes["val"], self.split_sizes["test"], self.split_seed
                 )
-            self.splits = split_records(records)
+            self.format, self.records = fmt, records
+        return self.records
+
+    def load_splits(self) -> dict[str, list[CaptionRecord]]:
+        """Records checked (``on_bad_image``), cached if configured, and split (memoised)."""
+        if self.splits is None:
+            records = self.load_records()
+            if self.cache_folder is not None:
+                expected = fingerprint(records, self.source, self.cache_size)
+                self.image_cache = ImageCache.open_or_build(self.cache_folder, records, expected)
+                bad = self.image_cache.bad_records(records)
+            else:
+                bad = find_bad_records(records)
+            good = apply_policy(records, bad, self.on_bad_image, self.name)
+            splits = split_records(good)
+            empty = [name for name in SPLITS if not splits[name]]
+            if empty:
+                raise DataError(
+                    f"{self.name}: no images in split(s) {empty} after checking {self.source}; "
+                    "check the split column, or dataset.split_sizes for data without splits"
+                )
+            self.splits = splits
         return self.splits
 
     def setup(self, stage: str | None = None) -> None:
         self.load_splits()
 
     def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        if self.collate is None:
+            raise ValueError("CaptionDataModule needs tokenizer= to build data loaders")
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -92,13 +178,39 @@ class CaptionDataModule(L.LightningDataModule):
             **self.loader_options,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def _image_loader(self, records: list[CaptionRecord]):
+        return self.image_cache.loader(records) if self.image_cache is not None else None
+
+    def _transform(self, transform: Callable | None) -> Callable:
+        if transform is None or self.image_config is None:
+            raise ValueError("CaptionDataModule needs image_config= to build data loaders")
+        size = max(self.image_config["input_size"][1:])
+        if self.image_cache is not None and size > self.cache_size:
+            log.warning(
+                "the model reads %d px but dataset.cache_size=%d: cached images are upsampled; "
+                "raise dataset.cache_size",
+                size,
+                self.cache_size,
+            )
+        return transform
+
+    def train_dataset(self) -> CaptionTrainDataset:
         records = self.load_splits()["train"]
-        dataset = CaptionTrainDataset(records, self.train_transform, self.train_pairs)
-        return self._loader(dataset, self.batch_size, shuffle=True)
+        return CaptionTrainDataset(
+            records,
+            self._transform(self.train_transform),
+            self.train_pairs,
+            self._image_loader(records),
+        )
 
     def eval_dataset(self, split: str) -> CaptionEvalDataset:
-        return CaptionEvalDataset(self.load_splits()[split], self.eval_transform)
+        records = self.load_splits()[split]
+        return CaptionEvalDataset(
+            records, self._transform(self.eval_transform), self._image_loader(records)
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_dataset(), self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.eval_dataset("val"), self.eval_batch_size, shuffle=False)

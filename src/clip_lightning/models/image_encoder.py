@@ -44,7 +44,10 @@ class ImageEncoder(nn.Module):
         overlay = {"file": weights_file} if weights_file else None
         try:
             self.model = timm.create_model(
-                name, pretrained=pretrained, num_classes=0, pretrained_cfg_overlay=overlay,
+                name,
+                pretrained=pretrained,
+                num_classes=0,
+                pretrained_cfg_overlay=overlay,
                 **model_kwargs,
             )
         except RuntimeError as exc:
@@ -56,7 +59,8 @@ class ImageEncoder(nn.Module):
             raise _weights_error(name, exc) from exc
         except Exception as exc:  # network and hub errors come in many types
             raise _weights_error(name, exc) from exc
-        self.num_features: int = self.model.num_features
+        # the pooled output width: models with a pre-logits head (MobileNetV3) widen it
+        self.num_features: int = getattr(self.model, "head_hidden_size", self.model.num_features)
         self.data_config: dict[str, Any] = resolve_model_data_config(self.model)
         if image_size is not None:
             self.data_config["input_size"] = (3, image_size, image_size)

@@ -40,6 +40,8 @@ def print_config_tree(cfg: DictConfig, order: Sequence[str] = PRINT_ORDER) -> No
     for field in fields:
         branch = tree.add(str(field), style="bold")
         value = cfg[field]
-        text = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
+        text = (
+            OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
+        )
         branch.add(rich.syntax.Syntax(text, "yaml"))
     rich.print(tree)

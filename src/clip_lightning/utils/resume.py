@@ -48,8 +48,8 @@ def resolve_ckpt_path(
         if found is None:
             raise CheckpointError(
                 f"ckpt_path=last found no earlier run with checkpoints/{LAST} under {runs_dir}; "
-                "check task_name (resuming looks in that task's runs), or pass resume_dir=<run dir> "
-                "or ckpt_path=<file>"
+                "check task_name (resuming looks in that task's runs), or pass "
+                "resume_dir=<run dir> or ckpt_path=<file>"
             )
         return found
     path = Path(ckpt_path)

@@ -195,8 +195,8 @@ def load_hf(
 ) -> list[CaptionRecord]:
     """Records from a local HF folder (``root``) or, when ``root`` is None, the hub ``hub_id``.
 
-    Rows sharing an image id are merged (datasets with one caption per row); without an id
-    column every row is its own image.
+    Rows sharing an image id are merged (datasets with one caption per row). Without an id
+    column, path images are identified by their path and embedded images by their row.
     """
     unknown = set(columns or {}) - set(COLUMN_KEYS)
     if unknown:

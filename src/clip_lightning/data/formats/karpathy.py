@@ -17,9 +17,13 @@ PATTERN = "dataset_*.json"
 IMAGE_FOLDERS = ("", "images", "flickr30k-images", "flickr30k_images", "Images")
 
 
+# files of a HF save_to_disk folder that also match the pattern
+_HF_FILES = {"dataset_dict.json", "dataset_info.json"}
+
+
 def find_split_json(root: Path) -> Path | None:
-    """The ``dataset_*.json`` in ``root``, if there is exactly one candidate."""
-    found = sorted(root.glob(PATTERN))
+    """The first ``dataset_*.json`` in ``root`` (pass ``annotation=`` to pick another)."""
+    found = sorted(p for p in root.glob(PATTERN) if p.name not in _HF_FILES)
     return found[0] if found else None
 
 

@@ -1,0 +1,79 @@
+"""``python -m clip_lightning.prepare``: statistics, the full decode check, the cache build."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from hydra import compose, initialize_config_dir
+
+from clip_lightning.data.formats import load_records
+from clip_lightning.data.validation import find_bad_records
+from clip_lightning.prepare import prepare
+from clip_lightning.utils.config import register_resolvers
+from tests.conftest import CONFIG_DIR
+from tests.data.conftest import BUILDERS, truncate
+
+
+def compose_prepare(*overrides: str):
+    register_resolvers()
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        return compose("prepare", overrides=list(overrides))
+
+
+def test_prepare_prints_statistics_without_a_model(tmp_path, capsys):
+    root = BUILDERS["coco"](tmp_path / "c")
+    stats = prepare(compose_prepare("dataset=coco", f"dataset.root={root}"))
+    assert stats["images"] == 16 and stats["captions"] == sum(5 + i % 3 for i in range(16))
+    assert (stats["captions_per_image_min"], stats["captions_per_image_max"]) == (5, 7)
+    assert (stats["train_images"], stats["val_images"], stats["test_images"]) == (10, 3, 3)
+    assert stats["bad_images"] == 0
+    out = capsys.readouterr().out
+    assert "Dataset coco (coco:" in out and "captions_per_image_mean" in out
+
+
+def test_prepare_finds_truncated_files_the_setup_check_cannot_see(tmp_path, capsys):
+    root = BUILDERS["karpathy"](tmp_path / "k")
+    truncate(root / "images" / "1007.jpg")
+    assert not find_bad_records(load_records("karpathy", root))  # header-level: looks fine
+    stats = prepare(compose_prepare("dataset=flickr30k", f"dataset.root={root}"))
+    assert stats["bad_images"] == 1
+    out = capsys.readouterr().out
+    assert f"bad image: {root / 'images' / '1007.jpg'}: unreadable" in out
+    assert "dataset.on_bad_image=skip" in out
+
+
+def test_prepare_builds_the_configured_cache(tmp_path, capsys):
+    root = BUILDERS["kaggle_csv"](tmp_path / "kg")
+    cfg = compose_prepare(
+        "dataset=flickr30k",
+        f"dataset.root={root}",
+        "dataset.cache=auto",
+        f"paths.data_dir={tmp_path / 'data'}",
+        "dataset.split_sizes.val=3",
+        "dataset.split_sizes.test=3",
+    )
+    stats = prepare(cfg)
+    assert stats["images"] == 16 and stats["val_images"] == 3
+    assert (tmp_path / "data" / "cache" / "flickr30k" / "index.json").is_file()
+    assert "Image cache:" in capsys.readouterr().out
+
+
+def run_prepare(*args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "clip_lightning.prepare", *args],
+        cwd=cwd,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_cli_reports_a_missing_root_as_one_line(tmp_path):
+    result = run_prepare("dataset=flickr30k", f"dataset.root={tmp_path / 'none'}", cwd=tmp_path)
+    assert result.returncode == 1
+    output = result.stdout + result.stderr  # Hydra's console log handler writes to stdout
+    errors = [line for line in output.splitlines() if "does not exist" in line]
+    assert len(errors) == 1 and "dataset_flickr30k.json from Karpathy's splits" in errors[0]

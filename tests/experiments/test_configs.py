@@ -1,0 +1,93 @@
+"""Every option of every config group composes; every experiment runs a fast_dev_run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf import OmegaConf
+
+from clip_lightning.utils.config import register_resolvers
+from tests.experiments.conftest import TINY_MODEL, read_metrics, run_dirs, run_train
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+register_resolvers()
+
+
+def group_options() -> list[str]:
+    """``group=option`` for every YAML file below conf/ except the primary config."""
+    options = []
+    for path in sorted(CONF.rglob("*.yaml")):
+        rel = path.relative_to(CONF)
+        if rel.parent == Path("."):
+            continue
+        options.append(f"{rel.parent.as_posix()}={rel.stem}")
+    return options
+
+
+def compose_train(overrides: list[str], hydra: bool = False):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=overrides, return_hydra_config=hydra)
+
+
+@pytest.mark.parametrize("override", group_options())
+def test_every_config_composes(override: str) -> None:
+    cfg = compose_train([override], hydra=override.startswith("hydra/"))
+    assert "model" in cfg and "trainer" in cfg
+    group, option = override.split("=")
+    if group == "experiment":
+        assert cfg.task_name == option
+    if group == "trainer":
+        assert cfg.trainer.accelerator in ("auto", "cpu", "gpu")
+        assert isinstance(cfg.trainer.devices, int) and isinstance(cfg.trainer.num_nodes, int)
+    if group == "callbacks" or group == "logger":
+        # every entry is a complete instantiable node
+        entries = OmegaConf.to_container(cfg[group]) or {}
+        assert all("_target_" in entry for entry in entries.values() if entry)
+
+
+def test_slurm_launcher_follows_trainer() -> None:
+    cfg = compose_train(
+        ["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=8", "trainer.num_nodes=2"],
+        hydra=True,
+    )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (8, 8, 2)
+
+
+def test_optuna_search_space_is_the_plugin_schema() -> None:
+    cfg = compose_train(["hparams_search=optuna_lr"], hydra=True)
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper")
+    assert sweeper.direction == "maximize" and sweeper.max_failure_rate == 1.0
+    assert "optimizer.lr" in sweeper.params
+
+
+def test_typo_in_an_override_fails_with_hydra_message() -> None:
+    with pytest.raises(ConfigCompositionException, match="batchsize"):
+        compose_train(["dataset.batchsize=3"])
+
+
+def test_unknown_option_lists_the_available_ones() -> None:
+    with pytest.raises(MissingConfigException) as info:
+        compose_train(["loss=nonexistent"])
+    message = str(info.value)
+    assert "nonexistent" in message
+    assert all(name in message for name in ("infonce", "siglip", "soft_target"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "experiment",
+    sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")),
+)
+def test_experiment_runs_fast_dev_run(experiment: str, tmp_path: Path) -> None:
+    """The experiment's own settings (freezing, heads, loss) on tiny offline encoders."""
+    run_train(tmp_path, f"experiment={experiment}", *TINY_MODEL, "debug=fdr")
+    (run,) = run_dirs(tmp_path, "debug")
+    metrics = read_metrics(run)
+    assert metrics["test/rsum"] >= 0.0
+    assert "train/loss" in metrics

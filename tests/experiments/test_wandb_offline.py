@@ -1,0 +1,28 @@
+"""W&B offline: config, parameter counts, metrics in the offline run; resume keeps the id."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.experiments.conftest import TINY, run_dirs, run_train
+
+
+@pytest.mark.slow
+def test_wandb_offline_run_and_resume_keep_one_id(tmp_path: Path) -> None:
+    run_train(tmp_path, *TINY, "logger=wandb", "test=false", "trainer.log_every_n_steps=1")
+    (first,) = run_dirs(tmp_path)
+    run_id = (first / "wandb_run_id").read_text().strip()
+    (offline,) = (first / "wandb").glob(f"offline-run-*-{run_id}")
+    # wandb >= 0.19 keeps an offline run's config, history and summary in the protobuf
+    # transaction log run-<id>.wandb (what `wandb sync` uploads); its keys are stored verbatim
+    records = (offline / f"run-{run_id}.wandb").read_bytes()
+    for key in (b"task_name", b"val/rsum", b"params/total_trainable", b"train/logit_scale"):
+        assert key in records, key
+
+    run_train(tmp_path, *TINY, "logger=wandb", "test=false", "ckpt_path=last")
+    second = run_dirs(tmp_path)[-1]
+    assert second != first
+    assert (second / "wandb_run_id").read_text().strip() == run_id
+    assert list((second / "wandb").glob(f"offline-run-*-{run_id}"))

@@ -1,0 +1,75 @@
+"""Smoke test of ``python -m clip_lightning.bench``: every sub-benchmark at tiny sizes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from clip_lightning.bench import BENCHMARKS
+
+TINY_BENCH = [
+    "trainer.accelerator=cpu",
+    "model.image_encoder.image_size=32",
+    "+model.text_encoder.config_overrides={num_hidden_layers:1}",
+    "model.embed_dim=32",
+    "train_step.batch_size=8",
+    "train_step.warmup_steps=1",
+    "train_step.steps=1",
+    "train_step.repeats=2",
+    "text_cache.batch_size=8",
+    "text_cache.dataset_size=16",
+    "text_cache.steps=1",
+    "text_cache.repeats=1",
+    "retrieval.num_images=50",
+    "retrieval.repeats=1",
+    "+data_pipeline.num_images=8",
+    "+data_pipeline.batch_size=4",
+    "+data_pipeline.workers=[0]",
+    "+data_pipeline.image_size=32",
+    "+data_pipeline.cache_size=32",
+]
+
+
+def _non_positive(figures: dict) -> dict:
+    return {k: v for k, v in figures.items() if isinstance(v, int | float) and v <= 0}
+
+
+@pytest.mark.slow
+def test_every_benchmark_runs_and_writes_json(tmp_path):
+    names = list(BENCHMARKS)
+    out = tmp_path / "figures.json"
+    command = [
+        sys.executable, "-m", "clip_lightning.bench", f"only=[{','.join(names)}]",
+        f"out={out}", f"hydra.run.dir={tmp_path / 'run'}", *TINY_BENCH,
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    figures = json.loads(out.read_text())
+    assert json.loads((tmp_path / "run" / "bench.json").read_text()) == figures
+    assert figures["machine"]["cpu_count"] >= 1
+    for name in names:
+        assert figures[name], name
+        assert not _non_positive(figures[name]), (name, figures[name])
+    assert figures["train_step"]["trainer_pairs_per_s"] > 0
+    assert figures["train_step"]["plain_pairs_per_s"] > 0
+    assert figures["text_cache"]["cached_steps_per_s"] > 0
+    assert figures["text_cache"]["uncached_steps_per_s"] > 0
+    assert figures["retrieval"]["seconds"] > 0
+    assert figures["retrieval"]["peak_extra_mib"] > 0
+    rates = figures["data_pipeline"]["images_per_second"]
+    assert all(rate > 0 for by_workers in rates.values() for rate in by_workers.values())
+
+
+def test_unknown_benchmark_is_rejected():
+    from omegaconf import OmegaConf
+
+    from clip_lightning.bench import run_benchmarks
+
+    with pytest.raises(ValueError, match="choose from"):
+        run_benchmarks(OmegaConf.create({"only": ["nope"]}))

@@ -1,0 +1,174 @@
+"""The eval entry point: a tiny real training run, then eval of its best checkpoint must give the
+test figures the run logged; bad checkpoints fail with one clear line."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.demos.boring_classes import BoringModel
+from omegaconf import DictConfig, open_dict
+from PIL import Image
+
+from clip_lightning.errors import CheckpointError
+from clip_lightning.eval import evaluate
+from clip_lightning.train import train
+from clip_lightning.utils.config import register_resolvers
+from clip_lightning.utils.entry import load_model
+from clip_lightning.utils.instantiate import instantiate_list
+from tests.conftest import CONFIG_DIR, TINY
+
+DATA = [
+    "dataset.options.train=64",
+    "dataset.options.val=32",
+    "dataset.options.test=32",
+    "dataset.options.image_size=32",
+    "dataset.eval_batch_size=16",
+]
+RECALL_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
+
+
+def compose_train_run(overrides: list[str], output_dir: Path) -> DictConfig:
+    """Compose ``train`` like the CLI and set ``HydraConfig``, as ``@hydra.main`` would."""
+    register_resolvers()
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        cfg.paths.log_dir = str(output_dir.parent)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[DictConfig, dict[str, float]]:
+    """One tiny training run (fit 1 epoch + test of the best checkpoint), shared by the module."""
+    run = tmp_path_factory.mktemp("train") / "run"
+    cfg = compose_train_run([*TINY, *DATA], output_dir=run)
+    try:
+        metrics = train(cfg)
+    finally:
+        HydraConfig.instance().cfg = None
+    return cfg, metrics
+
+
+def best_checkpoint(cfg: DictConfig) -> Path:
+    (path,) = Path(cfg.paths.output_dir, "checkpoints").glob("epoch_*.ckpt")
+    return path
+
+
+@pytest.mark.slow
+def test_training_logs_recall_every_epoch_and_checkpoints_on_rsum(trained):
+    cfg, metrics = trained
+    for prefix in ("val", "test"):
+        for key in RECALL_KEYS:
+            assert f"{prefix}/{key}" in metrics, f"{prefix}/{key}"
+    assert 0.0 <= metrics["test/t2i_r1"] <= metrics["test/t2i_r10"] <= 100.0
+    with Path(cfg.paths.output_dir, "csv", "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert any(row.get("val/rsum") for row in rows)
+    (checkpoint,) = [c for c in instantiate_list(cfg.callbacks) if isinstance(c, ModelCheckpoint)]
+    assert checkpoint.monitor == "val/rsum" and checkpoint.mode == "max"
+    assert best_checkpoint(cfg).is_file()
+
+
+@pytest.mark.slow
+def test_eval_reproduces_the_training_runs_test_figures(trained, tmp_path):
+    train_cfg, metrics = trained
+    out = tmp_path / "eval"
+    register_resolvers()
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = compose(
+            "eval",
+            [
+                "dataset=synthetic",
+                *DATA,
+                f"ckpt_path={best_checkpoint(train_cfg)}",
+                "split=test",
+                "accelerator=cpu",
+            ],
+        )
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out)
+    results = evaluate(cfg)
+    written = json.loads((out / "eval_results.json").read_text())
+    assert written == results
+    assert written["split"] == "test" and written["dataset"] == "synthetic"
+    for key in RECALL_KEYS:
+        assert written["metrics"][f"test/{key}"] == pytest.approx(metrics[f"test/{key}"], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_alignment_plots_are_drawn_at_the_end_of_fit_and_test(trained):
+    cfg, _ = trained
+    plots = Path(cfg.paths.output_dir, "plots")
+    names = ["similarity_heatmap.png", "text_to_image.png", "image_to_text.png"]
+    for path in [plots / "fit" / n for n in [*names, "curves.png"]] + [
+        plots / "test" / n for n in names
+    ]:
+        with Image.open(path) as image:
+            image.verify()
+            assert image.format == "PNG" and min(image.size) > 100, path
+
+
+def test_missing_and_foreign_checkpoints_raise_checkpoint_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model(tmp_path / "missing.ckpt")
+    with pytest.raises(CheckpointError, match="no checkpoint given"):
+        load_model(None)
+    not_a_checkpoint = tmp_path / "notes.ckpt"
+    not_a_checkpoint.write_text("just some text\n")
+    with pytest.raises(CheckpointError, match="not a clip-lightning CLIPModule checkpoint") as err:
+        load_model(not_a_checkpoint)
+    assert "\n" not in str(err.value)
+
+    trainer = L.Trainer(
+        max_steps=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(BoringModel())
+    foreign = tmp_path / "boring.ckpt"
+    trainer.save_checkpoint(foreign)
+    with pytest.raises(CheckpointError, match="not a clip-lightning CLIPModule checkpoint") as err:
+        load_model(foreign)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.slow
+def test_eval_entry_point_reports_a_bad_checkpoint_in_one_line_and_exits_1(tmp_path):
+    env = {**os.environ, "CLIP_LIGHTNING_LOG_DIR": str(tmp_path / "logs")}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "clip_lightning.eval",
+            f"ckpt_path={tmp_path}/nope.ckpt",
+            "dataset=synthetic",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output
+    errors = [line for line in output.splitlines() if "does not exist" in line]
+    assert len(errors) == 1 and "[ERROR]" in errors[0], output

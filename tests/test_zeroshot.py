@@ -1,0 +1,136 @@
+"""Zero-shot classification of a tiny ImageFolder of colour squares: accuracies equal a
+brute-force computation from the model's own embeddings; bad folders fail clearly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import open_dict
+from PIL import Image
+
+from clip_lightning.errors import DataError
+from clip_lightning.eval import evaluate
+from clip_lightning.module import CLIPModule
+from clip_lightning.utils.config import register_resolvers
+from clip_lightning.utils.entry import build_datamodule
+from clip_lightning.zeroshot import class_embeddings, image_folder, zeroshot_classify
+from tests.conftest import CONFIG_DIR, TINY, compose_train
+
+COLOURS = {
+    "dark_red": (150, 20, 20),
+    "green": (30, 170, 60),
+    "blue": (40, 60, 220),
+    "yellow": (230, 220, 40),
+    "white": (245, 245, 245),
+    "purple": (140, 50, 180),
+}
+TEMPLATES = ["a photo of a {}.", "{} square"]
+
+
+def save_tiny_checkpoint(tmp_path: Path) -> Path:
+    """A checkpoint of the tiny quickstart model after one optimizer step."""
+    cfg = compose_train(TINY, output_dir=tmp_path)
+    model = instantiate(cfg.model)
+    trainer = L.Trainer(
+        max_steps=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(model, datamodule=build_datamodule(cfg.dataset, model))
+    path = tmp_path / "tiny.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+def make_folder(root: Path, colours: dict[str, tuple[int, int, int]], per_class: int = 3) -> Path:
+    for c, (name, rgb) in enumerate(colours.items()):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            image = Image.new("RGB", (40, 40), (30, 30, 30))
+            image.paste(Image.new("RGB", (20 + 4 * i, 20 + 4 * i), rgb), (2 * c, 3 * i))
+            image.save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
+
+
+def test_accuracy_equals_brute_force(checkpoint, tmp_path):
+    model = CLIPModule.load_from_checkpoint(checkpoint).eval()
+    folder = make_folder(tmp_path / "colours", COLOURS)
+    result = zeroshot_classify(model, folder, TEMPLATES, ks=(1, 5), batch_size=4)
+
+    names = sorted(COLOURS)
+    prompts = [[t.format(n.replace("_", " ")) for t in TEMPLATES] for n in names]
+    text = torch.stack([model.encode_text(p).mean(0) for p in prompts])
+    text = text / text.norm(dim=-1, keepdim=True)
+    files = [(c, path) for c, n in enumerate(names) for path in sorted((folder / n).iterdir())]
+    images = model.encode_image([Image.open(p) for _, p in files])
+    labels = np.array([c for c, _ in files])
+    ranking = np.argsort(-(images @ text.T).numpy(), axis=1)
+    top1 = 100 * np.mean(ranking[:, 0] == labels)
+    top5 = 100 * np.mean([labels[i] in ranking[i, :5] for i in range(len(labels))])
+
+    assert result.num_images == len(files) == 18
+    assert result.top_k[1] == pytest.approx(top1)
+    assert result.top_k[5] == pytest.approx(top5)
+    assert result.top_k[5] >= result.top_k[1]
+    for c, name in enumerate(names):
+        expected = 100 * np.mean(ranking[labels == c, 0] == c)
+        assert result.per_class[name.replace("_", " ")] == (pytest.approx(expected), 3)
+
+
+def test_class_embeddings_are_normalised_means_of_prompt_embeddings(checkpoint):
+    model = CLIPModule.load_from_checkpoint(checkpoint).eval()
+    embeddings = class_embeddings(model, ["red", "blue"], TEMPLATES)
+    expected = model.encode_text(["a photo of a red.", "red square"]).mean(0)
+    torch.testing.assert_close(embeddings[0], expected / expected.norm())
+    torch.testing.assert_close(embeddings.norm(dim=-1), torch.ones(2))
+
+
+def test_eval_zeroshot_task_writes_results_json(checkpoint, tmp_path):
+    folder = make_folder(tmp_path / "colours", dict(list(COLOURS.items())[:3]), per_class=2)
+    register_resolvers()
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = compose(
+            "eval",
+            ["task=zeroshot", f"ckpt_path={checkpoint}", f"data_dir={folder}", "accelerator=cpu"],
+        )
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "run")
+    results = evaluate(cfg)
+    written = json.loads((tmp_path / "run" / "zeroshot_results.json").read_text())
+    assert written == results
+    assert written["num_classes"] == 3 and written["num_images"] == 6
+    assert set(written["per_class"]) == {"dark red", "green", "blue"}
+    assert written["top5"] == 100.0  # three classes: the right one is always in the top 5
+    assert 0.0 <= written["top1"] <= 100.0
+
+
+def test_empty_and_single_class_folders_raise_data_errors(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        image_folder(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="not a usable image folder"):
+        image_folder(tmp_path / "empty")
+    (tmp_path / "no_images" / "cat").mkdir(parents=True)
+    (tmp_path / "no_images" / "cat" / "notes.txt").write_text("no image here")
+    with pytest.raises(DataError, match="not a usable image folder"):
+        image_folder(tmp_path / "no_images")
+    single = make_folder(tmp_path / "single", {"red": (200, 0, 0)})
+    with pytest.raises(DataError, match="only one class folder") as err:
+        image_folder(single)
+    assert "\n" not in str(err.value)
