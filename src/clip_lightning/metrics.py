@@ -24,7 +24,7 @@ def retrieval_ranks(
     image_embeddings: Tensor,
     text_embeddings: Tensor,
     text_to_image: Tensor,
-    chunk_size: int = 1024,
+    chunk_size: int = 256,
 ) -> tuple[Tensor, Tensor]:
     """1-based retrieval ranks for both directions, computed in chunks of ``chunk_size`` captions.
 
@@ -34,6 +34,8 @@ def retrieval_ranks(
         text_embeddings: ``[Nt, D]`` caption embeddings.
         text_to_image: ``[Nt]`` row index into ``image_embeddings`` of each caption's image.
         chunk_size: number of captions scored per step; bounds memory at ``chunk_size × Ni``.
+            The default keeps a COCO-5k block (256 × 5,000 floats, 5 MB) cache-resident, which
+            measured faster on CPU than 1024-row blocks.
 
     Returns:
         ``(i2t, t2i)``: ``i2t[i]`` is the rank of image ``i``'s best-scoring caption among all
@@ -139,7 +141,7 @@ class RetrievalRecall(Metric):
     text_ids: list[Tensor]
     text_image_ids: list[Tensor]
 
-    def __init__(self, ks: Sequence[int] = (1, 5, 10), chunk_size: int = 1024, **kwargs: Any):
+    def __init__(self, ks: Sequence[int] = (1, 5, 10), chunk_size: int = 256, **kwargs: Any):
         super().__init__(**kwargs)
         if not ks or len(set(ks)) != len(ks) or any(int(k) != k or k < 1 for k in ks):
             raise ValueError(f"ks must be a non-empty sequence of distinct positive ints, got {ks}")

@@ -1,13 +1,15 @@
 """Training throughput of the CLIPModule in a real ``lightning.Trainer`` vs a plain PyTorch loop.
 
 Both sides run the same module object (same encoders, heads and loss), the same in-memory batch
-and the same precision; repetitions alternate between them (Trainer first, then plain first) so
-drift on a shared machine hits both. The ratio ``trainer / plain`` is the framework's cost.
+and the same precision, alternating step by step (one Trainer step, one plain step, ...) so a
+load burst on a shared machine hits both; median step times discard the bursts. The ratio
+``plain step time / Trainer step time`` is the framework's cost.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -23,7 +25,6 @@ from clip_lightning.benchmarks.common import (
     random_images,
     repeated_loader,
     synchronize,
-    timed_steps,
     to_device,
     trainer_device,
 )
@@ -32,26 +33,37 @@ from clip_lightning.module import CLIPModule
 from clip_lightning.utils.instantiate import instantiate_list
 
 
-class StepTimer(L.Callback):
-    """Wall-clock time of the Trainer's steps after ``warmup`` untimed ones."""
+class InterleavedSteps(L.Callback):
+    """After each Trainer step, one plain step: both timed, so load bursts hit both alike.
 
-    def __init__(self, warmup: int, steps: int, device: torch.device):
-        self.warmup, self.last = warmup, warmup + steps
+    A Trainer step's time runs from the end of the previous plain step (or the start of the
+    first batch) to this step's ``on_train_batch_end``: everything Lightning does per step
+    (fetching the batch, hooks, logging, the closure) and nothing of the plain step.
+    """
+
+    def __init__(self, plain_step: Callable[[], None], warmup: int, device: torch.device):
+        self.plain_step = plain_step
+        self.warmup = warmup
         self.device = device
-        self.start = self.stop = 0.0
+        self.trainer_seconds: list[float] = []
+        self.plain_seconds: list[float] = []
+        self.mark = 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if batch_idx == 0:
+            synchronize(self.device)
+            self.mark = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if batch_idx + 1 in (self.warmup, self.last):
-            synchronize(self.device)
-            now = time.perf_counter()
-            if batch_idx + 1 == self.warmup:
-                self.start = now
-            else:
-                self.stop = now
-
-    @property
-    def seconds(self) -> float:
-        return self.stop - self.start
+        synchronize(self.device)
+        trainer_done = time.perf_counter()
+        self.plain_step()
+        synchronize(self.device)
+        plain_done = time.perf_counter()
+        if batch_idx >= self.warmup:
+            self.trainer_seconds.append(trainer_done - self.mark)
+            self.plain_seconds.append(plain_done - trainer_done)
+        self.mark = plain_done
 
 
 def caption_batch(
@@ -75,78 +87,55 @@ def caption_batch(
     return {"images": random_images(batch_size, image_size, seed), **tokens}
 
 
-def _trainer(cfg: DictConfig, timer: StepTimer, max_steps: int) -> L.Trainer:
-    return instantiate(
-        cfg.trainer,
-        max_steps=max_steps,
-        max_epochs=-1,
-        callbacks=[timer],
-        logger=instantiate_list(cfg.get("logger")) or False,
-    )
-
-
 def run(
     cfg: DictConfig,
     batch_size: int = 128,
     image_size: int | None = None,
     text_length: int | None = None,
     warmup_steps: int = 3,
-    steps: int = 10,
-    repeats: int = 3,
+    steps: int = 30,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Pairs/s of both loops (medians over ``repeats``) and their ratio.
+    """Pairs/s of both loops (from median step times) and their ratio.
 
     ``cfg`` is the composed bench config: ``model``, ``optimizer``, ``trainer`` and ``logger``
-    are used as a training run would use them.
+    are used as a training run would use them. Both loops share the module, so both train it.
     """
-    if warmup_steps < 1 or steps < 1 or repeats < 1:
-        raise ValueError("train_step needs warmup_steps, steps and repeats >= 1")
+    if warmup_steps < 1 or steps < 1:
+        raise ValueError("train_step needs warmup_steps and steps >= 1")
     L.seed_everything(seed, verbose=False)
     model: CLIPModule = instantiate(cfg.model)
     size = image_size or int(model.image_encoder.data_config["input_size"][-1])
     device = trainer_device(cfg)
-    loader = repeated_loader(
-        caption_batch(model, batch_size, size, seed, text_length),
-        warmup_steps + steps,
-        device.type == "cuda",
-    )
+    batch = caption_batch(model, batch_size, size, seed, text_length)
+    loader = repeated_loader(batch, warmup_steps + steps, device.type == "cuda")
+    plain_batches = iter(repeated_loader(batch, warmup_steps + steps, device.type == "cuda"))
     optimizer = model.configure_optimizers()["optimizer"]
     autocast = autocast_for(cfg.trainer.precision, device)
 
-    def plain() -> float:
-        model.to(device).train()  # the Trainer's teardown may have moved it back to the CPU
-        batches = (to_device(batch, device) for batch in loader)
+    def plain_step() -> None:
+        plain_train_step(model, optimizer, to_device(next(plain_batches), device), autocast)
 
-        def step(batch: Batch) -> None:
-            plain_train_step(model, optimizer, batch, autocast)
-
-        return timed_steps(step, batches, warmup_steps, steps, device)
-
-    def trainer() -> float:
-        timer = StepTimer(warmup_steps, steps, device)
-        _trainer(cfg, timer, warmup_steps + steps).fit(model, train_dataloaders=loader)
-        return timer.seconds
-
-    trainer_rates, plain_rates = [], []
-    for repeat in range(repeats):
-        order = (trainer, plain) if repeat % 2 == 0 else (plain, trainer)
-        for measure in order:
-            rate = batch_size * steps / measure()
-            (trainer_rates if measure is trainer else plain_rates).append(rate)
-    ratios = [t / p for t, p in zip(trainer_rates, plain_rates, strict=True)]
-    trainer_rate, plain_rate = median(trainer_rates), median(plain_rates)
+    timer = InterleavedSteps(plain_step, warmup_steps, device)
+    trainer = instantiate(
+        cfg.trainer,
+        max_steps=warmup_steps + steps,
+        max_epochs=-1,
+        callbacks=[timer],
+        logger=instantiate_list(cfg.get("logger")) or False,
+    )
+    trainer.fit(model, train_dataloaders=loader)
+    trainer_step, plain_step_s = median(timer.trainer_seconds), median(timer.plain_seconds)
     return {
         "device": str(device),
         "precision": str(cfg.trainer.precision),
         "batch_size": batch_size,
         "image_size": size,
-        "text_length": int(loader.dataset.batch["input_ids"].shape[1]),
+        "text_length": int(batch["input_ids"].shape[1]),
         "steps": steps,
-        "repeats": repeats,
-        "trainer_pairs_per_s": trainer_rate,
-        "plain_pairs_per_s": plain_rate,
-        "ratio": median(ratios),
-        "overhead_ms_per_step": 1000 * batch_size * (1 / trainer_rate - 1 / plain_rate),
-        "ratio_per_repeat": ratios,
+        "trainer_pairs_per_s": batch_size / trainer_step,
+        "plain_pairs_per_s": batch_size / plain_step_s,
+        "ratio": plain_step_s / trainer_step,
+        "ratio_of_totals": sum(timer.plain_seconds) / sum(timer.trainer_seconds),
+        "overhead_ms_per_step": 1000 * (trainer_step - plain_step_s),
     }
