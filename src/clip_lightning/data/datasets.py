@@ -23,6 +23,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from clip_lightning.data.records import CaptionRecord, load_rgb
+from clip_lightning.tokenization import tokenize
 
 ImageLoader = Callable[[int], Image.Image]
 
@@ -127,16 +128,6 @@ class CaptionCollator:
         self.tokenizer = tokenizer
         self.max_length = max_length
 
-    def tokenize(self, captions: list[str]) -> dict[str, torch.Tensor]:
-        tokens = self.tokenizer(
-            captions,
-            padding="longest",
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
-        )
-        return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
-
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if "captions" in items[0]:
             captions = [c for item in items for c in item["captions"]]
@@ -153,6 +144,6 @@ class CaptionCollator:
             "images": torch.stack([item["image"] for item in items]),
             "image_ids": torch.tensor([item["image_id"] for item in items]),
             "caption_ids": torch.tensor(caption_ids),
-            **self.tokenize(captions),
+            **tokenize(self.tokenizer, captions, self.max_length),
             **extra,
         }

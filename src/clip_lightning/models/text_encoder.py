@@ -17,6 +17,7 @@ from clip_lightning.models.text_cache import (
     hash_module_weights,
     hash_tokenizer,
 )
+from clip_lightning.tokenization import tokenize
 
 
 class TextEncoder(nn.Module):
@@ -149,11 +150,4 @@ class TextEncoder(nn.Module):
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """Tokenize with the encoder's own tokenizer, padded to the longest text."""
-        tokens = self.tokenizer(
-            texts,
-            padding="longest",
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
-        )
-        return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
+        return tokenize(self.tokenizer, texts, self.max_length)
