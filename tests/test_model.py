@@ -232,3 +232,13 @@ def test_compiled_encoders_match_eager(tiny_cfg):
         atol=1e-4,
         rtol=1e-4,
     )
+
+
+def test_uint8_batches_are_normalised_on_the_encoder_like_float_ones():
+    torch.manual_seed(0)
+    encoder = ImageEncoder("resnet18", pretrained=False, image_size=32).eval()
+    pixels = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    mean = torch.tensor(encoder.data_config["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(encoder.data_config["std"]).view(1, 3, 1, 1)
+    normalised = (pixels.float() / 255 - mean) / std
+    torch.testing.assert_close(encoder(pixels), encoder(normalised), atol=1e-4, rtol=1e-4)

@@ -1,8 +1,12 @@
 """Image transforms built from the image encoder's timm data config.
 
-The encoder decides input size, mean/std, interpolation and crop; the dataset config decides
-only the augmentation strength. Horizontal flips are off by default because captions say
-"left" and "right", and colour jitter is off because captions name colours.
+The encoder decides input size, interpolation and crop; the dataset config decides only the
+augmentation strength. Horizontal flips are off by default because captions say "left" and
+"right", and colour jitter is off because captions name colours.
+
+The transforms stop at uint8 ``[3, H, W]`` tensors: the image encoder normalises a uint8 batch
+on its own device (as timm's prefetch loader does), so workers do no per-image float work and
+a batch moves to the GPU in a quarter of the bytes.
 """
 
 from __future__ import annotations
@@ -19,12 +23,12 @@ def build_image_transforms(
     ratio: Sequence[float] = (3 / 4, 4 / 3),
     hflip: float = 0.0,
 ) -> tuple[Callable, Callable]:
-    """Return ``(train_transform, eval_transform)``: RandomResizedCrop vs resize + centre crop."""
+    """Return ``(train_transform, eval_transform)``: RandomResizedCrop vs resize + centre crop,
+    both producing uint8 tensors (see the module docstring)."""
     common = {
         "input_size": tuple(data_config["input_size"]),
         "interpolation": data_config.get("interpolation", "bicubic"),
-        "mean": tuple(data_config["mean"]),
-        "std": tuple(data_config["std"]),
+        "normalize": False,
     }
     train = create_transform(
         **common,

@@ -65,6 +65,11 @@ class ImageEncoder(nn.Module):
         if image_size is not None:
             self.data_config["input_size"] = (3, image_size, image_size)
         self.channels_last = channels_last
+        # uint8 batches (what the data pipeline yields) are normalised here, on the device
+        mean = torch.tensor(self.data_config["mean"]).view(1, 3, 1, 1) * 255
+        std = torch.tensor(self.data_config["std"]).view(1, 3, 1, 1) * 255
+        self.register_buffer("pixel_mean", mean, persistent=False)
+        self.register_buffer("pixel_std", std, persistent=False)
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
         if freeze:
@@ -82,6 +87,9 @@ class ImageEncoder(nn.Module):
         return self
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooled features of a uint8 batch (normalised here) or an already normalised float one."""
+        if images.dtype == torch.uint8:
+            images = (images.float() - self.pixel_mean) / self.pixel_std
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return self.model(images)
