@@ -192,12 +192,14 @@ def test_checkpoint_reloads_without_arguments_and_inference_api(tiny_cfg, tmp_pa
     assert batch.shape == (2, 3, 32, 32)
 
 
-def test_bf16_mixed_precision_trains(tiny_cfg, tmp_path):
+# On a CPU Lightning runs 16-mixed as bf16 autocast; on a GPU it adds a gradient scaler.
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+def test_mixed_precision_trains(tiny_cfg, tmp_path, precision):
     model, datamodule = build(tiny_cfg)
     trainer = L.Trainer(
         max_steps=2,
         limit_val_batches=0,
-        precision="bf16-mixed",
+        precision=precision,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
