@@ -82,3 +82,12 @@ def test_real_defaults_fail_fast_offline_with_one_clear_message(tmp_path):
     assert "experiment=quickstart" in output
     assert "Traceback" not in output
     assert "Epoch" not in output
+
+
+def test_a_bad_loader_value_fails_at_start_with_one_line(tmp_path):
+    result = run_cli(["experiment=quickstart", "dataset.batch_size=abc"], cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1
+    assert "dataset.batch_size must be an integer >= 1, got 'abc'" in output
+    assert "Traceback" not in output
+    assert "Epoch" not in output

@@ -74,6 +74,12 @@ class CaptionDataModule(L.LightningDataModule):
         prefetch_factor: int | None = None,
     ):
         super().__init__()
+        _check_loader_numbers(
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            prefetch_factor=prefetch_factor,
+        )
         self.name = name
         self.root = Path(root).expanduser() if root is not None else None
         self.hub_id = hub_id
@@ -217,3 +223,16 @@ class CaptionDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.eval_dataset("test"), self.eval_batch_size, shuffle=False)
+
+
+def _check_loader_numbers(**values: Any) -> None:
+    """Fail at start-up, naming the key, when a loader setting is not a number it can use."""
+    for key, value in values.items():
+        minimum = 0 if key == "num_workers" else 1
+        if value is None and key in ("eval_batch_size", "prefetch_factor"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise DataError(
+                f"dataset.{key} must be an integer >= {minimum}, got {value!r}; "
+                f"fix the override, e.g. dataset.{key}={max(minimum, 2)}"
+            )

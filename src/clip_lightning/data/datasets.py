@@ -23,6 +23,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from clip_lightning.data.records import CaptionRecord, load_rgb
+from clip_lightning.errors import DataError
 from clip_lightning.tokenization import tokenize
 
 ImageLoader = Callable[[int], Image.Image]
@@ -61,7 +62,7 @@ class CaptionTrainDataset(Dataset):
         image_loader: ImageLoader | None = None,
     ):
         if pairs not in ("random", "all"):
-            raise ValueError(f"dataset.train_pairs must be 'random' or 'all', got {pairs!r}")
+            raise DataError(f"dataset.train_pairs must be 'random' or 'all', got {pairs!r}")
         self.records = records
         self.transform = transform
         self.pairs = pairs
