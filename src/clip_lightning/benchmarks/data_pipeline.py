@@ -7,6 +7,7 @@ the model resolution -- the image side only (no tokenizer), which is what the ca
 
 from __future__ import annotations
 
+import statistics
 import tempfile
 import time
 from collections.abc import Sequence
@@ -81,15 +82,17 @@ def images_per_second(dataset: CaptionTrainDataset, workers: int, batch_size: in
 
 
 def run(
-    num_images: int = 512,
+    num_images: int = 1024,
     image_size: int = 224,
     cache_size: int = 256,
     batch_size: int = 64,
     workers: Sequence[int] = (0, 2),
     folder: str | Path | None = None,
     seed: int = 0,
+    repeats: int = 3,
 ) -> dict[str, Any]:
-    """Images/s for raw JPEGs and for the cache, per worker count, plus the cache build time."""
+    """Images/s (median of ``repeats`` epochs) for raw JPEGs and for the cache, per worker
+    count, plus the cache build time."""
     if num_images < 2 * batch_size:
         raise ValueError("data_pipeline needs num_images >= 2 * batch_size (one batch is warm-up)")
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
@@ -108,12 +111,21 @@ def run(
                 records, train_transform, image_loader=cache.loader(records)
             ),
         }
+        # raw and cache alternate, epoch by epoch, so machine noise hits both alike; medians
+        samples: dict[str, dict[str, list[float]]] = {
+            n: {str(w): [] for w in workers} for n in datasets
+        }
+        for _ in range(repeats):
+            for w in workers:
+                for name, dataset in datasets.items():
+                    samples[name][str(w)].append(images_per_second(dataset, w, batch_size))
         rates = {
-            name: {str(w): images_per_second(ds, w, batch_size) for w in workers}
-            for name, ds in datasets.items()
+            name: {w: statistics.median(values) for w, values in per_worker.items()}
+            for name, per_worker in samples.items()
         }
     result = {
         "num_images": num_images,
+        "repeats": repeats,
         "image_size": image_size,
         "cache_size": cache_size,
         "cache_build_seconds": build_seconds,
