@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import lightning as L
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
@@ -56,3 +57,16 @@ def compose_train(overrides: list[str], output_dir: str | os.PathLike | None = N
 def tiny_cfg(tmp_path) -> DictConfig:
     """The tiny quickstart config with outputs under ``tmp_path``."""
     return compose_train(TINY, output_dir=tmp_path)
+
+
+def quiet_trainer(root: str | os.PathLike, **overrides) -> L.Trainer:
+    """A CPU Trainer with no logger, checkpoints, progress bar or summary unless overridden."""
+    options = {
+        "accelerator": "cpu",
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "default_root_dir": root,
+    }
+    return L.Trainer(**{**options, **overrides})

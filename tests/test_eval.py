@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import lightning as L
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
@@ -25,7 +24,7 @@ from clip_lightning.train import train
 from clip_lightning.utils.config import register_resolvers
 from clip_lightning.utils.entry import load_model
 from clip_lightning.utils.instantiate import instantiate_list
-from tests.conftest import CONFIG_DIR, TINY
+from tests.conftest import CONFIG_DIR, TINY, quiet_trainer
 
 DATA = [
     "dataset.options.train=64",
@@ -133,15 +132,7 @@ def test_missing_and_foreign_checkpoints_raise_checkpoint_errors(tmp_path):
         load_model(not_a_checkpoint)
     assert "\n" not in str(err.value)
 
-    trainer = L.Trainer(
-        max_steps=1,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0)
     trainer.fit(BoringModel())
     foreign = tmp_path / "boring.ckpt"
     trainer.save_checkpoint(foreign)

@@ -13,7 +13,7 @@ from PIL import Image
 from clip_lightning.models import ImageEncoder
 from clip_lightning.module import CLIPModule
 from clip_lightning.utils.entry import build_datamodule
-from tests.conftest import TINY, compose_train
+from tests.conftest import TINY, compose_train, quiet_trainer
 
 
 def build(cfg):
@@ -141,15 +141,7 @@ def _one_sgd_step(overrides: list[str], tmp_path) -> dict[str, torch.Tensor]:
     L.seed_everything(0)
     model, datamodule = build(cfg)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    trainer = L.Trainer(
-        max_steps=1,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0)
     L.seed_everything(0)
     trainer.fit(model, datamodule=datamodule)
     return {n: p.detach() - before[n] for n, p in model.named_parameters()}
@@ -165,14 +157,7 @@ def test_grad_cache_step_equals_full_batch_step(tmp_path):
 
 def test_checkpoint_reloads_without_arguments_and_inference_api(tiny_cfg, tmp_path):
     model, datamodule = build(tiny_cfg)
-    trainer = L.Trainer(
-        max_steps=2,
-        limit_val_batches=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path, max_steps=2, limit_val_batches=1)
     trainer.fit(model, datamodule=datamodule)
     path = tmp_path / "model.ckpt"
     trainer.save_checkpoint(path)
@@ -196,15 +181,7 @@ def test_checkpoint_reloads_without_arguments_and_inference_api(tiny_cfg, tmp_pa
 @pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
 def test_mixed_precision_trains(tiny_cfg, tmp_path, precision):
     model, datamodule = build(tiny_cfg)
-    trainer = L.Trainer(
-        max_steps=2,
-        limit_val_batches=0,
-        precision=precision,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path, max_steps=2, limit_val_batches=0, precision=precision)
     trainer.fit(model, datamodule=datamodule)
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -21,7 +20,7 @@ from clip_lightning.module import CLIPModule
 from clip_lightning.utils.config import register_resolvers
 from clip_lightning.utils.entry import build_datamodule
 from clip_lightning.zeroshot import class_embeddings, image_folder, zeroshot_classify
-from tests.conftest import CONFIG_DIR, TINY, compose_train
+from tests.conftest import CONFIG_DIR, TINY, compose_train, quiet_trainer
 
 COLOURS = {
     "dark_red": (150, 20, 20),
@@ -38,15 +37,7 @@ def save_tiny_checkpoint(tmp_path: Path) -> Path:
     """A checkpoint of the tiny quickstart model after one optimizer step."""
     cfg = compose_train(TINY, output_dir=tmp_path)
     model = instantiate(cfg.model)
-    trainer = L.Trainer(
-        max_steps=1,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0)
     trainer.fit(model, datamodule=build_datamodule(cfg.dataset, model))
     path = tmp_path / "tiny.ckpt"
     trainer.save_checkpoint(path)

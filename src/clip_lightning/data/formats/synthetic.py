@@ -1,6 +1,6 @@
 """An embedded, procedurally generated caption dataset: no download, fully deterministic.
 
-Each image shows one to three objects of one shape, colour and size, clustered in one quadrant
+Each image shows one to three separate objects of one shape, colour and size in one quadrant
 of the canvas; each image has several differently worded captions that all state every
 attribute, so retrieval is only solved by learning colour, shape, size, count *and* position.
 """
@@ -72,24 +72,35 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: 
         draw.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=fill)
 
 
+# Object centres within the quadrant, as fractions of its side: far enough apart that even large
+# objects never touch, so every image shows exactly the count its captions state.
+_LAYOUTS = {
+    1: ((0.5, 0.5),),
+    2: ((0.28, 0.3), (0.72, 0.7)),
+    3: ((0.25, 0.25), (0.75, 0.25), (0.5, 0.76)),
+}
+_RADIUS = {"small": 0.045, "large": 0.075}  # of the image side
+
+
 def render(scene: Scene, image_size: int) -> Image.Image:
-    """Draw ``scene`` on a square canvas; object centres are non-overlapping within a quadrant."""
+    """Draw ``scene`` on a square canvas: ``count`` separate objects in its quadrant.
+
+    The layout for the count is mirrored and jittered by the scene's seed, so no two images
+    look alike while objects never overlap or leave their quadrant.
+    """
     rng = random.Random(scene.seed)
     image = Image.new("RGB", (image_size, image_size), _BACKGROUND)
     draw = ImageDraw.Draw(image)
     half = image_size / 2
-    radius = image_size * (0.06 if scene.size == "small" else 0.11)
+    radius = image_size * _RADIUS[scene.size]
+    jitter = image_size * 0.012
     x0 = half if "right" in scene.position else 0.0
     y0 = half if "bottom" in scene.position else 0.0
-    centres: list[tuple[float, float]] = []
-    for _ in range(200):
-        if len(centres) == scene.count:
-            break
-        cx = x0 + rng.uniform(radius + 1, half - radius - 1)
-        cy = y0 + rng.uniform(radius + 1, half - radius - 1)
-        if all((cx - x) ** 2 + (cy - y) ** 2 > (2.1 * radius) ** 2 for x, y in centres):
-            centres.append((cx, cy))
-    for cx, cy in centres:
+    flip_x, flip_y = rng.random() < 0.5, rng.random() < 0.5
+    for fx, fy in _LAYOUTS[scene.count]:
+        fx, fy = (1 - fx if flip_x else fx), (1 - fy if flip_y else fy)
+        cx = x0 + fx * half + rng.uniform(-jitter, jitter)
+        cy = y0 + fy * half + rng.uniform(-jitter, jitter)
         _draw_shape(draw, scene.shape, cx, cy, radius, COLOURS[scene.colour])
     return image
 
