@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -33,8 +34,17 @@ TINY_BENCH = [
 ]
 
 
+# Signed or possibly-zero figures: the overhead is a difference of two noisy medians, and a tiny
+# retrieval run may allocate nothing above the memory already resident.
+SIGNED = {"overhead_ms_per_step", "peak_extra_mib"}
+
+
 def _non_positive(figures: dict) -> dict:
-    return {k: v for k, v in figures.items() if isinstance(v, int | float) and v <= 0}
+    return {
+        k: v
+        for k, v in figures.items()
+        if k not in SIGNED and isinstance(v, int | float) and v <= 0
+    }
 
 
 @pytest.mark.slow
@@ -60,7 +70,8 @@ def test_every_benchmark_runs_and_writes_json(tmp_path):
     assert figures["text_cache"]["cached_steps_per_s"] > 0
     assert figures["text_cache"]["uncached_steps_per_s"] > 0
     assert figures["retrieval"]["seconds"] > 0
-    assert figures["retrieval"]["peak_extra_mib"] > 0
+    assert figures["retrieval"]["peak_extra_mib"] >= 0
+    assert math.isfinite(figures["train_step"]["overhead_ms_per_step"])
     rates = figures["data_pipeline"]["images_per_second"]
     assert all(rate > 0 for by_workers in rates.values() for rate in by_workers.values())
 
