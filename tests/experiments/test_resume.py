@@ -13,9 +13,16 @@ import torch
 
 from tests.experiments.conftest import TINY, read_metrics, run_dirs, run_train, train_env
 
-# 64 train images / 8 per step = 8 steps per epoch, 2 epochs; no test pass, no early stop
-RESUME = [*TINY, "dataset.batch_size=8", "trainer.max_epochs=2", "test=false"]
-STEPS_PER_EPOCH = 8
+# 160 train images / 8 per step = 20 steps per epoch, 2 epochs; no test pass, no early stop.
+# Epochs are long enough that a SIGTERM one second into epoch 2 lands well inside it.
+RESUME = [
+    *TINY,
+    "dataset.options.train=160",
+    "dataset.batch_size=8",
+    "trainer.max_epochs=2",
+    "test=false",
+]
+STEPS_PER_EPOCH = 20
 
 
 @pytest.mark.slow
