@@ -7,11 +7,9 @@ records the figures with their commands.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
-import sys
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,8 +21,9 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from clip_lightning.errors import ClipLightningError
 from clip_lightning.utils.config import register_resolvers
+from clip_lightning.utils.entry import exit_on_user_error
+from clip_lightning.utils.results import write_json
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -109,26 +108,17 @@ def print_figures(name: str, figures: dict[str, Any]) -> None:
     Console().print(table)
 
 
-def write_results(results: dict[str, Any], paths: list[Path]) -> None:
-    text = json.dumps(results, indent=2) + "\n"
-    for path in paths:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        print(f"Wrote {path}")
-
-
 @hydra.main(version_base="1.3", config_path="conf", config_name="bench")
+@exit_on_user_error
 def main(cfg: DictConfig) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        results = run_benchmarks(cfg)
-    except ClipLightningError as exc:
-        log.error("%s", exc)
-        sys.exit(1)
+    results = run_benchmarks(cfg)
     paths = [Path(cfg.paths.output_dir) / "bench.json"]
     if cfg.get("out"):
         paths.append(Path(cfg.out))
-    write_results(results, paths)
+    for path in paths:
+        write_json(path, results)
+        print(f"Wrote {path}")
 
 
 if __name__ == "__main__":

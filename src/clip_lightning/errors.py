@@ -17,6 +17,10 @@ class CheckpointError(ClipLightningError):
     """A checkpoint is missing or does not belong to this model."""
 
 
+class NonFiniteLossError(ClipLightningError, FloatingPointError):
+    """Training produced a NaN/inf loss; raised before it reaches the weights."""
+
+
 def find_user_error(exc: BaseException) -> ClipLightningError | None:
     """The :class:`ClipLightningError` behind ``exc``, if any.
 

@@ -8,7 +8,6 @@ are printed and written as JSON into the run directory.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -27,7 +26,7 @@ from clip_lightning.utils.entry import (
     resolve_device,
     run_dir,
 )
-from clip_lightning.utils.results import print_recall_table, to_floats
+from clip_lightning.utils.results import print_recall_table, to_floats, write_json
 from clip_lightning.zeroshot import zeroshot_classify
 
 register_resolvers()
@@ -108,7 +107,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     path = run_dir(cfg) / (
         "eval_results.json" if cfg.task == "retrieval" else "zeroshot_results.json"
     )
-    path.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(path, results)
     print(f"Results: {path}")
     return results
 

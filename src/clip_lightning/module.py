@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
+from clip_lightning.errors import NonFiniteLossError
 from clip_lightning.gradcache import grad_cache_backward
 from clip_lightning.metrics import RetrievalRecall
 from clip_lightning.models.freezing import count_parameters
@@ -156,7 +157,7 @@ class CLIPModule(L.LightningModule):
     def _raise_if_not_finite(self, loss: torch.Tensor) -> None:
         """Stop before a NaN/inf loss reaches the weights; last.ckpt stays the last good one."""
         if not torch.isfinite(loss):
-            raise FloatingPointError(
+            raise NonFiniteLossError(
                 f"non-finite training loss ({loss.item()}) at step {self.global_step}; "
                 "lower optimizer.lr or use trainer.precision=bf16-mixed instead of 16-mixed. "
                 "The last good checkpoint is kept in the run's checkpoints/ folder."

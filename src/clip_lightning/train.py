@@ -15,7 +15,6 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from clip_lightning.errors import ClipLightningError
 from clip_lightning.utils.config import print_config_tree, register_resolvers
 from clip_lightning.utils.entry import build_datamodule, exit_on_user_error
 from clip_lightning.utils.instantiate import instantiate_list
@@ -57,10 +56,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if trainer.is_global_zero:
         remember_wandb_run(trainer.loggers, run_dir)
 
-    try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-    except FloatingPointError as exc:  # the module's non-finite-loss guard: a user-fixable error
-        raise ClipLightningError(str(exc)) from exc
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = to_floats(trainer.callback_metrics)
     if cfg.get("test"):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -21,9 +22,10 @@ def to_floats(metrics: Mapping[str, object]) -> dict[str, float]:
     }
 
 
-def write_json(path: Path, metrics: Mapping[str, float]) -> None:
+def write_json(path: Path, results: Mapping[str, Any]) -> None:
+    """Write ``results`` as indented JSON, creating the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(dict(metrics), indent=2) + "\n")
+    path.write_text(json.dumps(dict(results), indent=2) + "\n")
 
 
 def print_recall_table(metrics: Mapping[str, float], prefix: str, title: str) -> None:
