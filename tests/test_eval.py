@@ -27,10 +27,10 @@ from clip_lightning.utils.instantiate import instantiate_list
 from tests.conftest import CONFIG_DIR, TINY, quiet_trainer
 
 DATA = [
-    "dataset.options.train=64",
-    "dataset.options.val=32",
-    "dataset.options.test=32",
-    "dataset.options.image_size=32",
+    "dataset.adapter_options.train=64",
+    "dataset.adapter_options.val=32",
+    "dataset.adapter_options.test=32",
+    "dataset.adapter_options.image_size=32",
     "dataset.eval_batch_size=16",
 ]
 RECALL_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")

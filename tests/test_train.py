@@ -68,7 +68,7 @@ def test_real_defaults_are_the_missions_model_and_data():
 def test_quickstart_composes_offline_with_a_500_image_test_split():
     cfg = compose_train(["experiment=quickstart"])
     assert cfg.dataset.format == "synthetic"
-    assert cfg.dataset.options.test >= 500
+    assert cfg.dataset.adapter_options.test >= 500
     assert cfg.model.image_encoder.pretrained is False
     assert Path(cfg.model.text_encoder.name_or_path, "config.json").is_file()
     assert cfg.model.text_encoder.freeze is True

@@ -17,7 +17,7 @@ from tests.experiments.conftest import TINY, read_metrics, run_dirs, run_train, 
 # Epochs are long enough that a SIGTERM one second into epoch 2 lands well inside it.
 RESUME = [
     *TINY,
-    "dataset.options.train=160",
+    "dataset.adapter_options.train=160",
     "dataset.batch_size=8",
     "trainer.max_epochs=2",
     "test=false",

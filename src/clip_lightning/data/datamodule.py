@@ -57,7 +57,7 @@ class CaptionDataModule(L.LightningDataModule):
         hub_kwargs: Mapping[str, Any] | None = None,
         columns: Mapping[str, str | None] | None = None,
         image_dir: str | None = None,
-        options: Mapping[str, Any] | None = None,
+        adapter_options: Mapping[str, Any] | None = None,
         split_sizes: Mapping[str, float] | None = None,
         split_seed: int = 0,
         train_pairs: str = "random",
@@ -84,7 +84,7 @@ class CaptionDataModule(L.LightningDataModule):
         self.root = Path(root).expanduser() if root is not None else None
         self.hub_id = hub_id
         self.format = format
-        self.adapter_options = dict(options or {})
+        self.adapter_options = dict(adapter_options or {})
         if format != "synthetic":
             self.adapter_options["image_dir"] = image_dir
         self.hf_options = {
