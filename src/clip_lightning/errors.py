@@ -21,6 +21,10 @@ class NonFiniteLossError(ClipLightningError, FloatingPointError):
     """Training produced a NaN/inf loss; raised before it reaches the weights."""
 
 
+class NonFiniteEmbeddingError(ClipLightningError, FloatingPointError):
+    """A model produced NaN/inf embeddings, so no retrieval figure can be computed for it."""
+
+
 def find_user_error(exc: BaseException) -> ClipLightningError | None:
     """The :class:`ClipLightningError` behind ``exc``, if any.
 
