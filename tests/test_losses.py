@@ -180,3 +180,18 @@ def test_gather_is_identity_without_distributed() -> None:
 def test_soft_target_rejects_non_positive_temperature() -> None:
     with pytest.raises(ValueError, match="target_temperature"):
         SoftTargetLoss(target_temperature=0.0)
+
+
+@pytest.mark.parametrize("loss_cls", [InfoNCELoss, SoftTargetLoss, SigLIPLoss])
+def test_init_from_pretrained_sets_scale_and_bias_where_the_loss_has_one(
+    loss_cls: type[torch.nn.Module],
+) -> None:
+    loss_fn = loss_cls()
+    loss_fn.init_from_pretrained(math.log(50.0), -3.0)
+    assert loss_fn.scale.item() == pytest.approx(50.0, rel=1e-6)
+    if hasattr(loss_fn, "logit_bias"):
+        assert loss_fn.logit_bias.item() == -3.0
+    before = loss_fn.logit_scale.item()
+    loss_fn.init_from_pretrained(None, None)
+    assert loss_fn.logit_scale.item() == before
+    assert loss_fn.logit_scale.requires_grad

@@ -3,6 +3,8 @@ checkpoints and the inference API."""
 
 from __future__ import annotations
 
+import math
+
 import lightning as L
 import pytest
 import torch
@@ -10,7 +12,8 @@ from hydra.utils import instantiate
 from omegaconf import open_dict
 from PIL import Image
 
-from clip_lightning.models import ImageEncoder
+from clip_lightning.errors import ModelLoadError, find_user_error
+from clip_lightning.models import IdentityHead, ImageEncoder
 from clip_lightning.module import CLIPModule
 from clip_lightning.utils.entry import build_datamodule
 from tests.conftest import TINY, compose_train, quiet_trainer
@@ -221,3 +224,31 @@ def test_uint8_batches_are_normalised_on_the_encoder_like_float_ones():
     std = torch.tensor(encoder.data_config["std"]).view(1, 3, 1, 1)
     normalised = (pixels.float() / 255 - mean) / std
     torch.testing.assert_close(encoder(pixels), encoder(normalised), atol=1e-4, rtol=1e-4)
+
+
+class PretrainedScaleImageEncoder(ImageEncoder):
+    """An image tower that carries a pretrained temperature, as open_clip towers do."""
+
+    init_logit_scale = math.log(42.0)
+    init_logit_bias = -7.0
+
+
+def test_tower_hands_its_pretrained_temperature_to_the_loss():
+    cfg = compose_train([*TINY, "loss=siglip"])
+    with open_dict(cfg):
+        cfg.model.image_encoder._target_ = f"{__name__}.PretrainedScaleImageEncoder"
+    model = instantiate(cfg.model)
+    assert model.loss.scale.item() == pytest.approx(42.0, rel=1e-6)
+    assert model.loss.logit_bias.item() == -7.0
+
+
+def test_identity_head_passes_features_and_checks_the_width():
+    cfg = compose_train([*TINY, "model/head=identity", "model.embed_dim=384"])
+    with pytest.raises(Exception) as raised:
+        instantiate(cfg.model)  # the ResNet-18's 512 features are not 384 wide
+    error = find_user_error(raised.value)
+    assert isinstance(error, ModelLoadError)
+    assert "(512) to equal model.embed_dim (384)" in str(error)
+    head = IdentityHead(in_features=8, embed_dim=8)
+    features = torch.randn(2, 8)
+    assert head(features) is features

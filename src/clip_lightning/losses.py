@@ -98,6 +98,19 @@ class _ContrastiveLoss(nn.Module):
         self.local_loss = local_loss
         self.gather_with_grad = gather_with_grad
 
+    @torch.no_grad()
+    def init_from_pretrained(self, logit_scale: float | None, logit_bias: float | None) -> None:
+        """Start from a pretrained model's temperature instead of this loss's defaults.
+
+        ``logit_scale`` is in log space, as ``init_logit_scale`` and CLIP/open_clip store it.
+        ``None`` keeps the current value; a bias is ignored by losses that have none.
+        """
+        if logit_scale is not None:
+            self.logit_scale.fill_(float(logit_scale))
+        bias = getattr(self, "logit_bias", None)
+        if logit_bias is not None and isinstance(bias, nn.Parameter):
+            bias.fill_(float(logit_bias))
+
     @property
     def scale(self) -> Tensor:
         """Effective multiplicative scale ``min(exp(logit_scale), max_logit_scale)``.

@@ -94,11 +94,26 @@ class CLIPModule(L.LightningModule):
             self.hparams.head, in_features=self.text_encoder.num_features, embed_dim=embed_dim
         )
         self.loss = instantiate(self.hparams.loss)
+        self._init_loss_from_towers()
         if compile:
             self.image_encoder.compile()
             self.text_encoder.compile()
         self.val_retrieval = RetrievalRecall()
         self.test_retrieval = RetrievalRecall()
+
+    def _init_loss_from_towers(self) -> None:
+        """Hand the loss a pretrained temperature when a tower carries one (open_clip, HF CLIP).
+
+        A tower may expose ``init_logit_scale`` (log space) and ``init_logit_bias`` (floats or
+        ``None``); the first tower that sets either wins. A checkpoint's state dict restores
+        the trained values afterwards, so this only shapes a fresh start.
+        """
+        for tower in (self.image_encoder, self.text_encoder):
+            scale = getattr(tower, "init_logit_scale", None)
+            bias = getattr(tower, "init_logit_bias", None)
+            if scale is not None or bias is not None:
+                self.loss.init_from_pretrained(scale, bias)
+                return
 
     # ----------------------------------------------------------------- embedding
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:

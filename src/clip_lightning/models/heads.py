@@ -5,6 +5,28 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from clip_lightning.errors import ModelLoadError
+
+
+class IdentityHead(nn.Module):
+    """No projection, for towers that already project into the shared space (open_clip, HF CLIP).
+
+    The tower's width must already be ``embed_dim``: a silent mismatch would only surface as a
+    shape error deep in the loss, so it is refused here.
+    """
+
+    def __init__(self, in_features: int, embed_dim: int):
+        super().__init__()
+        if in_features != embed_dim:
+            raise ModelLoadError(
+                f"model.head=identity needs the tower's output width ({in_features}) to equal "
+                f"model.embed_dim ({embed_dim}); set model.embed_dim={in_features} or use "
+                "model/head=linear"
+            )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
 
 class LinearHead(nn.Module):
     """A bias-free linear projection, as in CLIP."""
