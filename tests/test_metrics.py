@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 import statistics
 
 import pytest
@@ -9,6 +11,7 @@ import torch
 from torch import Tensor
 from torch.nn.functional import normalize
 
+from clip_lightning.errors import NonFiniteEmbeddingError
 from clip_lightning.metrics import RetrievalRecall, recall_at_k, retrieval_ranks
 
 Data = dict[str, Tensor]
@@ -83,7 +86,10 @@ def take(data: Data, images: Tensor, texts: Tensor) -> Data:
 def test_matches_brute_force(seed: int) -> None:
     data = make_data(seed=seed)
     expected = brute_force(data)
-    result = run_metric([data])
+    # Exact comparisons rank like an argsort; the default tolerance only merges scores closer
+    # than 1e-6 (seed 0 has one such pair, deep down a caption's ranking), so R@K agree too.
+    result = run_metric([data], tie_tolerance=0.0)
+    default = run_metric([data])
     assert list(result) == [
         "i2t_r1",
         "i2t_r5",
@@ -99,13 +105,15 @@ def test_matches_brute_force(seed: int) -> None:
     ]
     for key, value in expected.items():
         assert result[key].item() == pytest.approx(value, rel=1e-5), key
+        if "rank" not in key:
+            assert default[key].item() == pytest.approx(value, rel=1e-5), key
     # Not a degenerate fixture: recalls are neither all 0 nor all 100.
     assert 0 < result["t2i_r1"] < result["t2i_r10"] < 100
 
 
 def test_custom_ks() -> None:
     data = make_data()
-    result = run_metric([data], ks=(2, 3))
+    result = run_metric([data], ks=(2, 3), tie_tolerance=0.0)
     expected = brute_force(data, ks=(2, 3))
     assert {k for k in result if "_r" in k and "rank" not in k} == {
         "i2t_r2",
@@ -186,18 +194,151 @@ def test_retrieval_ranks_and_recall_at_k() -> None:
     i2t, t2i = retrieval_ranks(images, texts, owner, chunk_size=2)
     # Image 0: own caption 3 (0.9) is first. Image 1: own caption 1 (1.0) is first.
     # Image 2: its only caption scores 0.5, beaten by caption 3 of image 0 (0.7).
-    assert i2t.tolist() == [1, 1, 2]
-    assert t2i.tolist() == [2, 1, 2, 1, 1]
+    assert i2t.expected_rank().tolist() == [1, 1, 2]
+    assert t2i.expected_rank().tolist() == [2, 1, 2, 1, 1]
     assert recall_at_k(t2i, 1).item() == pytest.approx(60.0)
     assert recall_at_k(t2i, 2).item() == 100.0
 
 
-def test_ties_are_optimistic() -> None:
-    images = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
-    texts = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
-    i2t, t2i = retrieval_ranks(images, texts, torch.tensor([0, 1]), chunk_size=1)
-    assert i2t.tolist() == [1, 1]
-    assert t2i.tolist() == [1, 1]
+def expected_by_enumeration(
+    scores: list[list[float]], correct: list[set[int]], k: int
+) -> tuple[float, float]:
+    """Hit rate at ``k`` and mean rank, averaged over every order of the candidates that ties
+    can produce: a stable sort by score after each permutation. Exhaustive, so tiny inputs."""
+    num_candidates = len(scores[0])
+    hits, ranks, orders = 0.0, 0.0, list(itertools.permutations(range(num_candidates)))
+    for row, positives in zip(scores, correct, strict=True):
+        for order in orders:
+            ranked = sorted(order, key=lambda c: -row[c])  # stable: ties keep the permutation
+            rank = next(pos for pos, c in enumerate(ranked, 1) if c in positives)
+            hits += rank <= k
+            ranks += rank
+    count = len(scores) * len(orders)
+    return 100.0 * hits / count, ranks / count
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_ties_give_the_expected_figures_under_random_tie_breaking(k: int) -> None:
+    # Integer embeddings make exact ties: caption 1 duplicates caption 0, caption 3 ties with
+    # image 0's captions for image 1, and image 2 is a copy of image 1.
+    images = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    texts = torch.tensor([[1.0, 1.0], [1.0, 1.0], [0.0, 1.0], [1.0, 1.0], [2.0, 0.0]])
+    owner = torch.tensor([0, 0, 1, 2, 1])
+    i2t, t2i = retrieval_ranks(images, texts, owner, chunk_size=2)
+    sims = (images.double() @ texts.double().T).tolist()
+    image_correct = [{t for t in range(5) if owner[t] == i} for i in range(3)]
+    text_correct = [{int(owner[t])} for t in range(5)]
+    for ranks, scores, correct in (
+        (i2t, sims, image_correct),
+        (t2i, [list(col) for col in zip(*sims, strict=True)], text_correct),
+    ):
+        recall, mean_rank = expected_by_enumeration(scores, correct, k)
+        assert recall_at_k(ranks, k).item() == pytest.approx(recall, abs=1e-4)
+        assert ranks.expected_rank().mean().item() == pytest.approx(mean_rank, abs=1e-9)
+
+
+def test_collapsed_embeddings_score_chance_not_100() -> None:
+    data = make_data()
+    collapsed = {
+        **data,
+        "image_embeddings": torch.ones_like(data["image_embeddings"]),
+        "text_embeddings": torch.ones_like(data["text_embeddings"]),
+    }
+    result = run_metric([collapsed])
+    num_images, num_texts = 50, data["text_ids"].numel()
+    for k in (1, 5, 10):
+        assert result[f"t2i_r{k}"].item() == pytest.approx(100.0 * k / num_images, rel=1e-5)
+        # An image with c captions among N: 1 - C(N - c, k) / C(N, k) of a random order.
+        counts = torch.bincount(torch.unique(data["text_image_ids"], return_inverse=True)[1])
+        chance = [1 - math.comb(num_texts - c, k) / math.comb(num_texts, k) for c in counts]
+        assert result[f"i2t_r{k}"].item() == pytest.approx(100.0 * statistics.mean(chance))
+    assert result["rsum"].item() < 100.0
+    assert result["t2i_mean_rank"].item() == pytest.approx((num_images + 1) / 2)
+
+
+def test_zero_dimensional_embeddings_score_chance() -> None:
+    data = make_data()
+    empty = {
+        **data,
+        "image_embeddings": torch.empty(50, 0),
+        "text_embeddings": torch.empty(data["text_ids"].numel(), 0),
+    }
+    assert run_metric([empty])["t2i_r1"].item() == pytest.approx(100.0 / 50)
+
+
+@pytest.mark.parametrize("side", ["image_embeddings", "text_embeddings"])
+def test_non_finite_embeddings_raise_a_clear_error(side: str) -> None:
+    data = make_data()
+    data[side][3, 0] = float("nan")
+    data[side][7] = float("inf")
+    metric = RetrievalRecall()
+    metric.update(**data)
+    with pytest.raises(NonFiniteEmbeddingError, match=r"^2 of \d+ \w+ embeddings are NaN") as err:
+        metric.compute()
+    assert "\n" not in str(err.value)
+
+
+def duplicated_captions(seed: int = 0) -> Data:
+    """Each image's captions drawn from a few distinct texts shared across images (as in the
+    synthetic dataset), with 1e-8 noise standing in for re-padding the same caption."""
+    gen = torch.Generator().manual_seed(seed)
+    data = make_data(num_images=40, seed=seed)
+    distinct = normalize(torch.randn(12, 16, generator=gen), dim=1)
+    pick = torch.randint(0, 12, (data["text_ids"].numel(),), generator=gen)
+    jitter = 1e-8 * torch.randn(pick.numel(), 16, generator=gen)
+    data["text_embeddings"] = distinct[pick] + jitter
+    return data
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5, 1000])
+def test_duplicate_caption_ties_do_not_depend_on_chunks_or_order(chunk_size: int) -> None:
+    data = duplicated_captions()
+    reference = run_metric([data], chunk_size=64)
+    gen = torch.Generator().manual_seed(chunk_size)
+    shuffled = take(
+        data,
+        torch.randperm(data["image_ids"].numel(), generator=gen),
+        torch.randperm(data["text_ids"].numel(), generator=gen),
+    )
+    halves = [
+        take(shuffled, i, t)
+        for i, t in zip(
+            torch.arange(40).tensor_split(2),
+            torch.arange(data["text_ids"].numel()).tensor_split(2),
+            strict=True,
+        )
+    ]
+    result = run_metric(halves, chunk_size=chunk_size)
+    for key in reference:
+        assert result[key].item() == pytest.approx(reference[key].item(), abs=1e-4), key
+    # Ties really happen here: the figures lie strictly between the optimistic and pessimistic
+    # readings of the same ranks.
+    i2t, _ = retrieval_ranks(
+        data["image_embeddings"],
+        data["text_embeddings"],
+        torch.searchsorted(data["image_ids"].sort().values, data["text_image_ids"]),
+    )
+    optimistic = 100.0 * (i2t.better < 1).double().mean().item()
+    pessimistic = 100.0 * (i2t.better + i2t.tied < 1).double().mean().item()
+    assert pessimistic < reference["i2t_r1"].item() < optimistic
+
+
+def test_without_ties_recall_equals_clip_benchmark_top_k() -> None:
+    from clip_benchmark.metrics.zeroshot_retrieval import recall_at_k as cb_recall_at_k
+
+    data = make_data()
+    result = run_metric([data])
+    order = data["image_ids"].argsort()
+    images = data["image_embeddings"][order]
+    owner = torch.searchsorted(data["image_ids"][order], data["text_image_ids"])
+    scores = data["text_embeddings"] @ images.T  # CLIP_benchmark's [texts, images] layout
+    positive = torch.zeros_like(scores, dtype=torch.bool)
+    positive[torch.arange(owner.numel()), owner] = True
+    for k in (1, 5, 10):
+        t2i = (cb_recall_at_k(scores, positive, k) > 0).float().mean().item()
+        i2t = (cb_recall_at_k(scores.T, positive.T, k) > 0).float().mean().item()
+        assert result[f"t2i_r{k}"].item() == pytest.approx(100.0 * t2i, rel=1e-6)
+        assert result[f"i2t_r{k}"].item() == pytest.approx(100.0 * i2t, rel=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -258,6 +399,7 @@ def test_compute_without_data() -> None:
         ({"ks": (0, 5)}, "ks must be a non-empty sequence"),
         ({"ks": (5, 5)}, "ks must be a non-empty sequence of distinct"),
         ({"chunk_size": 0}, "chunk_size must be positive"),
+        ({"tie_tolerance": -1.0}, "tie_tolerance must be >= 0"),
     ],
 )
 def test_constructor_validation(kwargs: dict[str, object], message: str) -> None:

@@ -1,13 +1,22 @@
 """Cross-modal retrieval metrics (image→text and text→image Recall@K) for CLIP-style models.
 
 The similarity matrix of a full evaluation set (COCO-5k: 5,000 images × 25,000 captions) is
-never materialised: captions are scored against all images in chunks of rows, so peak extra
-memory is ``O(chunk_size × num_images)`` and a single pass gives the ranks of both directions.
+never materialised: each direction scores its queries against all candidates in chunks of rows,
+so peak extra memory is ``O(chunk_size × num_candidates)``.
+
+Ties are part of the definition, not an accident of float rounding. A query's correct scores
+and its competitors' scores come from the same matrix product, scores within
+``tie_tolerance`` of the best correct score count as tied, and a query's figures are the
+*expected* ones when the tied candidates are put in a uniformly random order. So a collapsed
+model (every embedding equal) scores chance level, never 100, and duplicate captions give the
+same figures on every machine, chunk size and batch order. Without ties this is exactly the
+usual top-k definition (a hit when a correct candidate is among the ``k`` best).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -15,9 +24,85 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-__all__ = ["RetrievalRecall", "recall_at_k", "retrieval_ranks"]
+from clip_lightning.errors import NonFiniteEmbeddingError
+
+__all__ = ["RetrievalRecall", "TiedRanks", "recall_at_k", "retrieval_ranks"]
 
 _STATES = ("image_embeddings", "image_ids", "text_embeddings", "text_ids", "text_image_ids")
+# Scores (cosine similarities for unit embeddings) closer than this are ties: well above the
+# float32 noise of one matrix product or of re-padding a caption, well below real differences.
+TIE_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class TiedRanks:
+    """Where each query's first correct candidate lands, with ties kept as ties.
+
+    Per query: ``better`` wrong candidates score above its best correct candidate, ``tied``
+    wrong candidates tie with it, and ``correct`` correct candidates (at least 1) share that
+    best score. Ranking the tied group in a uniformly random order gives the expectations below.
+    """
+
+    better: Tensor
+    tied: Tensor
+    correct: Tensor
+
+    def hit_probability(self, k: int) -> Tensor:
+        """P(rank <= k): 1 minus the chance that the ``k - better`` top slots left for the tied
+        group are all taken by wrong candidates, ``C(tied, j) / C(tied + correct, j)``."""
+        better, tied, correct = (x.double() for x in (self.better, self.tied, self.correct))
+        slots = k - better
+        j = slots.clamp(min=0.0).minimum(tied)
+        all_wrong = torch.exp(
+            torch.lgamma(tied + 1)
+            - torch.lgamma(tied - j + 1)
+            - torch.lgamma(tied + correct + 1)
+            + torch.lgamma(tied + correct - j + 1)
+        )
+        hit = 1.0 - all_wrong
+        return torch.where(slots <= 0, 0.0, torch.where(slots > tied, 1.0, hit))
+
+    def expected_rank(self) -> Tensor:
+        """1-based expected rank: ``better`` plus the expected position of the first of
+        ``correct`` items among ``tied + correct`` shuffled ones."""
+        return self.better.double() + (self.tied + self.correct + 1).double() / (
+            self.correct.double() + 1
+        )
+
+
+def _check_finite(embeddings: Tensor, name: str) -> None:
+    bad = int((~torch.isfinite(embeddings)).any(dim=1).sum())
+    if bad:
+        raise NonFiniteEmbeddingError(
+            f"{bad} of {embeddings.shape[0]} {name} embeddings are NaN or infinite, so Recall@K "
+            "is undefined: the model is broken (diverged weights or a corrupt checkpoint); "
+            "evaluate an earlier checkpoint or retrain with a lower optimizer.lr"
+        )
+
+
+def _rank_queries(
+    queries: Tensor,
+    candidates: Tensor,
+    query_group: Tensor,
+    candidate_group: Tensor,
+    chunk_size: int,
+    tie_tolerance: float,
+) -> TiedRanks:
+    """Rank every query against all candidates; a candidate is correct for a query when their
+    groups (image indices) are equal. Correct and wrong scores come from one product."""
+    candidates_t = candidates.T.contiguous()
+    better, tied, correct = [], [], []
+    for start in range(0, queries.shape[0], chunk_size):
+        sims = queries[start : start + chunk_size] @ candidates_t  # [chunk, Nc]
+        is_correct = query_group[start : start + chunk_size, None] == candidate_group[None, :]
+        best = sims.masked_fill(~is_correct, float("-inf")).amax(dim=1, keepdim=True)
+        tolerance = tie_tolerance * best.abs().clamp(min=1.0)
+        above = sims > best + tolerance
+        near = (sims - best).abs() <= tolerance
+        better.append((above & ~is_correct).sum(dim=1))
+        tied.append((near & ~is_correct).sum(dim=1))
+        correct.append((near & is_correct).sum(dim=1))
+    return TiedRanks(torch.cat(better), torch.cat(tied), torch.cat(correct))
 
 
 def retrieval_ranks(
@@ -25,26 +110,26 @@ def retrieval_ranks(
     text_embeddings: Tensor,
     text_to_image: Tensor,
     chunk_size: int = 256,
-) -> tuple[Tensor, Tensor]:
-    """1-based retrieval ranks for both directions, computed in chunks of ``chunk_size`` captions.
+    tie_tolerance: float = TIE_TOLERANCE,
+) -> tuple[TiedRanks, TiedRanks]:
+    """Tie-aware ranks for both directions, computed in chunks of ``chunk_size`` queries.
 
     Args:
         image_embeddings: ``[Ni, D]`` image embeddings (scores are plain dot products, which
             equal cosine similarities only if the caller L2-normalised them).
         text_embeddings: ``[Nt, D]`` caption embeddings.
         text_to_image: ``[Nt]`` row index into ``image_embeddings`` of each caption's image.
-        chunk_size: number of captions scored per step; bounds memory at ``chunk_size × Ni``.
-            The default keeps a COCO-5k block (256 × 5,000 floats, 5 MB) cache-resident, which
-            measured faster on CPU than 1024-row blocks.
+        chunk_size: queries scored per step; bounds memory at ``chunk_size × candidates``.
+            The default keeps a COCO-5k block (256 × 5,000 floats, 5 MB) cache-resident.
+        tie_tolerance: scores closer than this (relative above 1) to a query's best correct
+            score are ties.
 
     Returns:
-        ``(i2t, t2i)``: ``i2t[i]`` is the rank of image ``i``'s best-scoring caption among all
-        captions, ``t2i[t]`` the rank of caption ``t``'s image among all images (int64).
+        ``(i2t, t2i)``: for each image, where its best caption lands among all captions; for
+        each caption, where its image lands among all images.
 
-    Ties are resolved optimistically: the rank is one plus the number of candidates of *other*
-    items scoring strictly higher. An image's best own-caption score comes from an element-wise
-    dot product rather than the matrix product, so a candidate within float rounding of it may
-    be counted either way; on data without exact ties this equals a sort-based ranking.
+    Raises:
+        NonFiniteEmbeddingError: some embedding is NaN or infinite.
     """
     if image_embeddings.ndim != 2 or text_embeddings.ndim != 2:
         raise ValueError(
@@ -75,34 +160,21 @@ def retrieval_ranks(
             f"{int((captions_per_image == 0).sum())} image(s) have no caption, so their "
             "image→text rank is undefined"
         )
+    _check_finite(image_embeddings, "image")
+    _check_finite(text_embeddings, "caption")
 
     image = image_embeddings.float()
     text = text_embeddings.float()
     text_to_image = text_to_image.long()
-    # Best own-caption score per image, needed before the pass that counts captions beating it.
-    own_scores = (text * image[text_to_image]).sum(dim=1)
-    best_own = torch.full((num_images,), float("-inf"), device=image.device)
-    best_own.scatter_reduce_(0, text_to_image, own_scores, reduce="amax")
-
-    image_t = image.T.contiguous()
-    i2t_beaten_by = torch.zeros(num_images, dtype=torch.long, device=image.device)
-    t2i = torch.empty(num_texts, dtype=torch.long, device=image.device)
-    for start in range(0, num_texts, chunk_size):
-        stop = min(start + chunk_size, num_texts)
-        sims = text[start:stop] @ image_t  # [chunk, Ni]
-        own = text_to_image[start:stop, None]
-        true_scores = sims.gather(1, own)
-        # Masking each caption's own pair excludes it from both counts; own captions never
-        # beat their image's best own score anyway, and a caption never outranks its own image.
-        sims.scatter_(1, own, float("-inf"))
-        t2i[start:stop] = (sims > true_scores).sum(dim=1) + 1
-        i2t_beaten_by += (sims > best_own).sum(dim=0)
-    return i2t_beaten_by + 1, t2i
+    image_index = torch.arange(num_images, device=image.device)
+    i2t = _rank_queries(image, text, image_index, text_to_image, chunk_size, tie_tolerance)
+    t2i = _rank_queries(text, image, text_to_image, image_index, chunk_size, tie_tolerance)
+    return i2t, t2i
 
 
-def recall_at_k(ranks: Tensor, k: int) -> Tensor:
-    """Percentage (0-100) of queries whose 1-based rank is at most ``k``."""
-    return (ranks <= k).float().mean() * 100.0
+def recall_at_k(ranks: TiedRanks, k: int) -> Tensor:
+    """Expected percentage (0-100) of queries with a correct candidate among the top ``k``."""
+    return ranks.hit_probability(k).mean().float() * 100.0
 
 
 def _concat(state: list[Tensor] | Tensor) -> Tensor:
@@ -127,8 +199,9 @@ class RetrievalRecall(Metric):
     are neither counted twice nor offered twice as retrieval candidates.
 
     ``compute`` returns recalls in percent (``i2t_r{k}``, ``t2i_r{k}``), their sum ``rsum`` and
-    the 1-based ``{i2t,t2i}_{mean,median}_rank``; the median averages the two middle ranks
-    when the count is even. See :func:`retrieval_ranks` for the rank and tie definitions.
+    the 1-based ``{i2t,t2i}_{mean,median}_rank`` (expected ranks; the median averages the two
+    middle ones when the count is even). The module docstring states the tie rule; a NaN or
+    infinite embedding raises :class:`~clip_lightning.errors.NonFiniteEmbeddingError`.
     """
 
     is_differentiable = False
@@ -141,14 +214,23 @@ class RetrievalRecall(Metric):
     text_ids: list[Tensor]
     text_image_ids: list[Tensor]
 
-    def __init__(self, ks: Sequence[int] = (1, 5, 10), chunk_size: int = 256, **kwargs: Any):
+    def __init__(
+        self,
+        ks: Sequence[int] = (1, 5, 10),
+        chunk_size: int = 256,
+        tie_tolerance: float = TIE_TOLERANCE,
+        **kwargs: Any,
+    ):
         super().__init__(**kwargs)
         if not ks or len(set(ks)) != len(ks) or any(int(k) != k or k < 1 for k in ks):
             raise ValueError(f"ks must be a non-empty sequence of distinct positive ints, got {ks}")
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        if not tie_tolerance >= 0:
+            raise ValueError(f"tie_tolerance must be >= 0, got {tie_tolerance}")
         self.ks = tuple(int(k) for k in ks)
         self.chunk_size = chunk_size
+        self.tie_tolerance = tie_tolerance
         for name in _STATES:
             self.add_state(name, default=[], dist_reduce_fx="cat")
 
@@ -210,13 +292,16 @@ class RetrievalRecall(Metric):
                 f"e.g. {missing[:5].tolist()}"
             )
 
-        i2t, t2i = retrieval_ranks(images, texts, text_to_image, self.chunk_size)
+        i2t, t2i = retrieval_ranks(
+            images, texts, text_to_image, self.chunk_size, self.tie_tolerance
+        )
         results: dict[str, Tensor] = {}
         for direction, ranks in (("i2t", i2t), ("t2i", t2i)):
             for k in self.ks:
                 results[f"{direction}_r{k}"] = recall_at_k(ranks, k)
         results["rsum"] = torch.stack(list(results.values())).sum()
         for direction, ranks in (("i2t", i2t), ("t2i", t2i)):
-            results[f"{direction}_mean_rank"] = ranks.float().mean()
-            results[f"{direction}_median_rank"] = ranks.float().quantile(0.5)
+            expected = ranks.expected_rank()
+            results[f"{direction}_mean_rank"] = expected.mean().float()
+            results[f"{direction}_median_rank"] = expected.quantile(0.5).float()
         return results
