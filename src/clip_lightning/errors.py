@@ -13,6 +13,10 @@ class ModelLoadError(ClipLightningError):
     """Encoder weights, configs or tokenizers could not be loaded."""
 
 
+class ConfigError(ClipLightningError):
+    """A config value has the wrong type or is out of range (checked before anything runs)."""
+
+
 class CheckpointError(ClipLightningError):
     """A checkpoint is missing or does not belong to this model."""
 

@@ -1,0 +1,500 @@
+"""Typed checks of a composed config, before anything is built.
+
+A wrongly typed or out-of-range value (``optimizer.lr=abc``, ``model.embed_dim=0``) otherwise
+surfaces as a long traceback deep inside torch or Lightning, sometimes only when fitting starts,
+or not at all (``embed_dim=0`` "trains" to a perfect recall). :func:`check_config` compares the
+config of a task with one declarative schema and raises a one-line :class:`ConfigError` naming
+the key, the bad value, what is expected and an example override.
+
+The schema is made of dataclasses whose field types say what a key accepts: ``typing`` types
+(``int``, ``float``, ``bool``, ``str``, ``Literal``, unions, ``None``, ``list``, ``tuple``) and
+:class:`Range` / :class:`Pattern` constraints attached with ``Annotated``. A field's default is
+not a default (the YAML files in ``conf/`` hold those): it is the example the error message
+suggests. Only the keys the schema names are checked; every group stays open, so any timm or
+HF keyword, optimizer argument or Lightning Trainer flag passes untouched. Unknown keys and
+missing groups remain Hydra's to report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, Union
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from clip_lightning.errors import ConfigError
+
+__all__ = ["TASK_SCHEMAS", "Doc", "Pattern", "Range", "check_config"]
+
+
+# ------------------------------------------------------------------------------- constraints
+@dataclass(frozen=True)
+class Range:
+    """Bounds of a number: ``ge``/``gt`` below, ``le``/``lt`` above (None: unbounded)."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def __contains__(self, value: float) -> bool:
+        return (
+            (self.ge is None or value >= self.ge)
+            and (self.gt is None or value > self.gt)
+            and (self.le is None or value <= self.le)
+            and (self.lt is None or value < self.lt)
+        )
+
+    def __str__(self) -> str:
+        low = f"[{_text(self.ge)}" if self.ge is not None else f"({_text(self.gt)}"
+        high = f"{_text(self.le)}]" if self.le is not None else f"{_text(self.lt)})"
+        if (self.ge, self.gt) == (None, None):
+            return f"<= {_text(self.le)}" if self.le is not None else f"< {_text(self.lt)}"
+        if (self.le, self.lt) == (None, None):
+            return f">= {_text(self.ge)}" if self.ge is not None else f"> {_text(self.gt)}"
+        return f"in {low}, {high}"
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """A string that must match ``regex`` in full."""
+
+    regex: str
+
+
+@dataclass(frozen=True)
+class Doc:
+    """What the user reads for a type whose generated description would be unwieldy."""
+
+    text: str
+
+
+PositiveInt = Annotated[int, Range(ge=1)]
+NonNegativeInt = Annotated[int, Range(ge=0)]
+PositiveFloat = Annotated[float, Range(gt=0)]
+NonNegativeFloat = Annotated[float, Range(ge=0)]
+Fraction = Annotated[float, Range(ge=0, le=1)]
+Dropout = Annotated[float, Range(ge=0, lt=1)]
+Beta = Annotated[float, Range(ge=0, lt=1)]
+# Lightning's "-1 = no limit" convention for max_epochs / max_steps
+Limit = Annotated[int, Range(ge=-1)]
+# limit_*_batches, overfit_batches: a count of batches, or a fraction of the loader
+BatchLimit = NonNegativeInt | Fraction
+Seed = Annotated[int, Range(ge=0, le=2**32 - 1)]
+Precision = Literal[
+    "64-true",
+    "32-true",
+    "16-true",
+    "bf16-true",
+    "16-mixed",
+    "bf16-mixed",
+    "transformer-engine",
+    "transformer-engine-float16",
+    "64",
+    "32",
+    "16",
+    "bf16",
+    64,
+    32,
+    16,
+]
+Devices = Annotated[
+    PositiveInt
+    | Literal[-1, "auto"]
+    | list[NonNegativeInt]
+    | Annotated[str, Pattern(r"\d+(,\d+)*,?")],
+    Doc("a device count >= 1, -1 (all), auto, or device indices such as [0,1] or '0,1'"),
+]
+
+
+# ---------------------------------------------------------------------------------- sections
+@dataclass
+class OptimizerSchema:
+    """``optimizer``: any torch optimizer; these are the arguments the shipped ones take."""
+
+    lr: PositiveFloat = 1e-4
+    weight_decay: NonNegativeFloat = 0.1
+    betas: tuple[Beta, Beta] = (0.9, 0.98)
+    eps: PositiveFloat = 1e-6
+    momentum: NonNegativeFloat = 0.9
+
+
+@dataclass
+class SchedulerSchema:
+    """``scheduler``: ``warmup`` < 1 is a fraction of the steps, >= 1 a number of steps."""
+
+    warmup: NonNegativeFloat = 0.05
+
+
+@dataclass
+class LossSchema:
+    """``loss``: the learnable temperature is stored as a log scale, ``ln(1/temperature)``."""
+
+    init_logit_scale: Annotated[float, Range(ge=0, le=10)] = 2.6593
+    max_logit_scale: PositiveFloat = 100.0
+    init_logit_bias: float = -10.0
+    target_temperature: PositiveFloat = 1.0
+    local_loss: bool = False
+    gather_with_grad: bool = True
+
+
+@dataclass
+class ImageEncoderSchema:
+    name: str = "resnet50"
+    pretrained: bool = True
+    weights_file: str | None = "/path/to/weights.safetensors"
+    # below 16 px a CNN's feature map vanishes; above 4096 px is a typo, not a resolution
+    image_size: Annotated[int, Range(ge=16, le=4096)] | None = 224
+    freeze: bool = False
+    unfreeze_last_blocks: NonNegativeInt = 2
+    channels_last: bool = False
+
+
+@dataclass
+class TextEncoderSchema:
+    name_or_path: str = "distilbert-base-uncased"
+    pretrained: bool = True
+    pooling: Literal["cls", "mean"] = "mean"
+    max_length: PositiveInt | None = 77
+    freeze: bool = False
+    unfreeze_last_layers: NonNegativeInt = 2
+    cache_features: bool = False
+
+
+@dataclass
+class HeadSchema:
+    dropout: Dropout = 0.1
+
+
+@dataclass
+class TowerLRSchema:
+    image_encoder: PositiveFloat = 1e-4
+    text_encoder: PositiveFloat = 1e-5
+
+
+@dataclass
+class ModelSchema:
+    """``model``; its ``loss``, ``optimizer`` and ``scheduler`` are checked as top-level groups."""
+
+    image_encoder: ImageEncoderSchema | None = field(default_factory=ImageEncoderSchema)
+    text_encoder: TextEncoderSchema | None = field(default_factory=TextEncoderSchema)
+    head: HeadSchema | None = field(default_factory=HeadSchema)
+    embed_dim: PositiveInt = 256
+    tower_lr: TowerLRSchema | None = field(default_factory=TowerLRSchema)
+    compile: bool = False
+    grad_checkpointing: bool = False
+    grad_cache_chunk_size: PositiveInt | None = 128
+    clip_grad_norm: PositiveFloat | None = 1.0
+
+
+@dataclass
+class AugmentSchema:
+    scale: tuple[Annotated[float, Range(gt=0, le=1)], Annotated[float, Range(gt=0, le=1)]] = (
+        0.5,
+        1.0,
+    )
+    hflip: Fraction = 0.5
+
+
+@dataclass
+class SplitSizesSchema:
+    """Counts of images, or fractions of the images without a split."""
+
+    val: NonNegativeInt | Annotated[float, Range(gt=0, lt=1)] = 1000
+    test: NonNegativeInt | Annotated[float, Range(gt=0, lt=1)] = 1000
+
+
+@dataclass
+class DatasetSchema:
+    """``dataset``: ``batch_size`` is per device; ``adapter_options`` are the format's own."""
+
+    root: str | None = "/data/flickr30k"
+    format: str = "auto"
+    split_sizes: SplitSizesSchema | None = field(default_factory=SplitSizesSchema)
+    split_seed: int = 0
+    train_pairs: Literal["random", "all"] = "all"
+    augment: AugmentSchema | None = field(default_factory=AugmentSchema)
+    on_bad_image: Literal["error", "skip"] = "skip"
+    cache: str | None = "auto"
+    cache_size: Annotated[int, Range(ge=16)] = 256
+    batch_size: PositiveInt = 64
+    eval_batch_size: PositiveInt | None = 128
+    num_workers: NonNegativeInt = 4
+    pin_memory: bool = True
+    persistent_workers: bool = True
+    prefetch_factor: PositiveInt | None = 2
+
+
+@dataclass
+class TrainerSchema:
+    """``trainer``: the Lightning Trainer flags with a value the project relies on."""
+
+    accelerator: str = "cpu"
+    devices: Devices = 1
+    num_nodes: PositiveInt = 1
+    precision: Precision = "bf16-mixed"
+    max_epochs: Limit | None = 10
+    min_epochs: NonNegativeInt | None = 1
+    max_steps: Limit = 1000
+    limit_train_batches: BatchLimit | None = 0.1
+    limit_val_batches: BatchLimit | None = 0.1
+    limit_test_batches: BatchLimit | None = 0.1
+    overfit_batches: BatchLimit = 2
+    val_check_interval: PositiveInt | Annotated[float, Range(gt=0, le=1)] | None = 0.5
+    check_val_every_n_epoch: PositiveInt | None = 1
+    accumulate_grad_batches: PositiveInt = 4
+    gradient_clip_val: NonNegativeFloat | None = 1.0
+    log_every_n_steps: PositiveInt = 10
+    fast_dev_run: bool | NonNegativeInt = True
+    deterministic: bool | Literal["warn"] = True
+    num_sanity_val_steps: Limit = 2
+
+
+# ------------------------------------------------------------------------------------- tasks
+@dataclass
+class TrainConfig:
+    """``conf/train.yaml``."""
+
+    seed: Seed = 12345
+    ckpt_path: str | None = "last"
+    resume_dir: str | None = "logs/train/runs/<time>"
+    test: bool = True
+    optimized_metric: str | None = "val/rsum"
+    dataset: DatasetSchema = field(default_factory=DatasetSchema)
+    optimizer: OptimizerSchema = field(default_factory=OptimizerSchema)
+    scheduler: SchedulerSchema | None = field(default_factory=SchedulerSchema)
+    loss: LossSchema = field(default_factory=LossSchema)
+    model: ModelSchema = field(default_factory=ModelSchema)
+    trainer: TrainerSchema = field(default_factory=TrainerSchema)
+
+
+@dataclass
+class ZeroShotSchema:
+    templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
+    top_k: list[PositiveInt] = field(default_factory=lambda: [1, 5])
+    batch_size: PositiveInt = 64
+    num_workers: NonNegativeInt = 0
+
+
+@dataclass
+class EvalConfig:
+    """``conf/eval.yaml``."""
+
+    seed: Seed = 12345
+    ckpt_path: str | None = "logs/train/runs/<time>/checkpoints/last.ckpt"
+    task: Literal["retrieval", "zeroshot"] = "retrieval"
+    split: Literal["val", "test"] = "test"
+    images: str | None = "/data/imagenet/val"
+    data_dir: str | None = "/data/imagenet/val"
+    accelerator: str = "cpu"
+    precision: Precision = "32-true"
+    zeroshot: ZeroShotSchema | None = field(default_factory=ZeroShotSchema)
+    dataset: DatasetSchema = field(default_factory=DatasetSchema)
+    trainer: TrainerSchema | None = field(default_factory=TrainerSchema)
+
+
+@dataclass
+class SearchConfig:
+    """``conf/search.yaml``."""
+
+    ckpt_path: str | None = "logs/train/runs/<time>/checkpoints/last.ckpt"
+    images: str | None = "/data/photos"
+    query: str | None = "a dog running on the beach"
+    k: PositiveInt = 5
+    export: str | None = "embeddings.npy"
+    index_dir: str | None = "/tmp/index"
+    batch_size: PositiveInt = 64
+    num_workers: NonNegativeInt = 0
+    on_bad_image: Literal["error", "skip"] = "skip"
+    accelerator: str = "cpu"
+
+
+@dataclass
+class PrepareConfig:
+    """``conf/prepare.yaml``."""
+
+    max_listed: PositiveInt | None = 20
+    dataset: DatasetSchema = field(default_factory=DatasetSchema)
+
+
+@dataclass
+class BenchConfig:
+    """``conf/bench.yaml``: the training groups, without a scheduler."""
+
+    seed: Seed = 12345
+    only: list[str] = field(default_factory=lambda: ["train_step"])
+    optimizer: OptimizerSchema = field(default_factory=OptimizerSchema)
+    loss: LossSchema = field(default_factory=LossSchema)
+    model: ModelSchema = field(default_factory=ModelSchema)
+    trainer: TrainerSchema = field(default_factory=TrainerSchema)
+
+
+@dataclass
+class ExportConfig:
+    """``conf/export.yaml``."""
+
+    ckpt_path: str | None = "logs/train/runs/<time>/checkpoints/last.ckpt"
+    format: Literal["open_clip", "hf"] = "open_clip"
+    out: str | None = "exported/"
+    push_to_hub: str | None = "user/my-clip"
+
+
+TASK_SCHEMAS: dict[str, type] = {
+    "train": TrainConfig,
+    "eval": EvalConfig,
+    "search": SearchConfig,
+    "prepare": PrepareConfig,
+    "bench": BenchConfig,
+    "export": ExportConfig,
+}
+
+
+# --------------------------------------------------------------------------------- checking
+def check_config(cfg: DictConfig, task: str) -> None:
+    """Raise :class:`ConfigError` for the first value of ``cfg`` the ``task``'s schema rejects.
+
+    ``task`` is the entry point (``train``, ``eval``, ``search``, ``prepare``, ``bench``,
+    ``export``), not ``cfg.task_name`` (an experiment renames that).
+    """
+    if task not in TASK_SCHEMAS:
+        raise ValueError(f"no config schema for task {task!r}; known: {', '.join(TASK_SCHEMAS)}")
+    _check_section(cfg, TASK_SCHEMAS[task], prefix="")
+
+
+def _check_section(cfg: DictConfig, schema: type, prefix: str) -> None:
+    hints = typing.get_type_hints(schema, include_extras=True)
+    for spec in dataclasses.fields(schema):
+        if spec.name not in cfg:  # absent (or ???): Hydra's business, not a type error
+            continue
+        key, expected, value = f"{prefix}{spec.name}", hints[spec.name], cfg[spec.name]
+        section = _section_schema(expected)
+        if section is not None and isinstance(value, DictConfig):
+            _check_section(value, section, prefix=f"{key}.")
+            continue
+        plain = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
+        if section is not None:
+            valid = plain is None and _allows_none(expected)
+        else:
+            valid = _matches(plain, expected)
+        if not valid:
+            raise ConfigError(
+                f"{key}={_show(plain)} must be {_describe(expected)}; "
+                f"e.g. {key}={_text(_example(spec))}"
+            )
+
+
+def _example(spec: dataclasses.Field) -> Any:
+    """A schema field's default: the value an error message suggests."""
+    if spec.default_factory is not dataclasses.MISSING:
+        return spec.default_factory()
+    return spec.default
+
+
+def _section_schema(expected: Any) -> type | None:
+    """The dataclass behind ``Section`` or ``Section | None``, else None."""
+    options = typing.get_args(expected) if _is_union(expected) else (expected,)
+    sections = [t for t in options if dataclasses.is_dataclass(t)]
+    return sections[0] if sections else None  # type: ignore[return-value]
+
+
+def _is_union(expected: Any) -> bool:
+    return typing.get_origin(expected) in (Union, types.UnionType)
+
+
+def _allows_none(expected: Any) -> bool:
+    return expected is type(None) or (
+        _is_union(expected) and type(None) in typing.get_args(expected)
+    )
+
+
+def _matches(value: Any, expected: Any) -> bool:
+    """Whether ``value`` (plain Python, as Hydra parsed it) is of the schema type ``expected``."""
+    origin = typing.get_origin(expected)
+    if origin is Annotated:
+        base, *constraints = typing.get_args(expected)
+        return _matches(value, base) and all(_satisfies(value, c) for c in constraints)
+    if _is_union(expected):
+        return any(_matches(value, option) for option in typing.get_args(expected))
+    if origin is Literal:
+        # 16 and True compare equal: a literal matches only a value of its own type
+        return any(type(value) is type(v) and value == v for v in typing.get_args(expected))
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            return False
+        items = typing.get_args(expected)
+        if origin is list:
+            return all(_matches(v, items[0]) for v in value)
+        return len(value) == len(items) and all(map(_matches, value, items))
+    if expected is type(None):
+        return value is None
+    if expected is float:  # an integer is a fine float; a bool, a NaN or an inf is not
+        return (
+            isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        )
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, expected)
+
+
+def _satisfies(value: Any, constraint: Any) -> bool:
+    if isinstance(constraint, Range):
+        return value in constraint
+    if isinstance(constraint, Pattern):
+        return re.fullmatch(constraint.regex, value) is not None
+    return True
+
+
+def _describe(expected: Any) -> str:
+    """What the schema type ``expected`` accepts, in words, e.g. ``a float > 0 or null``."""
+    origin = typing.get_origin(expected)
+    if origin is Annotated:
+        base, *constraints = typing.get_args(expected)
+        for constraint in constraints:
+            if isinstance(constraint, Doc):
+                return constraint.text
+        ranges = " ".join(str(c) for c in constraints if isinstance(c, Range))
+        return f"{_describe(base)} {ranges}".strip()
+    if _is_union(expected):
+        return _join([_describe(option) for option in typing.get_args(expected)])
+    if origin is Literal:
+        choices = dict.fromkeys(_text(v) for v in typing.get_args(expected))  # 16 and "16"
+        return "one of " + ", ".join(choices)
+    if dataclasses.is_dataclass(expected):
+        return "a group of settings"
+    if origin is list:
+        return f"a list of values, each {_describe(typing.get_args(expected)[0])}"
+    if origin is tuple:
+        items = typing.get_args(expected)
+        return f"a list of {len(items)} values, each {_describe(items[0])}"
+    names = {float: "a float", int: "an integer", bool: "true or false", str: "a string"}
+    return names.get(expected, "null" if expected is type(None) else expected.__name__)
+
+
+def _join(parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " or " + parts[-1]
+
+
+def _show(value: Any) -> str:
+    """A bad value as the user typed it: strings quoted, so ``'abc'`` and ``abc`` read apart."""
+    return repr(value) if isinstance(value, str) else _text(value)
+
+
+def _text(value: Any) -> str:
+    """A value in Hydra's override syntax: ``1e-04``, ``true``, ``null``, ``[0.9,0.98]``."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_text(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ",".join(f"{k}:{_text(v)}" for k, v in value.items()) + "}"
+    return str(value)
