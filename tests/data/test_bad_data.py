@@ -92,7 +92,10 @@ def test_images_with_no_caption_left_after_cleaning_are_reported(tmp_path):
     with pytest.raises(DataError) as info:
         module(root).load_splits()
     text = message(info)
-    assert "1 of 14 images have no caption left after cleaning (image ids 1002)" in text
+    assert (
+        "1 of 14 images have bad or no captions (image id 1002: caption 0 is empty, "
+        "caption 1 is empty (none left))" in text
+    )
     assert "dataset.on_bad_image=skip" in text
     splits = module(root, on_bad_image="skip").load_splits()
     assert sum(len(s) for s in splits.values()) == 13

@@ -6,11 +6,12 @@ import os
 import subprocess
 import sys
 
+import pytest
 from hydra import compose, initialize_config_dir
 
-from clip_lightning.data.formats import load_records
-from clip_lightning.data.validation import find_bad_records
-from clip_lightning.prepare import prepare
+from clip_lightning.cli.prepare import prepare
+from clip_lightning.data.datamodule import CaptionDataModule
+from clip_lightning.errors import DataError
 from clip_lightning.utils.config import register_resolvers
 from tests.conftest import CONFIG_DIR
 from tests.data.conftest import BUILDERS, truncate
@@ -33,15 +34,16 @@ def test_prepare_prints_statistics_without_a_model(tmp_path, capsys):
     assert "Dataset coco (coco:" in out and "captions_per_image_mean" in out
 
 
-def test_prepare_finds_truncated_files_the_setup_check_cannot_see(tmp_path, capsys):
+def test_prepare_and_training_start_up_find_the_same_truncated_file(tmp_path, capsys):
     root = BUILDERS["karpathy"](tmp_path / "k")
-    truncate(root / "images" / "1007.jpg")
-    assert not find_bad_records(load_records("karpathy", root))  # header-level: looks fine
+    truncate(root / "images" / "1007.jpg")  # a valid header: only a full decode sees it
     stats = prepare(compose_prepare("dataset=flickr30k", f"dataset.root={root}"))
     assert stats["bad_images"] == 1
     out = capsys.readouterr().out
-    assert f"bad image: {root / 'images' / '1007.jpg'}: unreadable" in out
+    assert f"bad image: {root / 'images' / '1007.jpg'}: unreadable (OSError)" in out
     assert "dataset.on_bad_image=skip" in out
+    with pytest.raises(DataError, match="1 of 14 images are missing or unreadable"):
+        CaptionDataModule(name="flickr30k", root=str(root)).load_splits()
 
 
 def test_prepare_builds_the_configured_cache(tmp_path, capsys):

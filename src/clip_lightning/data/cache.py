@@ -3,11 +3,14 @@
 Decoding a 500x375 JPEG costs more than the whole training transform, and it is repeated every
 epoch. The cache stores each image resized (shorter side) and centre-cropped to an ``S x S``
 square (``dataset.cache_size``, default 256) in ``images.npy``, plus ``index.json`` mapping
-image id -> row and a *fingerprint* of the source (format, location, record ids and files,
-``S``). Training then only crops and normalises: the train RandomResizedCrop works on the
-square, the eval resize + centre crop sees the same centre as it would on the original.
-A changed fingerprint rebuilds the cache; images that fail to decode are recorded in the
-index, so the datamodule applies ``dataset.on_bad_image`` to them.
+image id -> row and a *fingerprint* of the source (format, location, record ids, files with
+their sizes and mtimes, ``S``). Training then only crops and normalises: the train
+RandomResizedCrop works on the square, the eval resize + centre crop sees the same centre as
+it would on the original. Any change to the fingerprint -- a replaced or repaired image
+included -- rebuilds the whole cache (simple, and never stale); so does an array file that does
+not match its index (e.g. truncated by a full disk). Images that fail to decode are recorded in
+the index in the image check's words, so the datamodule applies ``dataset.on_bad_image`` to
+them exactly as without a cache.
 """
 
 from __future__ import annotations
@@ -27,22 +30,24 @@ import numpy as np
 from filelock import FileLock
 from PIL import Image, ImageOps
 
-from clip_lightning.data.records import CaptionRecord, load_rgb
-from clip_lightning.data.validation import BadRecords
+from clip_lightning.data.checks import file_stamp
+from clip_lightning.data.records import BadImageError, CaptionRecord, load_rgb
 from clip_lightning.errors import DataError
 
 log = logging.getLogger(__name__)
 
 ARRAY = "images.npy"
 INDEX = "index.json"
-VERSION = 1
+VERSION = 2
 
 
 def fingerprint(records: Sequence[CaptionRecord], source: str, size: int) -> dict[str, Any]:
-    """What the cache content depends on; any change means a rebuild."""
+    """What the cache content depends on (each file's size and mtime included); any change
+    means a rebuild."""
     digest = hashlib.sha1()
     for record in records:
-        digest.update(f"{record.image_id}\t{record.image.key}\n".encode())
+        stamp = file_stamp(record.image)
+        digest.update(f"{record.image_id}\t{record.image.key}\t{stamp and stamp[1]}\n".encode())
     return {
         "version": VERSION,
         "source": source,
@@ -59,11 +64,11 @@ def square(image: Image.Image, size: int) -> np.ndarray:
 
 
 def _fill(array: np.ndarray, records: Sequence[CaptionRecord], size: int, row: int) -> str | None:
-    """Decode one record into its row; the reason when it fails."""
+    """Decode one record into its row; the reason when it fails (the image check's words)."""
     try:
         array[row] = square(load_rgb(records[row].image), size)
-    except Exception as exc:  # PIL, OS and dataset errors come in many types
-        return f"unreadable ({type(exc).__name__})"
+    except BadImageError as exc:
+        return exc.reason
     return None
 
 
@@ -103,7 +108,16 @@ class ImageCache:
             index = json.loads((folder / INDEX).read_text())
         except (OSError, ValueError):
             return None
-        if index.get("fingerprint") != dict(expected) or not (folder / ARRAY).is_file():
+        if not isinstance(index, dict) or index.get("fingerprint") != dict(expected):
+            return None
+        size = int(expected["size"])
+        try:
+            array = np.load(folder / ARRAY, mmap_mode="r")
+        except (OSError, ValueError) as exc:  # missing, or shorter than its header says
+            log.warning("the image cache %s is damaged (%s); rebuilding it", folder / ARRAY, exc)
+            return None
+        if array.shape != (int(expected["count"]), size, size, 3) or array.dtype != np.uint8:
+            log.warning("the image cache %s does not match its index; rebuilding it", folder)
             return None
         return cls(folder, index["rows"], index["failed"])
 
@@ -160,12 +174,9 @@ class ImageCache:
                 cache = cls.build(folder, records, expected)
         return cache
 
-    def bad_records(self, records: Sequence[CaptionRecord]) -> BadRecords:
-        """The records whose image failed to decode while building (the full decode check)."""
-        return BadRecords(
-            images=[(r, self.failed[r.image_id]) for r in records if r.image_id in self.failed],
-            empty=[r for r in records if not r.captions],
-        )
+    def image_problems(self, records: Sequence[CaptionRecord]) -> list[str | None]:
+        """Why each record's image failed to decode while building (None: it is cached)."""
+        return [self.failed.get(r.image_id) for r in records]
 
     def loader(self, records: Sequence[CaptionRecord]) -> CachedImages:
         """The ``image_loader`` for a dataset over ``records`` (all must be in the cache)."""

@@ -9,6 +9,7 @@ from the ``dataset`` config group. Without them it can still load, check and cac
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,22 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from clip_lightning.data.cache import ImageCache, fingerprint
-from clip_lightning.data.datasets import CaptionCollator, CaptionEvalDataset, CaptionTrainDataset
+from clip_lightning.data.checks import (
+    MEMO_NAME,
+    BadRecords,
+    apply_policy,
+    check_images,
+    check_policy,
+)
+from clip_lightning.data.datasets import (
+    SKIPPED,
+    CaptionCollator,
+    CaptionEvalDataset,
+    CaptionTrainDataset,
+)
 from clip_lightning.data.formats import load_records, resolve_format
 from clip_lightning.data.records import SPLITS, CaptionRecord, assign_splits, split_records
 from clip_lightning.data.transforms import build_image_transforms
-from clip_lightning.data.validation import apply_policy, find_bad_records
 from clip_lightning.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -41,8 +53,11 @@ class CaptionDataModule(L.LightningDataModule):
             (``hub_kwargs`` go to ``datasets.load_dataset``). columns: HF column names.
         image_dir: the folder image paths are relative to (default: found under ``root``).
         split_sizes: val/test sizes (counts, or fractions) for images without a split.
-        on_bad_image: ``error`` or ``skip`` for missing/unreadable images and empty captions.
+        on_bad_image: ``error`` or ``skip`` for missing/unreadable images and bad or missing
+            captions, at start-up and for images that go bad during the run.
         cache: null, a folder, or ``auto`` (= ``cache_auto_dir``) for the decoded-image cache.
+        cache_auto_dir: also holds the memo of the start-up image check (unchanged files are
+            not decoded again); null: no memo.
     """
 
     def __init__(
@@ -95,8 +110,10 @@ class CaptionDataModule(L.LightningDataModule):
         self.split_sizes = dict(split_sizes or {"val": 1000, "test": 1000})
         self.split_seed = split_seed
         self.train_pairs = train_pairs
+        check_policy(on_bad_image)
         self.on_bad_image = on_bad_image
         self.cache_folder = self._cache_folder(cache, cache_auto_dir)
+        self.check_memo = Path(cache_auto_dir).expanduser() / MEMO_NAME if cache_auto_dir else None
         self.cache_size = cache_size
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -112,10 +129,14 @@ class CaptionDataModule(L.LightningDataModule):
             if image_config
             else (None, None)
         )
-        self.collate = CaptionCollator(tokenizer, max_length) if tokenizer is not None else None
+        self.collate = (
+            CaptionCollator(tokenizer, max_length, on_bad_image) if tokenizer is not None else None
+        )
         self.image_cache: ImageCache | None = None
         self.records: list[CaptionRecord] | None = None
         self.splits: dict[str, list[CaptionRecord]] | None = None
+        # "<image>: <reason>" of images that went bad during the run (on_bad_image=skip)
+        self.skipped_during_run: list[str] = []
 
     def _cache_folder(self, cache: str | None, auto_dir: str | None) -> Path | None:
         if cache in (None, "", "none", "null"):
@@ -148,17 +169,27 @@ class CaptionDataModule(L.LightningDataModule):
             self.format, self.records = fmt, records
         return self.records
 
+    def find_bad_records(self) -> BadRecords:
+        """Fully decode every image and collect caption problems; nothing is dropped here.
+
+        With ``dataset.cache`` the cache build is the decode (a matching cache costs nothing);
+        without, the memoised image check. Training start-up and ``prepare`` both call this,
+        so they always report the same images.
+        """
+        records = self.load_records()
+        if self.cache_folder is not None:
+            expected = fingerprint(records, self.source, self.cache_size)
+            self.image_cache = ImageCache.open_or_build(self.cache_folder, records, expected)
+            problems = self.image_cache.image_problems(records)
+        else:
+            problems = check_images([r.image for r in records], self.check_memo)
+        return BadRecords.find(records, problems)
+
     def load_splits(self) -> dict[str, list[CaptionRecord]]:
         """Records checked (``on_bad_image``), cached if configured, and split (memoised)."""
         if self.splits is None:
             records = self.load_records()
-            if self.cache_folder is not None:
-                expected = fingerprint(records, self.source, self.cache_size)
-                self.image_cache = ImageCache.open_or_build(self.cache_folder, records, expected)
-                bad = self.image_cache.bad_records(records)
-            else:
-                bad = find_bad_records(records)
-            good = apply_policy(records, bad, self.on_bad_image, self.name)
+            good = apply_policy(records, self.find_bad_records(), self.on_bad_image, self.name)
             splits = split_records(good)
             empty = [name for name in SPLITS if not splits[name]]
             if empty:
@@ -216,13 +247,38 @@ class CaptionDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset(), self.batch_size, shuffle=True)
+        dataset = self.train_dataset()
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        per_device = math.ceil(len(dataset) / world_size)
+        if per_device < self.batch_size:  # drop_last: not a single training step would run
+            devices = f" per device ({world_size} devices)" if world_size > 1 else ""
+            raise DataError(
+                f"{self.name}: the train split has {per_device} samples{devices} but "
+                f"dataset.batch_size={self.batch_size}, and incomplete batches are dropped, so "
+                f"no training step would run; set dataset.batch_size to at most {per_device}"
+            )
+        return self._loader(dataset, self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.eval_dataset("val"), self.eval_batch_size, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.eval_dataset("test"), self.eval_batch_size, shuffle=False)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Count and log the images the collator dropped because they went bad mid-run."""
+        skipped = batch.pop(SKIPPED, None) if isinstance(batch, dict) else None
+        if skipped:
+            self.skipped_during_run.extend(skipped)
+            names = self.skipped_during_run
+            log.warning(
+                "%s: %d image(s) failed to load after the start-up check and were skipped so "
+                "far (dataset.on_bad_image=skip): %s",
+                self.name,
+                len(names),
+                ", ".join(names[:5]) + (", ..." if len(names) > 5 else ""),
+            )
+        return batch
 
 
 def _check_loader_numbers(**values: Any) -> None:

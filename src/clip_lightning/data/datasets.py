@@ -10,6 +10,11 @@ Training and evaluation need different views of the same records:
 Every item carries stable integer ids (image index, caption index within the split) so the
 retrieval metric can drop the duplicates DistributedSampler pads in, and a frozen text tower
 can cache caption embeddings.
+
+An image that passed the start-up check but fails to decode later (the file changed during the
+run) becomes a *bad item* instead of an exception in a DataLoader worker: the collator drops it
+and lists it under :data:`SKIPPED` (``on_bad_image=skip``), or stops the run with one line
+(``on_bad_image=error``).
 """
 
 from __future__ import annotations
@@ -22,11 +27,32 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from clip_lightning.data.records import CaptionRecord, load_rgb
+from clip_lightning.data.checks import check_policy
+from clip_lightning.data.records import BadImageError, CaptionRecord, load_rgb
 from clip_lightning.errors import DataError
 from clip_lightning.tokenization import tokenize
 
 ImageLoader = Callable[[int], Image.Image]
+# batch key listing the "<image>: <reason>" of items the collator dropped (on_bad_image=skip)
+SKIPPED = "skipped_images"
+_BAD = "bad_image"
+
+
+class ImageChangedError(DataError):
+    """An image that passed the start-up check failed to load during the run.
+
+    torch re-raises an exception from a DataLoader worker as ``type(exc)(text)``, where ``text``
+    holds the worker's whole traceback; this constructor keeps only the message of its last
+    line, so the user still reads one line.
+    """
+
+    def __init__(self, message: str):
+        last = message.strip().splitlines()[-1] if message.strip() else message
+        super().__init__(last.removeprefix(f"{type(self).__module__}.{type(self).__qualname__}: "))
+
+
+def _bad_item(exc: BadImageError) -> dict[str, Any]:
+    return {_BAD: f"{exc.key}: {exc.reason}"}
 
 
 def caption_offsets(records: Sequence[CaptionRecord]) -> list[int]:
@@ -84,8 +110,12 @@ class CaptionTrainDataset(Dataset):
             image_index = index
             # torch seeds `random` per worker and per epoch, so this is reproducible.
             caption_index = random.randrange(len(self.records[index].captions))
+        try:
+            image = self.images(image_index)
+        except BadImageError as exc:
+            return _bad_item(exc)
         return {
-            "image": self.transform(self.images(image_index)),
+            "image": self.transform(image),
             "caption": self.records[image_index].captions[caption_index],
             "image_id": image_index,
             "caption_id": self.offsets[image_index] + caption_index,
@@ -111,8 +141,12 @@ class CaptionEvalDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         captions = self.records[index].captions
+        try:
+            image = self.images(index)
+        except BadImageError as exc:
+            return _bad_item(exc)
         return {
-            "image": self.transform(self.images(index)),
+            "image": self.transform(image),
             "captions": list(captions),
             "image_id": index,
             "caption_ids": [self.offsets[index] + j for j in range(len(captions))],
@@ -120,16 +154,39 @@ class CaptionEvalDataset(Dataset):
 
 
 class CaptionCollator:
-    """Stacks images and tokenizes the batch's captions with dynamic padding.
+    """Stacks images and tokenizes the batch's captions with dynamic padding; applies
+    ``on_bad_image`` to images that went bad after the start-up check.
 
     A class rather than a closure so DataLoader workers can pickle it.
     """
 
-    def __init__(self, tokenizer: Any, max_length: int):
+    def __init__(self, tokenizer: Any, max_length: int, on_bad_image: str = "error"):
+        check_policy(on_bad_image)
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.on_bad_image = on_bad_image
 
-    def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        skipped = [item[_BAD] for item in items if _BAD in item]
+        if skipped:
+            listed = ", ".join(skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+            if self.on_bad_image == "error":
+                raise ImageChangedError(
+                    f"{len(skipped)} image(s) failed to load after passing the start-up check "
+                    f"({listed}); the files changed during the run -- restore them, or run "
+                    "with dataset.on_bad_image=skip to train without them"
+                )
+            if len(skipped) == len(items):
+                raise ImageChangedError(
+                    f"every image of a batch failed to load after passing the start-up check "
+                    f"({listed}); the files changed during the run -- restore them and restart "
+                    "(the start-up check then skips the bad ones)"
+                )
+            items = [item for item in items if _BAD not in item]
+        batch = self._collate(items)
+        return {**batch, SKIPPED: skipped} if skipped else batch
+
+    def _collate(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if "captions" in items[0]:
             captions = [c for item in items for c in item["captions"]]
             caption_ids = [c for item in items for c in item["caption_ids"]]

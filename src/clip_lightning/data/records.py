@@ -9,14 +9,13 @@ adding a format never means copying a loader.
 from __future__ import annotations
 
 import hashlib
-import io
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from clip_lightning.errors import DataError
 
@@ -52,36 +51,44 @@ class FileImage:
 
 
 @dataclass(frozen=True)
-class BytesImage:
-    """An encoded image held in memory (e.g. the ``bytes`` of a HF ``Image`` feature)."""
-
-    data: bytes = field(repr=False)
-    name: str
-
-    @property
-    def key(self) -> str:
-        return self.name
-
-    def open(self) -> Image.Image:
-        return Image.open(io.BytesIO(self.data))
-
-
-@dataclass(frozen=True)
 class CaptionRecord:
-    """One image with all of its captions. ``split`` is None when the format carries none."""
+    """One image with all of its captions. ``split`` is None when the format carries none.
+
+    ``caption_problems`` names the captions the format gave but that cannot be trained on
+    (not a string, or empty after cleaning); they are not in ``captions``, and the datamodule
+    applies ``dataset.on_bad_image`` to them instead of training on ``"None"`` or dropping
+    them without a word.
+    """
 
     image_id: str
     image: ImageSource
     captions: tuple[str, ...]
     split: str | None = None
+    caption_problems: tuple[str, ...] = ()
+
+
+# The one vocabulary for bad images, shared by the start-up check, `prepare`, the cache build
+# and the data loaders: "missing", or "unreadable (<the decoder's error type>)".
+MISSING = "missing"
+
+
+def unreadable(exc: BaseException) -> str:
+    return f"unreadable ({type(exc).__name__})"
 
 
 class BadImageError(DataError):
-    """An image that is missing, truncated or not an image at all."""
+    """An image that is missing, truncated or not an image at all; ``reason`` says which."""
+
+    def __init__(self, key: str, reason: str):
+        super().__init__(f"image {key} is {reason}")
+        self.key, self.reason = key, reason
+
+    def __reduce__(self):  # picklable with its two arguments (process pools, loader workers)
+        return type(self), (self.key, self.reason)
 
 
 def load_rgb(source: ImageSource) -> Image.Image:
-    """Decode ``source`` fully and convert it to RGB.
+    """Decode ``source`` fully and convert it to RGB, or raise :class:`BadImageError`.
 
     Grayscale, CMYK and palette images are converted; transparent pixels (RGBA, LA, palette with
     a transparency key) are composited onto white so they do not turn black.
@@ -89,8 +96,10 @@ def load_rgb(source: ImageSource) -> Image.Image:
     try:
         image = source.open()
         image.load()
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise BadImageError(f"cannot read image {source.key}: {exc}") from exc
+    except FileNotFoundError as exc:
+        raise BadImageError(source.key, MISSING) from exc
+    except Exception as exc:  # PIL raises OSError, SyntaxError, struct.error, ... on bad bytes
+        raise BadImageError(source.key, unreadable(exc)) from exc
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA"):
@@ -109,11 +118,20 @@ def clean_caption(caption: str) -> str:
 
 
 def make_record(
-    image_id: str, image: ImageSource, captions: Sequence[str], split: str | None = None
+    image_id: str, image: ImageSource, captions: Sequence[object], split: str | None = None
 ) -> CaptionRecord:
-    """Build a record with cleaned, non-empty captions (empty ones are dropped here)."""
-    cleaned = tuple(c for c in (clean_caption(str(c)) for c in captions) if c)
-    return CaptionRecord(image_id=str(image_id), image=image, captions=cleaned, split=split)
+    """Build a record with cleaned captions; non-strings and empty ones become
+    ``caption_problems`` (never coerced with ``str()``, never dropped silently)."""
+    cleaned, problems = [], []
+    for index, caption in enumerate(captions):
+        if not isinstance(caption, str):
+            what = "null" if caption is None else f"a {type(caption).__name__}, not text"
+            problems.append(f"caption {index} is {what}")
+        elif not clean_caption(caption):
+            problems.append(f"caption {index} is empty")
+        else:
+            cleaned.append(clean_caption(caption))
+    return CaptionRecord(str(image_id), image, tuple(cleaned), split, tuple(problems))
 
 
 def _stable_fraction(image_id: str, seed: int) -> float:
@@ -177,16 +195,11 @@ def assign_splits(
     names = ["val"] * val + ["test"] * test
     names += ["train"] * (len(order) - len(names))
     by_id = {r.image_id: s for r, s in zip(order, names, strict=True)}
-    return [
-        r
-        if r.split is not None
-        else CaptionRecord(r.image_id, r.image, r.captions, by_id[r.image_id])
-        for r in records
-    ]
+    return [r if r.split is not None else replace(r, split=by_id[r.image_id]) for r in records]
 
 
 def group_captions(
-    rows: Iterable[tuple[str, ImageSource, Sequence[str], str | None]],
+    rows: Iterable[tuple[str, ImageSource, Sequence[object], str | None]],
 ) -> list[CaptionRecord]:
     """Merge rows of ``(image_id, image, captions, split)`` into one record per image.
 
@@ -195,7 +208,7 @@ def group_captions(
     on the split is an error, because its captions would otherwise leak across splits.
     """
     images: dict[str, ImageSource] = {}
-    captions: dict[str, list[str]] = {}
+    captions: dict[str, list[object]] = {}
     splits: dict[str, str | None] = {}
     for image_id, image, texts, split in rows:
         key = str(image_id)

@@ -77,6 +77,11 @@ def resolve_format(
         raise DataError(
             f"unknown dataset.format={format!r}; choose auto or one of {sorted(FORMATS)}"
         )
+    if root is not None and format != "synthetic" and root.is_file():
+        raise DataError(
+            f"dataset.root={root} is a file, not a folder; set dataset.root={root.parent} "
+            "(the folder that holds it and the images)"
+        )
     if root is not None and format != "synthetic" and not root.is_dir():
         raise missing_data_error(name, root, f"dataset.root={root} does not exist")
     if format != "auto":

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from clip_lightning.data.formats.common import read_json
+from clip_lightning.data.formats.common import malformed, read_json, require
 from clip_lightning.data.records import CaptionRecord, FileImage, make_record
 from clip_lightning.errors import DataError
 
 PATTERN = "annotations/captions_*.json"
+FILE = "COCO captions JSON: {'images': [...], 'annotations': [...]}"
+IMAGE = "an object like {'id': 9, 'file_name': '000000000009.jpg'}"
+ANNOTATION = "an object like {'image_id': 9, 'caption': 'a caption'}"
 
 
 def find_caption_files(root: Path) -> list[Path]:
@@ -42,10 +45,20 @@ def load_coco(root: Path | None, image_dir: str | Path | None = None) -> list[Ca
         part = path.stem.removeprefix("captions_")  # e.g. train2017
         split = "train" if part.startswith("train") else None
         data = read_json(path)
-        captions: dict[int, list[str]] = {image["id"]: [] for image in data["images"]}
-        for annotation in data["annotations"]:
-            captions.setdefault(annotation["image_id"], []).append(annotation["caption"])
-        names = {image["id"]: image["file_name"] for image in data["images"]}
+        for key in ("images", "annotations"):
+            if not isinstance(data, dict) or not isinstance(data.get(key), list):
+                raise malformed(path, "the file", f"has no {key!r} list", FILE)
+        names: dict[int | str, str] = {}
+        for index, image in enumerate(data["images"]):
+            where = f"images[{index}]"
+            image_id = require(image, "id", (int, str), path, where, IMAGE)
+            names[image_id] = require(image, "file_name", str, path, where, IMAGE)
+        captions: dict[int | str, list[object]] = {image_id: [] for image_id in names}
+        for index, annotation in enumerate(data["annotations"]):
+            where = f"annotations[{index}]"
+            image_id = require(annotation, "image_id", (int, str), path, where, ANNOTATION)
+            caption = require(annotation, "caption", object, path, where, ANNOTATION)
+            captions.setdefault(image_id, []).append(caption)
         for image_id, texts in captions.items():
             if image_id not in names:
                 raise DataError(

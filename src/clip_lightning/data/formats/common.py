@@ -1,9 +1,10 @@
-"""Helpers the file-based format adapters share: finding the image folder, reading JSON."""
+"""Helpers the file-based format adapters share: finding the image folder, reading JSON and
+text, naming malformed annotation structure."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,3 +54,38 @@ def read_json(path: Path) -> Any:
         raise DataError(
             f"cannot read {path} as JSON ({exc}); re-download it or point dataset.root elsewhere"
         ) from exc
+
+
+def read_text(path: Path) -> str:
+    """A UTF-8 text file; one line naming the file and the fix when it is not UTF-8."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path} is not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#04x}); "
+            f"re-save it as UTF-8, e.g. `iconv -f latin1 -t utf-8 {path.name} > utf8.tmp && "
+            f"mv utf8.tmp {path.name}`"
+        ) from exc
+    except OSError as exc:
+        raise DataError(f"cannot read {path} ({exc}); check the file and its permissions") from exc
+
+
+def malformed(path: Path, where: str, problem: str, expected: str) -> DataError:
+    """One line naming the annotation file, the record, what is wrong and the expected shape."""
+    return DataError(
+        f"{path}: {where} {problem}; expected {expected} -- fix the file or re-download it"
+    )
+
+
+def require(
+    entry: Any, key: str, kind: type | tuple[type, ...], path: Path, where: str, expected: str
+) -> Any:
+    """``entry[key]`` if ``entry`` is an object with a ``kind`` there, else :func:`malformed`."""
+    if not isinstance(entry, Mapping):
+        raise malformed(path, where, f"is a {type(entry).__name__}", expected)
+    if key not in entry:
+        raise malformed(path, where, f"has no {key!r}", expected)
+    value = entry[key]
+    if not isinstance(value, kind):
+        raise malformed(path, where, f"has {key!r} of type {type(value).__name__}", expected)
+    return value

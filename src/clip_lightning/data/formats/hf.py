@@ -125,13 +125,15 @@ def _column(columns: Mapping[str, str | None], key: str, dataset: datasets.Datas
     return name
 
 
-def _captions(value: Any) -> list[str]:
-    """A caption cell: a string, a list of strings, or Karpathy-style ``[{"raw": ...}]``."""
+def _captions(value: Any) -> list[object]:
+    """A caption cell: a string, a list of strings, or Karpathy-style ``[{"raw": ...}]``.
+
+    Values are passed on as they are: ``make_record`` reports the ones that are not text."""
     if value is None:
         return []
-    if isinstance(value, str):
+    if isinstance(value, str) or not isinstance(value, list):
         return [value]
-    return [v["raw"] if isinstance(v, Mapping) else str(v) for v in value]
+    return [v.get("raw") if isinstance(v, Mapping) else v for v in value]
 
 
 def _records_of(
@@ -140,7 +142,7 @@ def _records_of(
     columns: Mapping[str, str | None],
     image_dir: Path | None,
     where: str,
-) -> list[tuple[str, ImageSource, list[str], str | None]]:
+) -> list[tuple[str, ImageSource, list[object], str | None]]:
     image_col = _column(columns, "image", dataset, where)
     caption_col = _column(columns, "captions", dataset, where)
     if image_col is None or caption_col is None:

@@ -12,7 +12,7 @@ import logging
 import re
 from pathlib import Path
 
-from clip_lightning.data.formats.common import resolve_image_dir
+from clip_lightning.data.formats.common import read_text, resolve_image_dir
 from clip_lightning.data.records import CaptionRecord, FileImage, group_captions
 from clip_lightning.errors import DataError
 
@@ -49,7 +49,7 @@ def load_kaggle_csv(root: Path | None, image_dir: str | Path | None = None) -> l
             f"no results.csv in {root}; download the Kaggle dataset "
             "hsankesara/flickr-image-dataset and point dataset.root at its flickr30k_images folder"
         )
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = read_text(path).splitlines()
     if not lines or "image_name" not in lines[0]:
         raise DataError(
             f"{path} does not start with the header 'image_name| comment_number| comment'; "

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from clip_lightning.data.formats.common import read_json, resolve_image_dir
+from clip_lightning.data.formats.common import malformed, read_json, require, resolve_image_dir
 from clip_lightning.data.records import CaptionRecord, FileImage, make_record, normalise_split
 from clip_lightning.errors import DataError
 
@@ -27,8 +27,21 @@ def find_split_json(root: Path) -> Path | None:
     return found[0] if found else None
 
 
-def _caption(sentence: object) -> str:
-    return sentence["raw"] if isinstance(sentence, dict) else str(sentence)
+ENTRY = (
+    'an object like {"filename": "1000.jpg", "split": "train", "sentences": [{"raw": "a '
+    'caption"}, ...]}'
+)
+
+
+def _captions(entry: dict, path: Path, where: str) -> list[object]:
+    """The raw captions of one entry; their values are checked by ``make_record``."""
+    sentences = entry.get("sentences", [])
+    if not isinstance(sentences, list):
+        raise malformed(path, where, f"has 'sentences' of type {type(sentences).__name__}", ENTRY)
+    return [
+        s if isinstance(s, str) else require(s, "raw", object, path, f"{where} sentence {j}", ENTRY)
+        for j, s in enumerate(sentences)
+    ]
 
 
 def load_karpathy(
@@ -44,17 +57,21 @@ def load_karpathy(
             "dataset_coco.json from Karpathy's splits and put it there"
         )
     data = read_json(path)
-    if not isinstance(data, dict) or "images" not in data:
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise DataError(f"{path} has no 'images' list; is it one of Karpathy's split files?")
     entries = data["images"]
-    relative = [Path(e.get("filepath", "")) / e["filename"] for e in entries]
+    relative = [
+        Path(str(entry.get("filepath", "")))
+        / require(entry, "filename", str, path, f"images[{index}]", ENTRY)
+        for index, entry in enumerate(entries)
+    ]
     base = resolve_image_dir(root, image_dir, relative, IMAGE_FOLDERS)
     return [
         make_record(
             str(entry.get("cocoid", Path(entry["filename"]).stem)),
             FileImage(base / rel),
-            [_caption(s) for s in entry.get("sentences", [])],
+            _captions(entry, path, f"images[{index}] ({entry['filename']})"),
             normalise_split(entry.get("split")),
         )
-        for entry, rel in zip(entries, relative, strict=True)
+        for index, (entry, rel) in enumerate(zip(entries, relative, strict=True))
     ]
