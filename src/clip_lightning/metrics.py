@@ -83,25 +83,38 @@ def _check_finite(embeddings: Tensor, name: str) -> None:
 def _rank_queries(
     queries: Tensor,
     candidates: Tensor,
-    query_group: Tensor,
-    candidate_group: Tensor,
-    chunk_size: int,
+    pair_query: Tensor,
+    pair_candidate: Tensor,
+    rows: int,
     tie_tolerance: float,
 ) -> TiedRanks:
-    """Rank every query against all candidates; a candidate is correct for a query when their
-    groups (image indices) are equal. Correct and wrong scores come from one product."""
+    """Rank every query against all candidates, ``rows`` queries per block.
+
+    The correct (query, candidate) pairs are given as index lists sorted by query. Their scores
+    are read from the same block product as the competitors', so rounding cannot favour either.
+    """
     candidates_t = candidates.T.contiguous()
+    block_starts = torch.arange(0, queries.shape[0] + rows, rows, device=queries.device)
+    pair_bounds = torch.searchsorted(pair_query, block_starts).tolist()
     better, tied, correct = [], [], []
-    for start in range(0, queries.shape[0], chunk_size):
-        sims = queries[start : start + chunk_size] @ candidates_t  # [chunk, Nc]
-        is_correct = query_group[start : start + chunk_size, None] == candidate_group[None, :]
-        best = sims.masked_fill(~is_correct, float("-inf")).amax(dim=1, keepdim=True)
+    for block, start in enumerate(range(0, queries.shape[0], rows)):
+        sims = queries[start : start + rows] @ candidates_t  # [rows, Nc]
+        pairs = slice(pair_bounds[block], pair_bounds[block + 1])
+        row, col = pair_query[pairs] - start, pair_candidate[pairs]
+        pair_scores = sims[row, col]
+        best = torch.full((sims.shape[0],), float("-inf"), device=sims.device)
+        best.scatter_reduce_(0, row, pair_scores, reduce="amax")
         tolerance = tie_tolerance * best.abs().clamp(min=1.0)
-        above = sims > best + tolerance
-        near = (sims - best).abs() <= tolerance
-        better.append((above & ~is_correct).sum(dim=1))
-        tied.append((near & ~is_correct).sum(dim=1))
-        correct.append((near & is_correct).sum(dim=1))
+        gap = sims.sub_(best[:, None])  # in place: one block-sized buffer
+        # No correct candidate lies above the best correct score, so every one counted above is
+        # wrong; the correct ones near it are counted separately and taken out of the ties.
+        better.append((gap > tolerance[:, None]).sum(dim=1))
+        near = (gap.abs_() <= tolerance[:, None]).sum(dim=1)
+        correct_near = torch.zeros_like(near).scatter_add_(
+            0, row, ((pair_scores - best[row]).abs() <= tolerance[row]).long()
+        )
+        tied.append(near - correct_near)
+        correct.append(correct_near)
     return TiedRanks(torch.cat(better), torch.cat(tied), torch.cat(correct))
 
 
@@ -119,8 +132,9 @@ def retrieval_ranks(
             equal cosine similarities only if the caller L2-normalised them).
         text_embeddings: ``[Nt, D]`` caption embeddings.
         text_to_image: ``[Nt]`` row index into ``image_embeddings`` of each caption's image.
-        chunk_size: queries scored per step; bounds memory at ``chunk_size × candidates``.
-            The default keeps a COCO-5k block (256 × 5,000 floats, 5 MB) cache-resident.
+        chunk_size: captions scored per step; bounds memory at ``chunk_size × Ni`` scores
+            (the image→text pass uses blocks of the same size). The default keeps a COCO-5k
+            block (256 × 5,000 floats, 5 MB) cache-resident.
         tie_tolerance: scores closer than this (relative above 1) to a query's best correct
             score are ties.
 
@@ -166,9 +180,11 @@ def retrieval_ranks(
     image = image_embeddings.float()
     text = text_embeddings.float()
     text_to_image = text_to_image.long()
-    image_index = torch.arange(num_images, device=image.device)
-    i2t = _rank_queries(image, text, image_index, text_to_image, chunk_size, tie_tolerance)
-    t2i = _rank_queries(text, image, text_to_image, image_index, chunk_size, tie_tolerance)
+    text_index = torch.arange(num_texts, device=image.device)
+    by_image = torch.argsort(text_to_image, stable=True)
+    image_rows = max(1, chunk_size * num_images // num_texts)  # blocks of the same size
+    i2t = _rank_queries(image, text, text_to_image[by_image], by_image, image_rows, tie_tolerance)
+    t2i = _rank_queries(text, image, text_index, text_to_image, chunk_size, tie_tolerance)
     return i2t, t2i
 
 
