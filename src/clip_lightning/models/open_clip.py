@@ -1,0 +1,330 @@
+"""Both towers of a pretrained open_clip model, behind the tower interface ``CLIPModule`` uses.
+
+An open_clip model already projects into its joint space, so each tower returns projected
+features (pair it with ``model/head=identity``) and hands the loss its pretrained logit scale
+(and SigLIP's bias). The model is always built as ``CustomTextCLIP`` (``force_custom_text``):
+its text tower is then one module, ``model.text``, so the two towers own disjoint parameters.
+Preprocessing and tokenization are open_clip's own, translated into the data pipeline's terms
+(a timm data config and an HF-style tokenizer call).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+from omegaconf import DictConfig, OmegaConf
+from open_clip.transform import PreprocessCfg, image_transform_v2
+from PIL import Image
+from torch import nn
+
+from clip_lightning.errors import ModelLoadError
+from clip_lightning.models.freezing import set_frozen_eval
+from clip_lightning.models.text_cache import TextFeatureCache, hash_module_weights, hash_tokenizer
+from clip_lightning.module import CLIPModule
+
+
+def pretrained_pair_module(shared: dict[str, Any], embed_dim: int, **module: Any) -> CLIPModule:
+    """A :class:`CLIPModule` whose two towers get the same ``shared`` arguments.
+
+    Lets a model config say ``model.arch=ViT-B-16`` once instead of once per tower; the
+    towers' configs (hence checkpoints) still carry everything needed to rebuild them.
+    ``embed_dim`` is the pretrained model's joint width (the heads are identities).
+    """
+    for tower in ("image_encoder", "text_encoder"):
+        config = module[tower]
+        if isinstance(config, DictConfig):
+            config = OmegaConf.to_container(config, resolve=True)
+        module[tower] = {**config, **shared}
+    return CLIPModule(embed_dim=embed_dim, **module)
+
+
+def open_clip_module(
+    arch: str, pretrained: str | None, model_kwargs: dict[str, Any] | None = None, **module: Any
+) -> CLIPModule:
+    """``model=open_clip``: both towers from the open_clip model ``arch`` / ``pretrained``."""
+    if isinstance(model_kwargs, DictConfig):
+        model_kwargs = OmegaConf.to_container(model_kwargs, resolve=True)  # type: ignore[assignment]
+    shared = {"arch": arch, "pretrained": pretrained, "model_kwargs": dict(model_kwargs or {})}
+    return pretrained_pair_module(shared, _model_config(arch)["embed_dim"], **module)
+
+
+def _model_config(arch: str) -> dict[str, Any]:
+    config = open_clip.get_model_config(arch)
+    if config is None:
+        raise ModelLoadError(
+            f"open_clip has no model {arch!r}; set model.arch to one of open_clip.list_models() "
+            "(e.g. ViT-B-32, RN50, ViT-B-16-SigLIP)"
+        )
+    return config
+
+
+@dataclass
+class _Unclaimed:
+    """One built open_clip model, split into the towers no ``CLIPModule`` has taken yet."""
+
+    towers: dict[str, nn.Module]
+    embed_dim: int
+    logit_scale: float
+    logit_bias: float | None
+    preprocess_cfg: dict[str, Any]
+
+
+# Keyed by (arch, pretrained, kwargs). Each entry is removed once both towers are taken, so a
+# second model built in the same process (a sweep, a test) starts from fresh weights.
+_UNCLAIMED: dict[str, _Unclaimed] = {}
+
+
+def take_tower(
+    arch: str, pretrained: str | None, part: str, model_kwargs: dict[str, Any]
+) -> tuple[nn.Module, _Unclaimed]:
+    """The ``visual`` or ``text`` module of ``arch``, building the model only once per pair."""
+    key = json.dumps([arch, pretrained or None, model_kwargs], sort_keys=True, default=str)
+    entry = _UNCLAIMED.get(key)
+    if entry is None or part not in entry.towers:
+        entry = _UNCLAIMED[key] = _build(arch, pretrained, model_kwargs)
+    tower = entry.towers.pop(part)
+    if not entry.towers:
+        del _UNCLAIMED[key]
+    return tower, entry
+
+
+def _build(arch: str, pretrained: str | None, model_kwargs: dict[str, Any]) -> _Unclaimed:
+    config = _model_config(arch)
+    try:
+        model = open_clip.create_model(
+            arch,
+            pretrained=pretrained or None,
+            force_custom_text=True,
+            # a rebuild from a checkpoint (pretrained=None) must not download tower weights
+            pretrained_text=bool(pretrained),
+            **model_kwargs,
+        )
+    except Exception as exc:  # download, file and state-dict errors come in many types
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"
+        raise ModelLoadError(
+            f"could not load open_clip weights {pretrained!r} for {arch!r} "
+            f"({type(exc).__name__}: {detail}); set model.pretrained to a tag from "
+            f"open_clip.list_pretrained_tags_by_model({arch!r}) or, offline, to a local "
+            "weights file"
+        ) from exc
+    logit_bias = getattr(model, "logit_bias", None)
+    return _Unclaimed(
+        towers={"visual": model.visual, "text": model.text},
+        embed_dim=int(config["embed_dim"]),
+        logit_scale=float(model.logit_scale.detach().reshape(-1)[0]),
+        logit_bias=None if logit_bias is None else float(logit_bias.detach().reshape(-1)[0]),
+        preprocess_cfg=dict(model.visual.preprocess_cfg),
+    )
+
+
+class OpenCLIPImageTower(nn.Module):
+    """open_clip's vision tower (projection included), normalising uint8 batches on its device.
+
+    Args:
+        arch: an open_clip model name (``ViT-B-32``, ``RN50``, ``ViT-B-16-SigLIP``, ...).
+        pretrained: an open_clip pretrained tag (online) or a local weights file; ``None``
+            builds random weights (what a checkpoint reload does, the state dict follows).
+        freeze: lock the tower (LiT) ...
+        unfreeze_last_blocks: ... except its last N layer groups (open_clip's ``lock``).
+        model_kwargs: forwarded to ``open_clip.create_model`` (``force_image_size``, ...).
+    """
+
+    def __init__(
+        self,
+        arch: str = "ViT-B-32",
+        pretrained: str | None = None,
+        freeze: bool = False,
+        unfreeze_last_blocks: int = 0,
+        model_kwargs: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        self.model, built = take_tower(arch, pretrained, "visual", dict(model_kwargs or {}))
+        self.num_features = built.embed_dim
+        self.init_logit_scale = built.logit_scale if pretrained else None
+        self.init_logit_bias = built.logit_bias if pretrained else None
+        self.preprocess_cfg = PreprocessCfg(**built.preprocess_cfg)
+        self.data_config = _timm_data_config(self.preprocess_cfg)
+        mean = torch.tensor(self.preprocess_cfg.mean).view(1, 3, 1, 1) * 255
+        std = torch.tensor(self.preprocess_cfg.std).view(1, 3, 1, 1) * 255
+        self.register_buffer("pixel_mean", mean, persistent=False)
+        self.register_buffer("pixel_std", std, persistent=False)
+        if freeze:
+            self.model.lock(unlocked_groups=unfreeze_last_blocks, freeze_bn_stats=True)
+            self.train(self.training)
+
+    def train(self, mode: bool = True) -> OpenCLIPImageTower:
+        super().train(mode)
+        set_frozen_eval(self.model)
+        return self
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Projected features of a uint8 batch (normalised here) or a normalised float one."""
+        if images.dtype == torch.uint8:
+            images = (images.float() - self.pixel_mean) / self.pixel_std
+        return self.model(images)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.model.set_grad_checkpointing(enable)
+
+    def transform(self) -> Any:
+        """open_clip's own evaluation transform for PIL images."""
+        return image_transform_v2(self.preprocess_cfg, is_train=False)
+
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        transform = self.transform()
+        return torch.stack([transform(image.convert("RGB")) for image in images])
+
+
+def _timm_data_config(cfg: PreprocessCfg) -> dict[str, Any]:
+    """open_clip's preprocessing in the timm terms the data pipeline builds transforms from.
+
+    open_clip resizes the shortest side and centre-crops (``crop_pct`` 1), or squashes.
+    """
+    if cfg.resize_mode not in ("shortest", "squash"):
+        raise ModelLoadError(
+            f"open_clip resize_mode {cfg.resize_mode!r} has no equivalent in the data pipeline; "
+            "pass model.image_encoder.model_kwargs.force_preprocess_cfg={resize_mode: shortest}"
+        )
+    return {
+        "input_size": cfg.input_size,
+        "interpolation": cfg.interpolation,
+        "mean": tuple(cfg.mean),
+        "std": tuple(cfg.std),
+        "crop_pct": 1.0,
+        "crop_mode": "squash" if cfg.resize_mode == "squash" else "center",
+    }
+
+
+class OpenCLIPTokenizer:
+    """open_clip's tokenizer behind the HF-style call the data pipeline makes.
+
+    Captions are padded to the full context length, as open_clip does: SigLIP text towers
+    pool the last position, so the padding is part of what the model computes. The attention
+    mask covers each caption up to its last non-pad token; it only keys the feature cache.
+    """
+
+    def __init__(self, tokenizer: Any, pad_id: int):
+        self.tokenizer = tokenizer
+        self.pad_id = pad_id
+
+    def __call__(
+        self, texts: list[str], max_length: int | None = None, **_: Any
+    ) -> dict[str, torch.Tensor]:
+        input_ids = self.tokenizer(list(texts), context_length=max_length).long()
+        return {"input_ids": input_ids, "attention_mask": content_mask(input_ids, self.pad_id)}
+
+    def get_vocab(self) -> dict[str, int]:
+        inner = getattr(self.tokenizer, "tokenizer", None)
+        return inner.get_vocab() if inner is not None else dict(self.tokenizer.encoder)
+
+
+def content_mask(input_ids: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """1 up to and including each row's last non-pad token (a pad id inside a caption stays 1)."""
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+    last = torch.where(input_ids != pad_id, positions, -1).max(dim=1).values
+    return (positions <= last.unsqueeze(1)).long()
+
+
+class OpenCLIPTextTower(nn.Module):
+    """open_clip's text tower (projection included) with open_clip's tokenizer.
+
+    Args:
+        arch, pretrained, model_kwargs: as for :class:`OpenCLIPImageTower` (shared model).
+        max_length: tokens per caption; defaults to the model's context length (its maximum).
+        freeze: lock the tower ...
+        unfreeze_last_layers: ... except its last N groups, counted as open_clip's ``lock``
+            does: 1 is the projection, 2 adds the last block and final LayerNorm, and so on.
+        cache_features, cache_dir: reuse a frozen tower's features, as in
+            :class:`~clip_lightning.models.TextEncoder`.
+    """
+
+    def __init__(
+        self,
+        arch: str = "ViT-B-32",
+        pretrained: str | None = None,
+        max_length: int | None = None,
+        freeze: bool = False,
+        unfreeze_last_layers: int = 0,
+        cache_features: bool = False,
+        cache_dir: str | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        if cache_features and (not freeze or unfreeze_last_layers):
+            raise ModelLoadError(
+                "model.text_encoder.cache_features=true needs a fully frozen text tower: set "
+                "model.text_encoder.freeze=true and model.text_encoder.unfreeze_last_layers=0"
+            )
+        self.model, built = take_tower(arch, pretrained, "text", dict(model_kwargs or {}))
+        self.num_features = built.embed_dim
+        self.init_logit_scale = built.logit_scale if pretrained else None
+        self.init_logit_bias = built.logit_bias if pretrained else None
+        self.context_length: int = self.model.context_length
+        if max_length is not None and max_length > self.context_length:
+            raise ModelLoadError(
+                f"model.text_encoder.max_length={max_length} exceeds {arch}'s context length "
+                f"{self.context_length}; lower it or leave it null"
+            )
+        self.max_length = max_length or self.context_length
+        pad_id = getattr(self.model, "pad_id", None)
+        self.pad_id = int(self.model.config.pad_token_id if pad_id is None else pad_id)
+        try:
+            self.tokenizer = OpenCLIPTokenizer(open_clip.get_tokenizer(arch), self.pad_id)
+        except Exception as exc:  # hub and file errors come in many types
+            raise ModelLoadError(
+                f"could not load the tokenizer of open_clip model {arch!r} "
+                f"({type(exc).__name__}); it is downloaded once from the Hugging Face hub: "
+                "run once online or pre-fill HF_HOME"
+            ) from exc
+        self.frozen = freeze and not unfreeze_last_layers
+        if freeze:
+            self.model.lock(unlocked_layers=unfreeze_last_layers, freeze_layer_norm=True)
+            self.train(self.training)
+        self.feature_cache = None
+        if cache_features:
+            self.feature_cache = TextFeatureCache(*self._cache_location(arch, cache_dir))
+
+    def _cache_location(self, arch: str, cache_dir: str | None) -> tuple[Path | None, dict]:
+        fingerprint = {
+            "arch": arch,
+            "weights": hash_module_weights(self.model),
+            "tokenizer": hash_tokenizer(self.tokenizer),
+            "max_length": self.max_length,
+        }
+        if cache_dir is None:
+            return None, fingerprint
+        digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
+        return Path(cache_dir) / f"text-features-{digest[:24]}.pt", fingerprint
+
+    def save_feature_cache(self) -> bool:
+        """Persist the feature cache if it has a ``cache_dir`` and new entries; True if written."""
+        return self.feature_cache is not None and self.feature_cache.save()
+
+    def train(self, mode: bool = True) -> OpenCLIPTextTower:
+        super().train(mode)
+        set_frozen_eval(self.model)
+        return self
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.feature_cache is not None:
+            return self.feature_cache(self.encode, input_ids, attention_mask)
+        return self.encode(input_ids, attention_mask)
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Projected features; rows trimmed of padding (the feature cache does) are re-padded."""
+        missing = self.max_length - input_ids.shape[1]
+        if missing > 0:
+            input_ids = nn.functional.pad(input_ids, (0, missing), value=self.pad_id)
+        return self.model(input_ids)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.model.set_grad_checkpointing(enable)
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        return self.tokenizer(texts, max_length=self.max_length)

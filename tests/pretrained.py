@@ -1,0 +1,119 @@
+"""Tiny random-init stand-ins for pretrained CLIP models, written to local files (no network).
+
+open_clip models are registered by name with ``open_clip.add_model_config``; their
+"pretrained" weights are a state dict the test writes, with a known logit scale and bias.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import open_clip
+import torch
+
+from tests.conftest import compose_train
+
+TINY_OPEN_CLIP = {
+    # CLIP-style: causal text tower pooled at the end-of-text token
+    "tiny-clip-test": {
+        "embed_dim": 32,
+        "vision_cfg": {
+            "image_size": 32,
+            "layers": 2,
+            "width": 64,
+            "head_width": 32,
+            "patch_size": 8,
+        },
+        "text_cfg": {
+            "context_length": 16,
+            "vocab_size": 49408,
+            "width": 32,
+            "heads": 2,
+            "layers": 2,
+        },
+    },
+    # SigLIP-style (a name without "siglip", which would select the hub SigLIP tokenizer):
+    # learned logit bias, bidirectional text tower pooled at the last position
+    "tiny-sigmoid-test": {
+        "embed_dim": 32,
+        "init_logit_bias": -10,
+        "vision_cfg": {
+            "image_size": 32,
+            "layers": 2,
+            "width": 64,
+            "head_width": 32,
+            "patch_size": 8,
+        },
+        "text_cfg": {
+            "context_length": 16,
+            "vocab_size": 49408,
+            "width": 32,
+            "heads": 2,
+            "layers": 2,
+            "no_causal_mask": True,
+            "pool_type": "last",
+        },
+        "custom_text": True,
+    },
+}
+PRETRAINED_SCALE = math.log(42.0)
+PRETRAINED_BIAS = -3.5
+
+
+def register_tiny_open_clip() -> None:
+    """Make the tiny architectures known to ``open_clip`` by name (idempotent)."""
+    if set(TINY_OPEN_CLIP) <= set(open_clip.list_models()):
+        return
+    folder = Path(tempfile.mkdtemp(prefix="tiny-open-clip-"))
+    for name, config in TINY_OPEN_CLIP.items():
+        (folder / f"{name}.json").write_text(json.dumps(config))
+    open_clip.add_model_config(folder)
+
+
+def write_open_clip_weights(arch: str, path: Path, seed: int = 0) -> Path:
+    """Random weights of ``arch`` with a known logit scale (and bias), saved as a state dict."""
+    register_tiny_open_clip()
+    torch.manual_seed(seed)
+    model = open_clip.create_model(arch)
+    with torch.no_grad():
+        model.logit_scale.fill_(PRETRAINED_SCALE)
+        if model.logit_bias is not None:
+            model.logit_bias.fill_(PRETRAINED_BIAS)
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def synthetic_overrides(batch_size: int = 8) -> list[str]:
+    """A tiny synthetic dataset at 32 px and a one-epoch CPU trainer."""
+    return [
+        "dataset=synthetic",
+        "dataset.adapter_options.train=32",
+        "dataset.adapter_options.val=16",
+        "dataset.adapter_options.test=16",
+        "dataset.adapter_options.image_size=32",
+        f"dataset.batch_size={batch_size}",
+        "dataset.eval_batch_size=16",
+        "trainer.max_epochs=1",
+        "trainer.accelerator=cpu",
+        "++trainer.enable_model_summary=false",
+        "print_config=false",
+    ]
+
+
+def open_clip_cfg(tmp_path: Path, arch: str = "tiny-clip-test", extra: list[str] | None = None):
+    """The train config of ``model=open_clip`` on the tiny ``arch`` with local weights."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    weights = write_open_clip_weights(arch, tmp_path / f"{arch}.pt")
+    overrides = [
+        *synthetic_overrides(),
+        "model=open_clip",
+        f"model.arch={arch}",
+        f"model.pretrained={weights}",
+        *(extra or []),
+    ]
+    return compose_train(overrides, output_dir=tmp_path)

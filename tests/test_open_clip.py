@@ -1,0 +1,173 @@
+"""model=open_clip: tiny random-init open_clip models with local "pretrained" weights train with
+every loss, hand the loss their logit scale/bias, lock towers, cache text features, use
+GradCache and reload from a checkpoint without the weights file."""
+
+from __future__ import annotations
+
+import lightning as L
+import open_clip
+import pytest
+import torch
+from hydra.utils import instantiate
+from PIL import Image
+
+from clip_lightning.cli.loading import build_datamodule
+from clip_lightning.errors import ModelLoadError, find_user_error
+from clip_lightning.module import CLIPModule
+from tests.conftest import quiet_trainer
+from tests.pretrained import (
+    PRETRAINED_BIAS,
+    PRETRAINED_SCALE,
+    open_clip_cfg,
+)
+
+CAPTIONS = ["a red square on the left!", "two blue circles", "a large green triangle"]
+
+
+def fit(model: CLIPModule, cfg, tmp_path, steps: int = 1) -> None:
+    trainer = quiet_trainer(tmp_path, max_steps=steps, limit_val_batches=0)
+    trainer.fit(model, datamodule=build_datamodule(cfg.dataset, model))
+
+
+@pytest.mark.parametrize(
+    ("arch", "loss"), [("tiny-clip-test", "infonce"), ("tiny-sigmoid-test", "siglip")]
+)
+def test_pretrained_logit_scale_seeds_the_loss_and_one_step_trains(tmp_path, arch, loss):
+    cfg = open_clip_cfg(tmp_path, arch, [f"loss={loss}"])
+    model = instantiate(cfg.model)
+    assert model.loss.logit_scale.item() == pytest.approx(PRETRAINED_SCALE)
+    if loss == "siglip":
+        assert model.loss.logit_bias.item() == pytest.approx(PRETRAINED_BIAS)
+    weights = torch.load(cfg.model.pretrained)
+    torch.testing.assert_close(
+        model.image_encoder.model.conv1.weight, weights["visual.conv1.weight"]
+    )
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    fit(model, cfg, tmp_path)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert any(n.startswith("image_encoder.") for n in changed)
+    assert any(n.startswith("text_encoder.") for n in changed)
+    assert "loss.logit_scale" in changed
+
+
+@pytest.mark.parametrize("arch", ["tiny-clip-test", "tiny-sigmoid-test"])
+def test_towers_give_open_clips_own_embeddings(tmp_path, arch):
+    cfg = open_clip_cfg(tmp_path, arch)
+    model = instantiate(cfg.model).eval()
+    reference, _, preprocess = open_clip.create_model_and_transforms(
+        arch, pretrained=cfg.model.pretrained
+    )
+    reference.eval()
+    images = [Image.new("RGB", (40, 36), (200, 30 * i, 90)) for i in range(3)]
+    with torch.no_grad():
+        expected_images = reference.encode_image(torch.stack([preprocess(i) for i in images]))
+        expected_texts = reference.encode_text(open_clip.get_tokenizer(arch)(CAPTIONS))
+    torch.testing.assert_close(
+        model.image_encoder(model.image_encoder.preprocess(images)), expected_images
+    )
+    torch.testing.assert_close(
+        model.encode_text(CAPTIONS), torch.nn.functional.normalize(expected_texts, dim=-1)
+    )
+
+
+def test_locked_image_and_last_text_layer_unlocked(tmp_path):
+    cfg = open_clip_cfg(
+        tmp_path,
+        extra=[
+            "model.image_encoder.freeze=true",
+            "model.text_encoder.freeze=true",
+            "model.text_encoder.unfreeze_last_layers=2",
+        ],
+    )
+    model = instantiate(cfg.model)
+    assert not any(p.requires_grad for p in model.image_encoder.parameters())
+    text = model.text_encoder.model
+    assert not text.token_embedding.weight.requires_grad
+    assert not any(p.requires_grad for p in text.transformer.resblocks[0].parameters())
+    # open_clip's groups: 1 = the projection, 2 = also the last block and the final LayerNorm
+    assert all(p.requires_grad for p in text.transformer.resblocks[-1].parameters())
+    assert text.ln_final.weight.requires_grad and text.text_projection.requires_grad
+    model.train()
+    assert not model.image_encoder.model.training
+    frozen = {n: p.detach().clone() for n, p in model.image_encoder.named_parameters()}
+    fit(model, cfg, tmp_path)
+    for name, param in model.image_encoder.named_parameters():
+        assert torch.equal(param, frozen[name]), name
+
+
+def test_frozen_text_cache_equals_uncached_features_even_with_last_token_pooling(tmp_path):
+    # SigLIP pools the last position: rows the cache trims of padding must be re-padded
+    cfg = open_clip_cfg(
+        tmp_path,
+        "tiny-sigmoid-test",
+        ["model.text_encoder.freeze=true", "model.text_encoder.cache_features=true"],
+    )
+    model = instantiate(cfg.model).eval()
+    tower = model.text_encoder
+    tokens = tower.tokenize(CAPTIONS + CAPTIONS[:1])
+    cached = tower(**tokens)
+    torch.testing.assert_close(cached, tower.encode(**tokens))
+    assert (tower.feature_cache.misses, tower.feature_cache.hits) == (3, 1)
+    assert torch.equal(tower(**tokens), cached)
+
+
+def test_cache_needs_a_fully_frozen_text_tower(tmp_path):
+    cfg = open_clip_cfg(tmp_path, extra=["model.text_encoder.cache_features=true"])
+    assert "cache_features=true needs a fully frozen" in str(user_error(cfg))
+
+
+def test_grad_cache_step_equals_full_batch_step(tmp_path):
+    def one_step(extra: list[str], root) -> dict[str, torch.Tensor]:
+        cfg = open_clip_cfg(
+            root,
+            extra=[
+                "optimizer=sgd",
+                "optimizer.lr=1.0",
+                "optimizer.momentum=0.0",
+                "model.tower_lr={image_encoder:1.0,text_encoder:1.0}",
+                "model.clip_grad_norm=null",
+                "model.scheduler=null",
+                *extra,
+            ],
+        )
+        L.seed_everything(0)
+        model = instantiate(cfg.model)
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        L.seed_everything(0)
+        fit(model, cfg, root)
+        return {n: p.detach() - before[n] for n, p in model.named_parameters()}
+
+    full = one_step([], tmp_path / "full")
+    chunked = one_step(["model.grad_cache_chunk_size=4"], tmp_path / "chunked")
+    for name, delta in full.items():
+        torch.testing.assert_close(chunked[name], delta, atol=2e-5, rtol=1e-4, msg=name)
+
+
+def test_checkpoint_rebuilds_without_the_weights_file(tmp_path):
+    cfg = open_clip_cfg(tmp_path)
+    model = instantiate(cfg.model)
+    trainer = quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0)
+    trainer.fit(model, datamodule=build_datamodule(cfg.dataset, model))
+    trainer.save_checkpoint(tmp_path / "model.ckpt")
+    (tmp_path / "tiny-clip-test.pt").unlink()
+    reloaded = CLIPModule.load_from_checkpoint(tmp_path / "model.ckpt").eval()
+    assert reloaded.hparams.image_encoder["pretrained"] is False
+    model.eval()
+    torch.testing.assert_close(reloaded.encode_text(CAPTIONS), model.encode_text(CAPTIONS))
+    assert reloaded.loss.logit_scale.item() == pytest.approx(model.loss.logit_scale.item())
+
+
+def user_error(cfg) -> ModelLoadError:
+    with pytest.raises(Exception) as err:
+        instantiate(cfg.model)
+    error = find_user_error(err.value)
+    assert isinstance(error, ModelLoadError) and "\n" not in str(error)
+    return error
+
+
+def test_unknown_arch_and_missing_weights_are_one_line_errors(tmp_path):
+    error = user_error(open_clip_cfg(tmp_path, extra=["model.arch=no-such-arch"]))
+    assert "open_clip has no model 'no-such-arch'" in str(error)
+    missing = tmp_path / "missing.pt"
+    error = user_error(open_clip_cfg(tmp_path, extra=[f"model.pretrained={missing}"]))
+    assert "offline, to a local weights file" in str(error)
