@@ -14,6 +14,7 @@ from typing import Any
 
 from clip_lightning.data.formats.coco import find_caption_files, load_coco
 from clip_lightning.data.formats.common import ACCEPTED_LAYOUTS
+from clip_lightning.data.formats.csv import load_csv
 from clip_lightning.data.formats.hf import load_hf
 from clip_lightning.data.formats.kaggle_csv import find_csv, load_kaggle_csv
 from clip_lightning.data.formats.karpathy import find_split_json, load_karpathy
@@ -27,6 +28,7 @@ FORMATS: dict[str, Callable[..., list[CaptionRecord]]] = {
     "karpathy": load_karpathy,
     "coco": load_coco,
     "kaggle_csv": load_kaggle_csv,
+    "csv": load_csv,
 }
 
 # Where to get each named dataset, for the error raised when nothing is found locally.

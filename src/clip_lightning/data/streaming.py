@@ -1,0 +1,593 @@
+"""Train from WebDataset shards (img2dataset's layout) with the ``webdataset`` library.
+
+Each sample of a shard is ``{key}.jpg`` (or png/webp) + ``{key}.txt`` (+ ``{key}.json``). The
+caption comes from ``txt`` or from a field of the ``json`` (a list there gives one random caption
+per epoch, like ``train_pairs=random``). Shard lists follow open_clip: brace expansion
+(``/data/cc3m/{00000..00331}.tar``), several sources joined with ``::`` each with its own weight,
+and any URL webdataset opens (local paths, ``pipe:``, http, s3 through ``pipe:aws s3 cp ...``).
+
+Epochs:
+
+* ``resampled=true`` (default): every DataLoader worker draws shards with replacement (weighted
+  by source), so epochs are *virtual*: ``train_num_samples`` samples, whatever the shard count.
+* ``resampled=false``: exact epochs. The shard list is shuffled the same way on every rank,
+  split across ranks (``wds.split_by_node``) and workers (``wds.split_by_worker``), read once.
+
+Either way each rank yields exactly ``num_samples // (batch_size * world_size)`` batches per
+epoch (a worker whose shards run out starts them again), so DDP ranks never wait on each other
+and the progress bar has a total. Where a stream starts depends only on (seed, epoch, batches
+already trained this epoch, rank, worker): a run resumed mid-epoch draws a *different*,
+reproducible stream (resampled) or skips exactly what its worker already served (exact epochs),
+so it does not replay the samples it has seen.
+
+Validation and test use a map-style folder (``eval_root``: any format ``CaptionDataModule``
+detects) or eval shards (``val_urls`` / ``test_urls``).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import json
+import logging
+import multiprocessing
+import random
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import webdataset as wds
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset
+
+from clip_lightning.data.checks import check_policy
+from clip_lightning.data.datamodule import CaptionDataModule
+from clip_lightning.data.datasets import CaptionCollator
+from clip_lightning.data.records import MISSING, BadImageError, clean_caption, load_rgb
+from clip_lightning.data.transforms import build_image_transforms
+from clip_lightning.errors import DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+SIZES_FILE = "sizes.json"
+
+
+# ----------------------------------------------------------------------------- shard lists
+def expand_sources(
+    urls: str | Sequence[str], weights: Sequence[float] | None = None
+) -> tuple[list[str], list[float] | None]:
+    """Shard URLs of ``"a/{0..9}.tar::b/{0..3}.tar"`` (or a list of sources), and one weight
+    per shard: its source's weight (open_clip's upsampling factors), or None without weights."""
+    sources = [s for s in (urls.split("::") if isinstance(urls, str) else urls) if s]
+    if not sources:
+        raise DataError(
+            "dataset.urls is empty; set it to shard URLs, e.g. /data/cc3m/{00000..00331}.tar"
+        )
+    if weights is not None and len(weights) != len(sources):
+        raise DataError(
+            f"dataset.weights has {len(weights)} value(s) for {len(sources)} source(s) in "
+            "dataset.urls (joined with '::'); give one weight per source"
+        )
+    shards: list[str] = []
+    shard_weights: list[float] = []
+    for index, source in enumerate(sources):
+        expanded = wds.shardlists.expand_urls(str(source))
+        shards.extend(expanded)
+        if weights is not None:
+            shard_weights.extend([float(weights[index])] * len(expanded))
+    return shards, (shard_weights if weights is not None else None)
+
+
+def _is_local(url: str) -> bool:
+    return "://" not in url and not url.startswith("pipe:")
+
+
+def check_local_shards(shards: Sequence[str]) -> None:
+    """Fail at start-up when local shard files are missing (remote ones are opened lazily)."""
+    missing = [url for url in shards if _is_local(url) and not Path(url).expanduser().is_file()]
+    if missing:
+        raise DataError(
+            f"{len(missing)} of {len(shards)} shards do not exist (first: {missing[0]}); check "
+            "dataset.urls (brace ranges such as {00000..00331} must match the file names)"
+        )
+
+
+def count_samples(shards: Sequence[str]) -> int | None:
+    """Samples in local ``shards``: ``sizes.json`` next to them (written by
+    ``clip_lightning.prepare shards=DIR``, open_clip's convention) or img2dataset's per-shard
+    ``*_stats.json``; None when any shard's size is unknown."""
+    total = 0
+    sizes_by_dir: dict[Path, dict[str, int]] = {}
+    for url in shards:
+        if not _is_local(url):
+            return None
+        path = Path(url).expanduser()
+        folder = path.parent
+        if folder not in sizes_by_dir:
+            sizes_file = folder / SIZES_FILE
+            sizes_by_dir[folder] = (
+                json.loads(sizes_file.read_text()) if sizes_file.is_file() else {}
+            )
+        if path.name in sizes_by_dir[folder]:
+            total += int(sizes_by_dir[folder][path.name])
+            continue
+        stats = path.with_name(f"{path.stem}_stats.json")
+        if not stats.is_file():
+            return None
+        total += int(json.loads(stats.read_text())["successes"])
+    return total
+
+
+def _resampled_shards(
+    urls: Sequence[str], weights: Sequence[float] | None, rng: random.Random
+) -> Iterator[dict[str, str]]:
+    """Shards drawn with replacement, weighted per shard (open_clip's ResampledShards2)."""
+    while True:
+        yield {"url": rng.choices(urls, weights=weights)[0]}
+
+
+# ----------------------------------------------------------------------------- samples
+@dataclass(frozen=True)
+class ShardImage:
+    """The encoded image of one shard sample; its key names the shard and the sample."""
+
+    data: bytes
+    url: str
+    sample_key: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.url} sample {self.sample_key}"
+
+    def open(self) -> Image.Image:
+        return Image.open(io.BytesIO(self.data))
+
+
+def decode_sample(
+    sample: Mapping[str, Any], caption_field: str | None
+) -> tuple[Image.Image, list[str]]:
+    """The RGB image and the caption(s) of a raw webdataset sample, or :class:`BadImageError`
+    naming the shard and the sample key, in the vocabulary of the image check."""
+    url, key = sample.get("__url__", "?"), sample.get("__key__", "?")
+    data = next((sample[ext] for ext in IMAGE_EXTENSIONS if ext in sample), None)
+    if data is None:
+        raise BadImageError(f"{url} sample {key}", MISSING)
+    try:
+        if caption_field is None:
+            captions: Any = sample["txt"].decode("utf-8")
+        else:
+            captions = json.loads(sample["json"])[caption_field]
+    except (KeyError, TypeError, ValueError) as exc:
+        source = "txt" if caption_field is None else f"json field {caption_field!r}"
+        raise BadImageError(f"{url} sample {key}", f"without a caption ({source})") from exc
+    texts = [captions] if isinstance(captions, str) else captions
+    texts = [clean_caption(t) for t in texts if isinstance(t, str) and clean_caption(t)]
+    if not texts:
+        raise BadImageError(f"{url} sample {key}", "without a caption (empty)")
+    return load_rgb(ShardImage(data, url, key)), texts
+
+
+def stable_id(key: str) -> int:
+    """A 48-bit integer id of a sample key, the same on every rank and worker."""
+    return int(hashlib.sha1(key.encode()).hexdigest()[:12], 16)
+
+
+def worker_share(batches: int, worker: int, workers: int) -> int:
+    """How many of batches ``0 .. batches-1`` a DataLoader worker serves: torch hands batch
+    ``i`` to worker ``i % workers``."""
+    return batches // workers + (1 if worker < batches % workers else 0)
+
+
+class StreamPosition:
+    """Where the next pass starts: the epoch and the batches already trained in it.
+
+    Shared memory, so persistent DataLoader workers see each new epoch too.
+    """
+
+    def __init__(self) -> None:
+        self._epoch = multiprocessing.Value("q", 0)
+        self._consumed = multiprocessing.Value("q", 0)
+
+    def set(self, epoch: int, consumed: int) -> None:
+        self._epoch.value, self._consumed.value = epoch, consumed
+
+    def get(self) -> tuple[int, int]:
+        return int(self._epoch.value), int(self._consumed.value)
+
+
+class BadSampleError(DataError):
+    """A shard sample that cannot be trained on, under ``on_bad_image=error``.
+
+    torch re-raises an exception from a DataLoader worker as ``type(exc)(text)`` with the
+    worker's traceback in ``text``; keeping only its last line leaves the user one line.
+    """
+
+    def __init__(self, message: str):
+        last = message.strip().splitlines()[-1] if message.strip() else message
+        super().__init__(last.removeprefix(f"{type(self).__module__}.{type(self).__qualname__}: "))
+
+
+class _BadSamples:
+    """Applies ``on_bad_image`` to unreadable shards and samples; under ``skip`` counts them
+    and logs the count once per worker and epoch."""
+
+    def __init__(self, policy: str, where: str):
+        self.policy, self.where = policy, where
+        self.count, self.first = 0, ""
+
+    def __call__(self, exc: Exception) -> bool:
+        """A webdataset error handler (True: continue), also called for bad samples."""
+        message = " ".join(str(exc).split()) or repr(exc)
+        if self.policy == "error":
+            raise BadSampleError(
+                f"{message}; skip bad samples with dataset.on_bad_image=skip"
+            ) from exc
+        self.count += 1
+        self.first = self.first or message
+        return True
+
+    def report(self, epoch: int) -> None:
+        if self.count:
+            log.warning(
+                "%s, epoch %d: skipped %d bad sample(s) (dataset.on_bad_image=skip), first: %s",
+                self.where,
+                epoch,
+                self.count,
+                self.first,
+            )
+
+
+class ShardStream(IterableDataset):
+    """The training stream of one rank: ``batches_per_rank * batch_size`` transformed samples
+    per epoch, spread over the DataLoader workers (see the module docstring)."""
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        weights: Sequence[float] | None,
+        transform: Callable[[Image.Image], Any],
+        batch_size: int,
+        batches_per_rank: int,
+        resampled: bool = True,
+        shuffle_buffer: int = 1000,
+        seed: int = 0,
+        caption_field: str | None = None,
+        on_bad_image: str = "error",
+    ):
+        super().__init__()
+        self.urls, self.weights = list(urls), weights
+        self.transform = transform
+        self.batch_size, self.batches_per_rank = batch_size, batches_per_rank
+        self.resampled, self.shuffle_buffer, self.seed = resampled, shuffle_buffer, seed
+        self.caption_field, self.on_bad_image = caption_field, on_bad_image
+        self.position = StreamPosition()
+
+    def __len__(self) -> int:
+        return self.batches_per_rank * self.batch_size
+
+    def raw_samples(
+        self, epoch: int, consumed: int, handler: Callable[[Exception], bool]
+    ) -> Iterator[dict[str, Any]]:
+        """Undecoded samples of this worker from where its share of the epoch continues;
+        ``handler`` gets the errors of unreadable shards."""
+        rank, _, worker, workers = wds.utils.pytorch_worker_info()
+        if self.resampled:
+            rng = random.Random(wds.utils.make_seed(self.seed, epoch, consumed, rank, worker))
+            shards: Any = functools.partial(_resampled_shards, self.urls, self.weights, rng)
+            skip = 0
+        else:
+            # the same shard order on every rank, then disjoint parts of it
+            order = wds.utils.make_seed(self.seed, epoch)
+            shards = [
+                wds.SimpleShardList(self.urls, seed=order),
+                wds.split_by_node,
+                wds.split_by_worker,
+            ]
+            rng = random.Random(wds.utils.make_seed(self.seed, epoch, rank, worker))
+            skip = worker_share(consumed, worker, workers) * self.batch_size
+        stages = [wds.tarfile_to_samples(handler=handler)]
+        if self.shuffle_buffer > 1:
+            stages.append(wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng))
+        # a worker whose shards run out reads them again (shuffled anew) to fill its share;
+        # the shuffle buffer empties at the end of each pass, so one pass is one exact epoch
+        samples = wds.DataPipeline(shards, *stages).repeat()
+        return islice(iter(samples), skip, None)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        epoch, consumed = self.position.get()
+        _, _, worker, workers = wds.utils.pytorch_worker_info()
+        budget = self.batch_size * (
+            worker_share(self.batches_per_rank, worker, workers)
+            - worker_share(min(consumed, self.batches_per_rank), worker, workers)
+        )
+        policy = _BadSamples(self.on_bad_image, f"shard stream worker {worker}")
+        rng = random.Random(wds.utils.make_seed(self.seed, epoch, consumed, worker, 1))
+        served = 0
+        for sample in self.raw_samples(epoch, consumed, policy):
+            if served >= budget:
+                break
+            try:
+                image, captions = decode_sample(sample, self.caption_field)
+            except BadImageError as exc:
+                policy(exc)
+                continue
+            yield {
+                "image": self.transform(image),
+                "caption": rng.choice(captions),
+                "image_id": served,
+                "caption_id": served,
+            }
+            served += 1
+            if served == budget:
+                policy.report(epoch)
+
+
+class EvalShardStream(IterableDataset):
+    """Every sample of eval shards once, with all of its captions (read in order, no shuffle)."""
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        transform: Callable[[Image.Image], Any],
+        caption_field: str | None = None,
+        on_bad_image: str = "error",
+    ):
+        super().__init__()
+        self.urls, self.transform = list(urls), transform
+        self.caption_field, self.on_bad_image = caption_field, on_bad_image
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        policy = _BadSamples(self.on_bad_image, "eval shards")
+        shards = wds.DataPipeline(
+            wds.SimpleShardList(self.urls), wds.split_by_node, wds.split_by_worker
+        )
+        for sample in wds.tarfile_to_samples(handler=policy)(shards):
+            try:
+                image, captions = decode_sample(sample, self.caption_field)
+            except BadImageError as exc:
+                policy(exc)
+                continue
+            image_id = stable_id(sample["__key__"])
+            yield {
+                "image": self.transform(image),
+                "captions": captions,
+                "image_id": image_id,
+                "caption_ids": [image_id * 64 + j for j in range(len(captions))],
+            }
+        policy.report(0)
+
+
+class StreamLoader(DataLoader):
+    """A DataLoader that tells its :class:`ShardStream` where each pass starts (the epoch and
+    the batches a resumed run already trained) just before the workers begin."""
+
+    def __init__(self, dataset: ShardStream, position: Callable[[], tuple[int, int]], **kwargs):
+        super().__init__(dataset, **kwargs)
+        self.position = position
+
+    def __iter__(self):
+        self.dataset.position.set(*self.position())
+        return super().__iter__()
+
+
+# ----------------------------------------------------------------------------- datamodule
+class WebDataModule(L.LightningDataModule):
+    """Training from shards, evaluation on a map-style folder or eval shards.
+
+    ``batch_size`` is per device; the contrastive batch is ``world_size * batch_size``. Image
+    transforms and the collate function are the map-style datamodule's, so streaming and map-style
+    training feed the model identically.
+
+    Args (beyond the loader settings, which mean what they mean for ``CaptionDataModule``):
+        urls: shard URLs: brace ranges, sources joined with ``::`` (or a list of sources).
+        weights: one sampling weight per source (needs ``resampled``).
+        train_num_samples: samples per epoch; null reads ``sizes.json`` / img2dataset stats.
+        resampled: virtual epochs over shards drawn with replacement (true), or exact epochs.
+        shuffle_buffer: samples each worker shuffles among (1: off).
+        caption_field: null takes the caption from ``txt``; a name takes that ``json`` field.
+        eval_root / eval_format: a local folder for val/test, read by ``CaptionDataModule``.
+        val_urls / test_urls: eval shards instead of ``eval_root``.
+    """
+
+    def __init__(
+        self,
+        image_config: Mapping[str, Any] | None = None,
+        tokenizer: Any = None,
+        max_length: int = 77,
+        name: str = "webdataset",
+        urls: str | Sequence[str] | None = None,
+        weights: Sequence[float] | None = None,
+        train_num_samples: int | None = None,
+        resampled: bool = True,
+        shuffle_buffer: int = 1000,
+        seed: int = 0,
+        caption_field: str | None = None,
+        augment: Mapping[str, Any] | None = None,
+        on_bad_image: str = "error",
+        eval_root: str | None = None,
+        eval_format: str = "auto",
+        eval_options: Mapping[str, Any] | None = None,
+        val_urls: str | Sequence[str] | None = None,
+        test_urls: str | Sequence[str] | None = None,
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        prefetch_factor: int | None = None,
+    ):
+        super().__init__()
+        check_policy(on_bad_image)
+        if urls is None:
+            raise DataError(
+                "dataset=webdataset needs dataset.urls=SHARDS, e.g. /data/cc3m/{00000..00331}.tar "
+                "(write shards with `python -m clip_lightning.prepare ... shards=DIR`)"
+            )
+        if weights is not None and not resampled:
+            raise DataError(
+                "dataset.weights needs dataset.resampled=true (sources are mixed by drawing "
+                "shards with replacement); drop the weights or resample"
+            )
+        if eval_root is not None and (val_urls or test_urls):
+            raise DataError("set dataset.eval_root or dataset.val_urls/test_urls, not both")
+        self.name = name
+        self.shards, self.shard_weights = expand_sources(urls, weights)
+        self.train_num_samples = train_num_samples
+        self.resampled, self.shuffle_buffer, self.seed = resampled, shuffle_buffer, seed
+        self.caption_field, self.on_bad_image = caption_field, on_bad_image
+        self.eval_urls = {"val": val_urls, "test": test_urls}
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.loader_options = {
+            "num_workers": num_workers,
+            "pin_memory": pin_memory,
+            "persistent_workers": persistent_workers and num_workers > 0,
+            "prefetch_factor": prefetch_factor if num_workers > 0 else None,
+        }
+        self.image_config = image_config
+        self.train_transform, self.eval_transform = (
+            build_image_transforms(image_config, **dict(augment or {}))
+            if image_config
+            else (None, None)
+        )
+        self.collate = (
+            CaptionCollator(tokenizer, max_length, on_bad_image) if tokenizer is not None else None
+        )
+        # The eval folder is a map-style dataset: reuse its datamodule, not a copy of it.
+        self.eval_data = (
+            CaptionDataModule(
+                image_config=image_config,
+                tokenizer=tokenizer,
+                max_length=max_length,
+                name=name,
+                format=eval_format,
+                root=eval_root,
+                augment=augment,
+                on_bad_image=on_bad_image,
+                batch_size=batch_size,
+                eval_batch_size=eval_batch_size,
+                **self.loader_options,
+                **dict(eval_options or {}),
+            )
+            if eval_root is not None
+            else None
+        )
+
+    # ------------------------------------------------------------------ set-up
+    def num_samples(self) -> int:
+        """Samples per epoch (all ranks together)."""
+        if self.train_num_samples is not None:
+            return int(self.train_num_samples)
+        counted = count_samples(self.shards)
+        if counted is None:
+            raise DataError(
+                f"cannot tell how many samples {len(self.shards)} shards hold (no {SIZES_FILE} "
+                "or *_stats.json next to them); set dataset.train_num_samples=N (the dataset "
+                "size, or any virtual epoch length with resampling)"
+            )
+        return counted
+
+    def load_splits(self) -> None:
+        """Check shards (and load the eval folder) up front, so a bad path fails before training."""
+        check_local_shards(self.shards)
+        for urls in self.eval_urls.values():
+            if urls:
+                check_local_shards(expand_sources(urls)[0])
+        if self.eval_data is not None:
+            self.eval_data.load_splits()
+        self.num_samples()
+
+    def setup(self, stage: str | None = None) -> None:
+        self.load_splits()
+
+    def stream_position(self) -> tuple[int, int]:
+        """(epoch, batches of it already trained): non-zero only when resuming mid-epoch."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 0
+        fit_loop = trainer.fit_loop
+        consumed = (
+            fit_loop.epoch_loop.batch_progress.current.processed if fit_loop.restarting else 0
+        )
+        return trainer.current_epoch, consumed
+
+    def _require(self, part: Any, argument: str) -> Any:
+        if part is None:
+            raise ValueError(f"WebDataModule needs {argument}= to build data loaders")
+        return part
+
+    def train_dataset(self, world_size: int = 1) -> ShardStream:
+        transform = self._require(self.train_transform, "image_config")
+        samples = self.num_samples()
+        batches = samples // (self.batch_size * world_size)
+        if batches == 0:
+            raise DataError(
+                f"{self.name}: {samples} samples per epoch are fewer than one global batch of "
+                f"{world_size} x {self.batch_size}; lower dataset.batch_size or raise "
+                "dataset.train_num_samples"
+            )
+        workers = max(1, self.num_workers)
+        if not self.resampled and len(self.shards) < world_size * workers:
+            raise DataError(
+                f"exact epochs (dataset.resampled=false) split {len(self.shards)} shards over "
+                f"{world_size} rank(s) x {workers} worker(s), so some would get none; write "
+                "more, smaller shards, lower dataset.num_workers, or set dataset.resampled=true"
+            )
+        return ShardStream(
+            self.shards,
+            self.shard_weights,
+            transform,
+            batch_size=self.batch_size,
+            batches_per_rank=batches,
+            resampled=self.resampled,
+            shuffle_buffer=self.shuffle_buffer,
+            seed=self.seed,
+            caption_field=self.caption_field,
+            on_bad_image=self.on_bad_image,
+        )
+
+    # ------------------------------------------------------------------ loaders
+    def train_dataloader(self) -> DataLoader:
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        return StreamLoader(
+            self.train_dataset(world_size),
+            self.stream_position,
+            batch_size=self.batch_size,
+            drop_last=True,
+            collate_fn=self._require(self.collate, "tokenizer"),
+            **self.loader_options,
+        )
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        if self.eval_data is not None:
+            return getattr(self.eval_data, f"{split}_dataloader")()
+        urls = self.eval_urls[split]
+        if not urls:
+            raise DataError(
+                f"{self.name}: no {split} data; set dataset.eval_root=DIR (a Flickr30k or COCO "
+                f"folder) or dataset.{split}_urls=SHARDS"
+            )
+        stream = EvalShardStream(
+            expand_sources(urls)[0],
+            self._require(self.eval_transform, "image_config"),
+            self.caption_field,
+            self.on_bad_image,
+        )
+        return DataLoader(
+            stream,
+            batch_size=self.eval_batch_size,
+            collate_fn=self._require(self.collate, "tokenizer"),
+            **self.loader_options,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
