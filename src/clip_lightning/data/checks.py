@@ -130,11 +130,11 @@ def _check(
         problems[index] = problem
     seconds = time.perf_counter() - start
     log.info(
-        "image check: decoded %d of %d images in %.1f s (the rest were unchanged since their "
-        "last check)",
+        "image check: %d of %d images decoded in %.1f s (%d unchanged since their last check)",
         len(todo),
         len(sources),
         seconds,
+        len(sources) - len(todo),
     )
     remembered = {
         stamp[0]: [stamp[1], problem]
