@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,23 +24,15 @@ from torch import nn
 
 from clip_lightning.errors import ModelLoadError
 from clip_lightning.models.freezing import set_frozen_eval
+from clip_lightning.models.pretrained_pair import (
+    PixelNormalizer,
+    PretrainedParts,
+    pretrained_pair_module,
+    scalar,
+    take_tower,
+)
 from clip_lightning.models.text_cache import TextFeatureCache, hash_module_weights, hash_tokenizer
 from clip_lightning.module import CLIPModule
-
-
-def pretrained_pair_module(shared: dict[str, Any], embed_dim: int, **module: Any) -> CLIPModule:
-    """A :class:`CLIPModule` whose two towers get the same ``shared`` arguments.
-
-    Lets a model config say ``model.arch=ViT-B-16`` once instead of once per tower; the
-    towers' configs (hence checkpoints) still carry everything needed to rebuild them.
-    ``embed_dim`` is the pretrained model's joint width (the heads are identities).
-    """
-    for tower in ("image_encoder", "text_encoder"):
-        config = module[tower]
-        if isinstance(config, DictConfig):
-            config = OmegaConf.to_container(config, resolve=True)
-        module[tower] = {**config, **shared}
-    return CLIPModule(embed_dim=embed_dim, **module)
 
 
 def open_clip_module(
@@ -64,37 +55,17 @@ def _model_config(arch: str) -> dict[str, Any]:
     return config
 
 
-@dataclass
-class _Unclaimed:
-    """One built open_clip model, split into the towers no ``CLIPModule`` has taken yet."""
-
-    towers: dict[str, nn.Module]
-    embed_dim: int
-    logit_scale: float
-    logit_bias: float | None
-    preprocess_cfg: dict[str, Any]
-
-
-# Keyed by (arch, pretrained, kwargs). Each entry is removed once both towers are taken, so a
-# second model built in the same process (a sweep, a test) starts from fresh weights.
-_UNCLAIMED: dict[str, _Unclaimed] = {}
-
-
-def take_tower(
+def _take(
     arch: str, pretrained: str | None, part: str, model_kwargs: dict[str, Any]
-) -> tuple[nn.Module, _Unclaimed]:
-    """The ``visual`` or ``text`` module of ``arch``, building the model only once per pair."""
-    key = json.dumps([arch, pretrained or None, model_kwargs], sort_keys=True, default=str)
-    entry = _UNCLAIMED.get(key)
-    if entry is None or part not in entry.towers:
-        entry = _UNCLAIMED[key] = _build(arch, pretrained, model_kwargs)
-    tower = entry.towers.pop(part)
-    if not entry.towers:
-        del _UNCLAIMED[key]
-    return tower, entry
+) -> tuple[nn.Module, PretrainedParts]:
+    return take_tower(
+        ("open_clip", arch, pretrained or None, model_kwargs),
+        part,
+        lambda: _build(arch, pretrained, model_kwargs),
+    )
 
 
-def _build(arch: str, pretrained: str | None, model_kwargs: dict[str, Any]) -> _Unclaimed:
+def _build(arch: str, pretrained: str | None, model_kwargs: dict[str, Any]) -> PretrainedParts:
     config = _model_config(arch)
     try:
         model = open_clip.create_model(
@@ -113,13 +84,11 @@ def _build(arch: str, pretrained: str | None, model_kwargs: dict[str, Any]) -> _
             f"open_clip.list_pretrained_tags_by_model({arch!r}) or, offline, to a local "
             "weights file"
         ) from exc
-    logit_bias = getattr(model, "logit_bias", None)
-    return _Unclaimed(
+    return PretrainedParts(
         towers={"visual": model.visual, "text": model.text},
         embed_dim=int(config["embed_dim"]),
-        logit_scale=float(model.logit_scale.detach().reshape(-1)[0]),
-        logit_bias=None if logit_bias is None else float(logit_bias.detach().reshape(-1)[0]),
-        preprocess_cfg=dict(model.visual.preprocess_cfg),
+        logit_scale=scalar(model.logit_scale),  # type: ignore[arg-type]
+        logit_bias=scalar(getattr(model, "logit_bias", None)),
     )
 
 
@@ -144,16 +113,13 @@ class OpenCLIPImageTower(nn.Module):
         model_kwargs: dict[str, Any] | None = None,
     ):
         super().__init__()
-        self.model, built = take_tower(arch, pretrained, "visual", dict(model_kwargs or {}))
+        self.model, built = _take(arch, pretrained, "visual", dict(model_kwargs or {}))
         self.num_features = built.embed_dim
         self.init_logit_scale = built.logit_scale if pretrained else None
         self.init_logit_bias = built.logit_bias if pretrained else None
-        self.preprocess_cfg = PreprocessCfg(**built.preprocess_cfg)
+        self.preprocess_cfg = PreprocessCfg(**self.model.preprocess_cfg)
         self.data_config = _timm_data_config(self.preprocess_cfg)
-        mean = torch.tensor(self.preprocess_cfg.mean).view(1, 3, 1, 1) * 255
-        std = torch.tensor(self.preprocess_cfg.std).view(1, 3, 1, 1) * 255
-        self.register_buffer("pixel_mean", mean, persistent=False)
-        self.register_buffer("pixel_std", std, persistent=False)
+        self.normalize = PixelNormalizer(self.preprocess_cfg.mean, self.preprocess_cfg.std)
         if freeze:
             self.model.lock(unlocked_groups=unfreeze_last_blocks, freeze_bn_stats=True)
             self.train(self.training)
@@ -165,9 +131,7 @@ class OpenCLIPImageTower(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Projected features of a uint8 batch (normalised here) or a normalised float one."""
-        if images.dtype == torch.uint8:
-            images = (images.float() - self.pixel_mean) / self.pixel_std
-        return self.model(images)
+        return self.model(self.normalize(images))
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.model.set_grad_checkpointing(enable)
@@ -261,7 +225,7 @@ class OpenCLIPTextTower(nn.Module):
                 "model.text_encoder.cache_features=true needs a fully frozen text tower: set "
                 "model.text_encoder.freeze=true and model.text_encoder.unfreeze_last_layers=0"
             )
-        self.model, built = take_tower(arch, pretrained, "text", dict(model_kwargs or {}))
+        self.model, built = _take(arch, pretrained, "text", dict(model_kwargs or {}))
         self.num_features = built.embed_dim
         self.init_logit_scale = built.logit_scale if pretrained else None
         self.init_logit_bias = built.logit_bias if pretrained else None

@@ -1,0 +1,78 @@
+"""What the pretrained CLIP pairs (open_clip, transformers) share: one model split into two
+towers, a config that names the model once, and on-device normalisation of uint8 batches."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from clip_lightning.module import CLIPModule
+
+
+def pretrained_pair_module(shared: dict[str, Any], embed_dim: int, **module: Any) -> CLIPModule:
+    """A :class:`CLIPModule` whose two towers get the same ``shared`` arguments.
+
+    Lets a model config say ``model.arch=ViT-B-16`` once instead of once per tower; the
+    towers' configs (hence checkpoints) still carry everything needed to rebuild them.
+    ``embed_dim`` is the pretrained model's joint width (the heads are identities).
+    """
+    for tower in ("image_encoder", "text_encoder"):
+        config = module[tower]
+        if isinstance(config, DictConfig):
+            config = OmegaConf.to_container(config, resolve=True)
+        module[tower] = {**config, **shared}
+    return CLIPModule(embed_dim=embed_dim, **module)
+
+
+@dataclass
+class PretrainedParts:
+    """One built dual encoder, split into the towers no ``CLIPModule`` has taken yet."""
+
+    towers: dict[str, nn.Module]
+    embed_dim: int
+    logit_scale: float
+    logit_bias: float | None
+
+
+# Keyed by what built the model. An entry is dropped once both towers are taken, so a second
+# model built in the same process (a sweep, a test) starts from fresh weights.
+_UNCLAIMED: dict[str, PretrainedParts] = {}
+
+
+def take_tower(
+    key: Sequence[Any], part: str, build: Callable[[], PretrainedParts]
+) -> tuple[nn.Module, PretrainedParts]:
+    """Tower ``part`` of the model identified by ``key``: built once for both towers."""
+    cache_key = json.dumps(list(key), sort_keys=True, default=str)
+    entry = _UNCLAIMED.get(cache_key)
+    if entry is None or part not in entry.towers:
+        entry = _UNCLAIMED[cache_key] = build()
+    tower = entry.towers.pop(part)
+    if not entry.towers:
+        del _UNCLAIMED[cache_key]
+    return tower, entry
+
+
+def scalar(parameter: torch.Tensor | None) -> float | None:
+    """A logit scale/bias parameter (shape ``[]`` or ``[1]``) as a float."""
+    return None if parameter is None else float(parameter.detach().reshape(-1)[0])
+
+
+class PixelNormalizer(nn.Module):
+    """Normalises uint8 batches (what the data pipeline yields) on the device; floats pass."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255, persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dtype != torch.uint8:
+            return images
+        return (images.float() - self.mean) / self.std
