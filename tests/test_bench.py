@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from clip_lightning.bench import BENCHMARKS
+from clip_lightning.cli.bench import BENCHMARKS
+from clip_lightning.errors import ClipLightningError
 
 TINY_BENCH = [
     "trainer.accelerator=cpu",
@@ -79,7 +80,7 @@ def test_every_benchmark_runs_and_writes_json(tmp_path):
 def test_unknown_benchmark_is_rejected():
     from omegaconf import OmegaConf
 
-    from clip_lightning.bench import run_benchmarks
+    from clip_lightning.cli.bench import run_benchmarks
 
-    with pytest.raises(ValueError, match="choose from"):
+    with pytest.raises(ClipLightningError, match="choose from"):
         run_benchmarks(OmegaConf.create({"only": ["nope"]}))

@@ -18,11 +18,11 @@ from lightning.pytorch.demos.boring_classes import BoringModel
 from omegaconf import DictConfig, open_dict
 from PIL import Image
 
+from clip_lightning.cli.eval import evaluate
+from clip_lightning.cli.loading import load_model
+from clip_lightning.cli.train import train
 from clip_lightning.errors import CheckpointError
-from clip_lightning.eval import evaluate
-from clip_lightning.train import train
 from clip_lightning.utils.config import register_resolvers
-from clip_lightning.utils.entry import load_model
 from clip_lightning.utils.instantiate import instantiate_list
 from tests.conftest import CONFIG_DIR, TINY, quiet_trainer
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from clip_lightning.train import train
+from clip_lightning.cli.train import train
 from tests.conftest import TINY, compose_train
 
 RECALL_KEYS = [f"test/{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)] + ["test/rsum"]
@@ -88,6 +88,6 @@ def test_a_bad_loader_value_fails_at_start_with_one_line(tmp_path):
     result = run_cli(["experiment=quickstart", "dataset.batch_size=abc"], cwd=tmp_path)
     output = result.stdout + result.stderr
     assert result.returncode == 1
-    assert "dataset.batch_size must be an integer >= 1, got 'abc'" in output
+    assert "dataset.batch_size='abc' must be an integer >= 1" in output
     assert "Traceback" not in output
     assert "Epoch" not in output

@@ -14,11 +14,11 @@ from hydra.utils import instantiate
 from omegaconf import open_dict
 from PIL import Image
 
+from clip_lightning.cli.eval import evaluate
+from clip_lightning.cli.loading import build_datamodule
 from clip_lightning.errors import DataError
-from clip_lightning.eval import evaluate
 from clip_lightning.module import CLIPModule
 from clip_lightning.utils.config import register_resolvers
-from clip_lightning.utils.entry import build_datamodule
 from clip_lightning.zeroshot import class_embeddings, image_folder, zeroshot_classify
 from tests.conftest import CONFIG_DIR, TINY, compose_train, quiet_trainer
 

@@ -13,8 +13,8 @@ from timm.data.transforms import RandomResizedCropAndInterpolation
 from torchvision import transforms as T
 from transformers import AutoTokenizer
 
+from clip_lightning.cli.train import train
 from clip_lightning.data.datamodule import CaptionDataModule
-from clip_lightning.train import train
 from clip_lightning.utils.config import package_path
 from tests.data.conftest import BUILDERS, IMAGE_CONFIG, PARQUET_COLUMNS, compose_data
 

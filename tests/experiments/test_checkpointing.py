@@ -12,7 +12,7 @@ import torch
 
 from clip_lightning.callbacks import RNGStateCheckpoint
 from clip_lightning.errors import CheckpointError
-from clip_lightning.utils.checkpoint_io import AtomicCheckpointIO
+from clip_lightning.plugins import AtomicCheckpointIO
 from clip_lightning.utils.resume import resolve_ckpt_path
 
 

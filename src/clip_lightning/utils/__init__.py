@@ -1,1 +1,3 @@
-"""Helpers for the Hydra entry points: config printing, instantiation, results."""
+"""Small helpers shared by the library and the application: config resolvers and printing,
+instantiating callback/logger lists, results as JSON and tables, resume look-ups. Nothing here
+imports the model, data or cli layers."""

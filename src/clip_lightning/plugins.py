@@ -1,4 +1,4 @@
-"""Checkpoint writing that never leaves a half-written ``last.ckpt`` behind."""
+"""Lightning plugins: checkpoint writing that never leaves a half-written ``last.ckpt`` behind."""
 
 from __future__ import annotations
 

@@ -1,50 +1,17 @@
-"""What the entry points (train, eval, search) share: loading a trained model, building the
-datamodule that matches it, picking a device, and reporting user errors as one line."""
+"""What the tasks load: a trained model from its checkpoint, the datamodule that matches a
+model, and the device to run on."""
 
 from __future__ import annotations
 
-import functools
-import logging
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import torch
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from clip_lightning.data.datamodule import CaptionDataModule
-from clip_lightning.errors import CheckpointError, ClipLightningError, find_user_error
+from clip_lightning.errors import CheckpointError, ClipLightningError
 from clip_lightning.module import CLIPModule
-
-log = logging.getLogger(__name__)
-Result = TypeVar("Result")
-
-
-def exit_on_user_error(task: Callable[[DictConfig], Result]) -> Callable[[DictConfig], Result]:
-    """Wrap a Hydra task function: a :class:`ClipLightningError` is logged as one line and the
-    process exits with status 1, instead of a stack trace the user has to read through.
-
-    In a multirun the error is re-raised so the sweeper records the failed job.
-    Apply it *below* ``@hydra.main`` so ``HydraConfig`` is set when it runs.
-    """
-
-    @functools.wraps(task)
-    def wrapper(cfg: DictConfig) -> Result:
-        try:
-            return task(cfg)
-        except Exception as exc:
-            user_error = find_user_error(exc)  # Hydra's instantiate wraps it
-            if user_error is None:
-                raise
-            log.error("%s", user_error)
-            if HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN":
-                raise
-            sys.exit(1)
-
-    return wrapper
 
 
 def build_datamodule(cfg_dataset: DictConfig, model: CLIPModule) -> CaptionDataModule:
@@ -94,10 +61,3 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def run_dir(cfg: DictConfig) -> Path:
-    """The run directory (Hydra's output dir), created if a caller composed the config itself."""
-    path = Path(cfg.paths.output_dir)
-    path.mkdir(parents=True, exist_ok=True)
-    return path

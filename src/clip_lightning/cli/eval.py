@@ -1,0 +1,108 @@
+"""Evaluate a trained checkpoint: ``python -m clip_lightning.eval ckpt_path=PATH [overrides]``.
+
+``task=retrieval`` scores image<->text Recall@K on a split of the ``dataset`` group with the
+same Lightning test/validation loop the training run used, so the figures match the ones it
+logged; ``task=zeroshot`` classifies an ImageFolder (:mod:`clip_lightning.zeroshot`). Results
+are printed and written as JSON into the run directory.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+
+from clip_lightning.cli.loading import build_datamodule, load_model, resolve_device
+from clip_lightning.cli.task import hydra_task, run_dir
+from clip_lightning.errors import ClipLightningError, DataError
+from clip_lightning.utils.results import print_recall_table, to_floats, write_json
+from clip_lightning.zeroshot import zeroshot_classify
+
+TASKS = ("retrieval", "zeroshot")
+
+
+def evaluate_retrieval(cfg: DictConfig) -> dict[str, Any]:
+    """Recall@K of the checkpoint on ``cfg.split``; metric keys as in training (``test/...``)."""
+    split = cfg.split
+    if split not in ("val", "test"):
+        raise DataError(f"split={split!r} is not supported; use split=val or split=test")
+    L.seed_everything(cfg.seed, verbose=False)
+    model = load_model(cfg.ckpt_path)
+    datamodule = build_datamodule(cfg.dataset, model)
+    if not datamodule.load_splits().get(split):
+        raise DataError(
+            f"dataset {datamodule.name!r} has no {split!r} images; check dataset.split_sizes "
+            "or the dataset's own split files"
+        )
+    trainer = L.Trainer(
+        accelerator=cfg.accelerator,
+        devices=1,
+        precision=cfg.precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        default_root_dir=run_dir(cfg),
+    )
+    loop = trainer.test if split == "test" else trainer.validate
+    loop(model, datamodule=datamodule, verbose=False)
+    metrics = {
+        k: v for k, v in to_floats(trainer.callback_metrics).items() if k.startswith(f"{split}/")
+    }
+    print_recall_table(metrics, split, f"Retrieval recall (%), {datamodule.name} {split}")
+    return {
+        "task": "retrieval",
+        "checkpoint": str(cfg.ckpt_path),
+        "dataset": datamodule.name,
+        "split": split,
+        "metrics": metrics,
+    }
+
+
+def evaluate_zeroshot(cfg: DictConfig) -> dict[str, Any]:
+    """Zero-shot top-k and per-class accuracy of the checkpoint on the ImageFolder ``data_dir``."""
+    options = cfg.zeroshot
+    model = load_model(cfg.ckpt_path, resolve_device(cfg.accelerator))
+    result = zeroshot_classify(
+        model,
+        cfg.data_dir,
+        list(options.templates),
+        ks=list(options.top_k),
+        batch_size=options.batch_size,
+        num_workers=options.num_workers,
+    )
+    table = Table(title=f"Zero-shot accuracy (%), {result.num_images} images")
+    table.add_column("class")
+    table.add_column("images", justify="right")
+    table.add_column("top-1", justify="right")
+    for name, (accuracy, count) in result.per_class.items():
+        table.add_row(name, str(count), f"{accuracy:.2f}")
+    table.caption = "  ".join(f"top-{k} {v:.2f}" for k, v in result.top_k.items())
+    Console().print(table)
+    return {
+        "task": "zeroshot",
+        "checkpoint": str(cfg.ckpt_path),
+        "data_dir": str(cfg.data_dir),
+        "templates": list(options.templates),
+        **result.to_dict(),
+    }
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Run ``cfg.task`` and write its results JSON into the run directory."""
+    if cfg.task not in TASKS:
+        raise ClipLightningError(f"task={cfg.task!r} is unknown; use one of {', '.join(TASKS)}")
+    results = evaluate_retrieval(cfg) if cfg.task == "retrieval" else evaluate_zeroshot(cfg)
+    path = run_dir(cfg) / (
+        "eval_results.json" if cfg.task == "retrieval" else "zeroshot_results.json"
+    )
+    write_json(path, results)
+    print(f"Results: {path}")
+    return results
+
+
+@hydra_task("eval")
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)

@@ -1,0 +1,106 @@
+"""The one wrapper every command-line task goes through.
+
+``@hydra_task("train")`` turns ``fn(cfg) -> result`` into a Hydra entry point over the configs
+shipped in the package (``clip_lightning/conf``, so an editable install and a built wheel find
+the same files from any working directory). Around the task it sets up the environment,
+registers the OmegaConf resolvers, checks the composed config against the task's schema
+(:func:`~clip_lightning.cli.config_schema.check_config`), reports a user error as one line
+with exit status 1, exits with :data:`PREEMPTED_EXIT_CODE` after a SIGTERM, closes the W&B run
+either way, and prints the run directory last.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig
+
+from clip_lightning.cli.config_schema import check_config
+from clip_lightning.cli.wandb_run import finish_wandb
+from clip_lightning.errors import ClipLightningError, find_user_error
+from clip_lightning.utils.config import register_resolvers
+
+log = logging.getLogger(__name__)
+Result = TypeVar("Result")
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
+USER_ERROR_EXIT_CODE = 1
+# 128 + SIGTERM, what a shell reports for a process killed by SIGTERM: a preempted run that
+# saved last.ckpt must not look successful to `train && next-step` or a requeue script.
+PREEMPTED_EXIT_CODE = 143
+
+
+def hydra_task(config_name: str) -> Callable[[Callable[[DictConfig], Result]], Callable[[], None]]:
+    """Decorate ``task(cfg)`` into the ``main()`` of ``python -m clip_lightning.<config_name>``.
+
+    ``task`` receives the composed ``conf/<config_name>.yaml``; its return value goes back to
+    Hydra (a sweeper optimises it).
+    """
+    register_resolvers()  # before Hydra composes: configs use ${package_path:...}
+
+    def decorate(task: Callable[[DictConfig], Result]) -> Callable[[], None]:
+        @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)
+        @functools.wraps(task)
+        def main(cfg: DictConfig) -> Result:
+            return run_task(task, cfg, config_name)
+
+        return main
+
+    return decorate
+
+
+def run_task(task: Callable[[DictConfig], Result], cfg: DictConfig, name: str) -> Result:
+    """Run one task (one job of a sweep) with the config check, error and exit-code policy.
+
+    ``name`` is the entry point (``train``, ``eval``, ...), whose schema checks ``cfg``.
+    """
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # forked loader workers
+    try:
+        check_config(cfg, name)
+        result = task(cfg)
+    except SIGTERMException:
+        finish_wandb(exit_code=PREEMPTED_EXIT_CODE)
+        sys.exit(PREEMPTED_EXIT_CODE)
+    except Exception as exc:
+        finish_wandb(exit_code=USER_ERROR_EXIT_CODE)  # a failed sweep job must not leave it open
+        user_error = find_user_error(exc)  # Hydra's instantiate wraps it
+        if user_error is None:
+            raise
+        log.error("%s", user_message(user_error))
+        if HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN":
+            raise  # the sweeper records the failed job and goes on
+        sys.exit(USER_ERROR_EXIT_CODE)
+    finish_wandb()
+    if rank_zero_only.rank == 0:
+        print(f"Run directory: {run_dir(cfg)}")
+    return result
+
+
+def user_message(error: ClipLightningError) -> str:
+    """The error's own message on one line.
+
+    An error raised in a DataLoader worker is re-raised by torch with the worker's traceback
+    in its message, ending in ``<module>.<ErrorType>: <message>``; only that message is kept.
+    """
+    text = str(error).strip()
+    if "Original Traceback" in text:
+        marker = f"{type(error).__name__}: "
+        text = text.rpartition(marker)[2] if marker in text else text.splitlines()[-1]
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def run_dir(cfg: DictConfig) -> Path:
+    """The run directory (Hydra's output dir), created if a caller composed the config itself."""
+    path = Path(cfg.paths.output_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
