@@ -47,7 +47,13 @@ from torch.utils.data import DataLoader, IterableDataset
 from clip_lightning.data.checks import check_policy
 from clip_lightning.data.datamodule import CaptionDataModule
 from clip_lightning.data.datasets import CaptionCollator
-from clip_lightning.data.records import MISSING, BadImageError, clean_caption, load_rgb
+from clip_lightning.data.records import (
+    MISSING,
+    BadImageError,
+    CaptionRecord,
+    clean_caption,
+    load_rgb,
+)
 from clip_lightning.data.transforms import build_image_transforms
 from clip_lightning.errors import DataError
 
@@ -493,15 +499,15 @@ class WebDataModule(L.LightningDataModule):
             )
         return counted
 
-    def load_splits(self) -> None:
-        """Check shards (and load the eval folder) up front, so a bad path fails before training."""
+    def load_splits(self) -> dict[str, list[CaptionRecord]]:
+        """Check the shards (and load the eval folder) up front, so a bad path fails before
+        training; returns the eval folder's records by split (none for eval shards)."""
         check_local_shards(self.shards)
         for urls in self.eval_urls.values():
             if urls:
                 check_local_shards(expand_sources(urls)[0])
-        if self.eval_data is not None:
-            self.eval_data.load_splits()
         self.num_samples()
+        return self.eval_data.load_splits() if self.eval_data is not None else {}
 
     def setup(self, stage: str | None = None) -> None:
         self.load_splits()
