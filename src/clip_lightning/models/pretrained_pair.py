@@ -3,15 +3,18 @@ towers, a config that names the model once, and on-device normalisation of uint8
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from clip_lightning.models.text_cache import TextFeatureCache, hash_module_weights, hash_tokenizer
 from clip_lightning.module import CLIPModule
 
 
@@ -76,3 +79,22 @@ class PixelNormalizer(nn.Module):
         if images.dtype != torch.uint8:
             return images
         return (images.float() - self.mean) / self.std
+
+
+def text_feature_cache(
+    tower: nn.Module, tokenizer: Any, identity: Mapping[str, Any], cache_dir: str | None
+) -> TextFeatureCache:
+    """A frozen text tower's feature cache, on disk under ``cache_dir`` when given.
+
+    The file name fingerprints ``identity`` (what built the tower), its weights and its
+    tokenizer, so a changed tower never reads stale features.
+    """
+    fingerprint = {
+        **identity,
+        "weights": hash_module_weights(tower),
+        "tokenizer": hash_tokenizer(tokenizer),
+    }
+    if cache_dir is None:
+        return TextFeatureCache(None, fingerprint)
+    digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
+    return TextFeatureCache(Path(cache_dir) / f"text-features-{digest[:24]}.pt", fingerprint)

@@ -1,0 +1,304 @@
+"""Both towers of a transformers ``CLIPModel`` or ``SiglipModel``, behind the tower interface
+``CLIPModule`` uses.
+
+Each tower owns its half of the pretrained model (backbone + projection), returns projected
+features (pair it with ``model/head=identity``) and hands the loss the pretrained logit scale
+(and SigLIP's bias). Images are preprocessed by the model's own image processor; captions are
+tokenized by its own tokenizer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoTokenizer,
+    CLIPModel,
+    PretrainedConfig,
+    SiglipModel,
+)
+
+from clip_lightning.errors import ModelLoadError
+from clip_lightning.models.freezing import set_frozen_eval
+from clip_lightning.models.pretrained_pair import (
+    PixelNormalizer,
+    PretrainedParts,
+    pretrained_pair_module,
+    scalar,
+    take_tower,
+    text_feature_cache,
+)
+from clip_lightning.module import CLIPModule
+from clip_lightning.tokenization import tokenize
+
+SUPPORTED = (CLIPModel, SiglipModel)
+# PIL resampling codes of HF image processors -> the names timm's transforms take
+INTERPOLATION = {0: "nearest", 2: "bilinear", 3: "bicubic"}
+
+
+def hf_clip_module(name_or_path: str, pretrained: bool = True, **module: Any) -> CLIPModule:
+    """``model=hf_clip``: both towers from the hub model or local folder ``name_or_path``."""
+    shared = {"name_or_path": name_or_path, "pretrained": pretrained}
+    return pretrained_pair_module(shared, embed_dim(_load_config(name_or_path)), **module)
+
+
+def embed_dim(config: PretrainedConfig) -> int:
+    """The joint embedding width of a CLIP or SigLIP config."""
+    if config.model_type == "siglip":
+        text = config.text_config
+        return int(getattr(text, "projection_size", None) or text.hidden_size)
+    return int(config.projection_dim)
+
+
+def _load_config(name_or_path: str) -> PretrainedConfig:
+    try:
+        config = AutoConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError) as exc:
+        raise _load_error(name_or_path, exc) from exc
+    if config.model_type not in ("clip", "siglip"):
+        raise ModelLoadError(
+            f"{name_or_path!r} is a {config.model_type!r} model; model=hf_clip takes CLIP or "
+            "SigLIP models (e.g. openai/clip-vit-base-patch32, google/siglip-base-patch16-224)"
+        )
+    return config
+
+
+def _load_error(name_or_path: str, exc: BaseException) -> ModelLoadError:
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"
+    return ModelLoadError(
+        f"could not load {name_or_path!r} ({type(exc).__name__}: {detail}); if you are "
+        "offline, set model.name_or_path to a local folder saved with save_pretrained "
+        "(model, tokenizer and image processor)"
+    )
+
+
+def _build(name_or_path: str, pretrained: bool) -> PretrainedParts:
+    config = _load_config(name_or_path)
+    try:
+        model = (
+            AutoModel.from_pretrained(name_or_path) if pretrained else AutoModel.from_config(config)
+        )
+    except (OSError, ValueError) as exc:
+        raise _load_error(name_or_path, exc) from exc
+    if isinstance(model, CLIPModel):
+        image = _Half(model.vision_model, model.visual_projection)
+        text = _Half(model.text_model, model.text_projection)
+    else:  # SigLIP: the projections are the models' own heads
+        image, text = _Half(model.vision_model), _Half(model.text_model)
+    return PretrainedParts(
+        towers={"image": image, "text": text},
+        embed_dim=embed_dim(config),
+        logit_scale=scalar(model.logit_scale),  # type: ignore[arg-type]
+        logit_bias=scalar(getattr(model, "logit_bias", None)),
+    )
+
+
+def _take(name_or_path: str, pretrained: bool, part: str) -> tuple[nn.Module, PretrainedParts]:
+    return take_tower(
+        ("hf", name_or_path, pretrained), part, lambda: _build(name_or_path, pretrained)
+    )
+
+
+class _Half(nn.Module):
+    """One tower of the pretrained pair: a backbone whose pooled output is projected."""
+
+    def __init__(self, backbone: nn.Module, projection: nn.Module | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.projection = projection if projection is not None else nn.Identity()
+
+    def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
+        return self.projection(self.backbone(**inputs).pooler_output)
+
+    def set_grad_checkpointing(self, enable: bool) -> None:
+        if enable:
+            self.backbone.gradient_checkpointing_enable()
+        else:
+            self.backbone.gradient_checkpointing_disable()
+
+    def lock(self, unlocked_layers: int) -> None:
+        """Freeze everything but the last ``unlocked_layers`` encoder layers and what follows
+        them (final norm, pooling head, projection)."""
+        self.requires_grad_(False)
+        if unlocked_layers <= 0:
+            return
+        first = next(self.backbone.encoder.layers[-unlocked_layers].parameters())
+        unlocked = False
+        for param in self.parameters():
+            unlocked = unlocked or param is first
+            param.requires_grad_(unlocked)
+
+
+class HFImageTower(nn.Module):
+    """The vision half of a transformers CLIP/SigLIP model, normalising uint8 batches.
+
+    Args:
+        name_or_path: hub id (``openai/clip-vit-base-patch32``) or a ``save_pretrained`` folder.
+        pretrained: load the weights; ``false`` builds the architecture from its config (what
+            a checkpoint reload does, the state dict follows).
+        freeze: lock the tower (LiT) ...
+        unfreeze_last_blocks: ... except its last N encoder layers and what follows them.
+    """
+
+    def __init__(
+        self,
+        name_or_path: str,
+        pretrained: bool = True,
+        freeze: bool = False,
+        unfreeze_last_blocks: int = 0,
+    ):
+        super().__init__()
+        self.model, built = _take(name_or_path, pretrained, "image")
+        self.num_features = built.embed_dim
+        self.init_logit_scale = built.logit_scale if pretrained else None
+        self.init_logit_bias = built.logit_bias if pretrained else None
+        try:
+            self.processor = AutoImageProcessor.from_pretrained(name_or_path)
+        except (OSError, ValueError) as exc:
+            raise _load_error(name_or_path, exc) from exc
+        self.data_config = _timm_data_config(self.processor)
+        self.normalize = PixelNormalizer(self.data_config["mean"], self.data_config["std"])
+        if freeze:
+            self.model.lock(unfreeze_last_blocks)
+            self.train(self.training)
+
+    def train(self, mode: bool = True) -> HFImageTower:
+        super().train(mode)
+        set_frozen_eval(self.model)
+        return self
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Projected features of a uint8 batch (normalised here) or a normalised float one."""
+        return self.model(pixel_values=self.normalize(images))
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.model.set_grad_checkpointing(enable)
+
+    def transform(self) -> ProcessorTransform:
+        """The model's image processor as a per-image transform (for ImageFolder datasets)."""
+        return ProcessorTransform(self.processor)
+
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        rgb = [image.convert("RGB") for image in images]
+        return self.processor(images=rgb, return_tensors="pt")["pixel_values"]
+
+
+class ProcessorTransform:
+    """PIL image -> ``[3, H, W]`` tensor through an HF image processor (picklable for workers)."""
+
+    def __init__(self, processor: Any):
+        self.processor = processor
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
+
+
+def _timm_data_config(processor: Any) -> dict[str, Any]:
+    """An HF image processor's resize/crop/normalisation in timm's data-config terms."""
+    size = processor.size
+    if getattr(size, "shortest_edge", None) or (isinstance(size, dict) and "shortest_edge" in size):
+        shortest = size["shortest_edge"]
+        crop = processor.crop_size if getattr(processor, "do_center_crop", False) else None
+        height, width = (crop["height"], crop["width"]) if crop else (shortest, shortest)
+        crop_pct, crop_mode = height / shortest, "center"
+    else:  # SigLIP resizes both sides ("squash")
+        height, width = size["height"], size["width"]
+        crop_pct, crop_mode = 1.0, "squash"
+    return {
+        "input_size": (3, height, width),
+        "interpolation": INTERPOLATION.get(int(processor.resample), "bicubic"),
+        "mean": tuple(processor.image_mean),
+        "std": tuple(processor.image_std),
+        "crop_pct": crop_pct,
+        "crop_mode": crop_mode,
+    }
+
+
+class HFTextTower(nn.Module):
+    """The text half of a transformers CLIP/SigLIP model with the model's own tokenizer.
+
+    SigLIP was trained on captions padded to ``max_length`` and pools the last position, so
+    its batches are re-padded to ``max_length`` here and no attention mask is applied (as in
+    the original); CLIP's causal tower takes dynamically padded batches with their mask.
+
+    Args:
+        name_or_path, pretrained: as for :class:`HFImageTower` (shared model).
+        max_length: tokens per caption; defaults to the model's maximum (77 CLIP, 64 SigLIP).
+        freeze: lock the tower ...
+        unfreeze_last_layers: ... except its last N encoder layers and what follows them.
+        cache_features, cache_dir: reuse a fully frozen tower's features, as in
+            :class:`~clip_lightning.models.TextEncoder`.
+    """
+
+    def __init__(
+        self,
+        name_or_path: str,
+        pretrained: bool = True,
+        max_length: int | None = None,
+        freeze: bool = False,
+        unfreeze_last_layers: int = 0,
+        cache_features: bool = False,
+        cache_dir: str | None = None,
+    ):
+        super().__init__()
+        if cache_features and (not freeze or unfreeze_last_layers):
+            raise ModelLoadError(
+                "model.text_encoder.cache_features=true needs a fully frozen text tower: set "
+                "model.text_encoder.freeze=true and model.text_encoder.unfreeze_last_layers=0"
+            )
+        self.model, built = _take(name_or_path, pretrained, "text")
+        self.num_features = built.embed_dim
+        self.init_logit_scale = built.logit_scale if pretrained else None
+        self.init_logit_bias = built.logit_bias if pretrained else None
+        config = self.model.backbone.config
+        self.fixed_length = config.model_type.startswith("siglip")
+        self.max_length: int = max_length or config.max_position_embeddings
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        except (OSError, ValueError) as exc:
+            raise _load_error(name_or_path, exc) from exc
+        self.pad_id = int(self.tokenizer.pad_token_id or 0)
+        if freeze:
+            self.model.lock(unfreeze_last_layers)
+            self.train(self.training)
+        self.feature_cache = None
+        if cache_features:
+            fingerprint = {"name_or_path": str(name_or_path), "max_length": self.max_length}
+            self.feature_cache = text_feature_cache(
+                self.model, self.tokenizer, fingerprint, cache_dir
+            )
+
+    def save_feature_cache(self) -> bool:
+        """Persist the feature cache if it has a ``cache_dir`` and new entries; True if written."""
+        return self.feature_cache is not None and self.feature_cache.save()
+
+    def train(self, mode: bool = True) -> HFTextTower:
+        super().train(mode)
+        set_frozen_eval(self.model)
+        return self
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.feature_cache is not None:
+            return self.feature_cache(self.encode, input_ids, attention_mask)
+        return self.encode(input_ids, attention_mask)
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Projected features (never cached)."""
+        if not self.fixed_length:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask)
+        missing = self.max_length - input_ids.shape[1]
+        if missing > 0:
+            input_ids = nn.functional.pad(input_ids, (0, missing), value=self.pad_id)
+        return self.model(input_ids=input_ids)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.model.set_grad_checkpointing(enable)
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        return tokenize(self.tokenizer, texts, self.max_length)
