@@ -170,6 +170,17 @@ def test_a_second_start_decodes_only_the_files_that_changed(tmp_path, caplog):
     assert len(json.loads(memo.read_text())) == 14
 
 
+def test_hf_rows_with_embedded_images_are_remembered_by_their_arrow_files(tmp_path, caplog):
+    root = BUILDERS["hf_disk"](tmp_path / "hf")
+    memo = tmp_path / "data" / MEMO_NAME
+    sources = [r.image for r in flickr(root).load_records()]
+    with caplog.at_level(logging.INFO, logger="clip_lightning.data.checks"):
+        check_images(sources, memo)
+        check_images(sources, memo)
+    decoded = [m.split(" decoded")[0] for m in caplog.messages if m.startswith("image check")]
+    assert decoded == ["image check: 14 of 14 images", "image check: 0 of 14 images"]
+
+
 def test_training_start_up_keeps_its_memo_under_the_data_dir(tmp_path):
     root = BUILDERS["karpathy"](tmp_path / "k")
     cfg = compose_data("flickr30k", root, tmp_path / "run")

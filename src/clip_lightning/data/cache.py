@@ -30,7 +30,7 @@ import numpy as np
 from filelock import FileLock
 from PIL import Image, ImageOps
 
-from clip_lightning.data.checks import file_stamp
+from clip_lightning.data.checks import source_stamp
 from clip_lightning.data.records import BadImageError, CaptionRecord, load_rgb
 from clip_lightning.errors import DataError
 
@@ -46,7 +46,7 @@ def fingerprint(records: Sequence[CaptionRecord], source: str, size: int) -> dic
     means a rebuild."""
     digest = hashlib.sha1()
     for record in records:
-        stamp = file_stamp(record.image)
+        stamp = source_stamp(record.image)
         digest.update(f"{record.image_id}\t{record.image.key}\t{stamp and stamp[1]}\n".encode())
     return {
         "version": VERSION,

@@ -6,9 +6,10 @@ name problems in one vocabulary ("missing", "unreadable (<error type>)"). A head
 would pass truncated JPEGs and corrupt bodies that later crash a DataLoader worker mid-epoch.
 
 Decoding is CPU-bound, so :func:`check_images` spreads it over worker processes, and a JSON memo
-remembers each file's verdict by path, size and mtime: a second start decodes only what changed.
-Images that are not files (HF rows with embedded bytes, rendered synthetic scenes) have no cheap
-identity and are re-checked on every start. :func:`apply_policy` then raises one clear
+remembers each image's verdict by its stamp -- path, size and mtime for a file; the arrow files
+for a HF row whose bytes live inside the dataset -- so a second start decodes only what changed.
+Sources without a stamp (rendered synthetic scenes, HF rows pointing at files outside the
+dataset) are re-checked on every start. :func:`apply_policy` then raises one clear
 :class:`DataError` (``on_bad_image=error``) or drops the records with a logged count
 (``on_bad_image=skip``) -- bad data is never dropped silently.
 """
@@ -29,7 +30,6 @@ from filelock import FileLock
 from clip_lightning.data.records import (
     BadImageError,
     CaptionRecord,
-    FileImage,
     ImageSource,
     load_rgb,
 )
@@ -52,16 +52,11 @@ def image_problem(source: ImageSource) -> str | None:
     return None
 
 
-def file_stamp(source: ImageSource) -> tuple[str, str] | None:
-    """``(absolute path, "size:mtime_ns")`` of a file image: a verdict (or a cached decode) of
-    it stays valid while this is unchanged. None for other sources and missing files."""
-    if not isinstance(source, FileImage):
-        return None
-    try:
-        stat = source.path.stat()
-    except OSError:
-        return None
-    return str(source.path.absolute()), f"{stat.st_size}:{stat.st_mtime_ns}"
+def source_stamp(source: ImageSource) -> tuple[str, str] | None:
+    """``(key, version)`` of a source that has a cheap version (files: size and mtime); a
+    verdict on it, or its cached pixels, stay valid while this is unchanged. None otherwise."""
+    stamp = getattr(source, "stamp", None)
+    return stamp() if callable(stamp) else None
 
 
 def default_workers() -> int:
@@ -116,7 +111,7 @@ def _check(
 ) -> tuple[list[str | None], dict[str, list]]:
     """Verdicts for ``sources`` reusing ``known``; also the memo entries of these files."""
     start = time.perf_counter()
-    stamps = [file_stamp(source) for source in sources]
+    stamps = [source_stamp(source) for source in sources]
     problems: list[str | None] = [None] * len(sources)
     todo = []
     for index, stamp in enumerate(stamps):

@@ -24,7 +24,12 @@ SPLITS = ("train", "val", "test")
 
 @runtime_checkable
 class ImageSource(Protocol):
-    """Anything that can open one image: a file, a row of a HF dataset, a rendered scene."""
+    """Anything that can open one image: a file, a row of a HF dataset, a rendered scene.
+
+    A source may also define ``stamp() -> (key, version) | None``: a stable name and a cheap
+    version (e.g. size and mtime) that changes whenever its pixels can. The image check's memo
+    and the image cache use it to skip unchanged images; sources without it are re-checked.
+    """
 
     @property
     def key(self) -> str:
@@ -48,6 +53,14 @@ class FileImage:
 
     def open(self) -> Image.Image:
         return Image.open(self.path)
+
+    def stamp(self) -> tuple[str, str] | None:
+        """``(absolute path, "size:mtime_ns")``; None while the file is missing."""
+        try:
+            stat = self.path.stat()
+        except OSError:
+            return None
+        return str(self.path.absolute()), f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,9 @@ come from ``dataset.columns``; a wrong name lists the available ones.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -41,6 +43,8 @@ class DatasetRowImage:
 
     Holding the (memory-mapped) dataset instead of the bytes keeps 31k images out of RAM; it
     pickles by file reference, so DataLoader workers share the same arrow files.
+    ``arrow_version`` (see :func:`arrow_version`) versions the pixels when they live inside the
+    arrow files.
     """
 
     dataset: datasets.Dataset
@@ -48,10 +52,16 @@ class DatasetRowImage:
     row: int
     name: str
     image_dir: Path | None = None
+    arrow_version: str | None = None
 
     @property
     def key(self) -> str:
         return self.name
+
+    def stamp(self) -> tuple[str, str] | None:
+        if self.arrow_version is None:
+            return None
+        return f"hf:{self.arrow_version}:{self.column}[{self.row}]", self.arrow_version
 
     def open(self) -> Image.Image:
         value = self.dataset[self.row][self.column]
@@ -63,6 +73,21 @@ class DatasetRowImage:
         return Image.open(
             path if path.is_absolute() or self.image_dir is None else self.image_dir / path
         )
+
+
+def arrow_version(dataset: datasets.Dataset, column: str) -> str | None:
+    """A digest of the arrow files (names, sizes, mtimes) behind ``dataset`` when every image of
+    ``column`` is embedded in them, so it changes whenever a pixel can; None for an in-memory
+    table or images stored as paths to files outside the dataset."""
+    files = [entry["filename"] for entry in dataset.cache_files]
+    images = dataset.data.column(column)
+    if not files or any(chunk.field("bytes").null_count for chunk in images.chunks):
+        return None
+    digest = hashlib.sha1()
+    for name in files:
+        stat = os.stat(name)
+        digest.update(f"{name}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 def hub_error(hub_id: str, exc: BaseException) -> DataError:
@@ -172,13 +197,16 @@ def _records_of(
         if is_image
         else None
     )
+    version = arrow_version(pixels, image_col) if pixels is not None else None
     default_split = normalise_split(split_name) if split_name in SPLIT_ALIASES else None
     rows = []
     for row in range(len(dataset)):
         image_id = str(meta[id_col][row]) if id_col else f"{split_name}/{row}"
         source: ImageSource
         if pixels is not None:
-            source = DatasetRowImage(pixels, image_col, row, f"{where}[{image_id}]", image_dir)
+            source = DatasetRowImage(
+                pixels, image_col, row, f"{where}[{image_id}]", image_dir, version
+            )
         else:
             folder = str(meta[folder_col][row]) if folder_col else ""
             source = FileImage(image_dir / folder / meta[image_col][row])  # type: ignore[operator]
