@@ -15,7 +15,7 @@ from PIL import Image
 from clip_lightning.cli.loading import build_datamodule
 from clip_lightning.embedding import embed_images, embed_texts
 from clip_lightning.errors import ModelLoadError, find_user_error
-from clip_lightning.models import IdentityHead, ImageEncoder
+from clip_lightning.models import IdentityHead, ImageEncoder, allow_target
 from clip_lightning.module import CLIPModule
 from tests.conftest import TINY, compose_train, quiet_trainer
 
@@ -60,7 +60,7 @@ def test_loss_decreases_on_a_fixed_batch(tiny_cfg):
 
 def test_frozen_text_tower_has_no_grads_and_stays_in_eval(tiny_cfg):
     with open_dict(tiny_cfg):
-        tiny_cfg.model.text_encoder.cache_features = False
+        tiny_cfg.model.text_encoder.cache = None
     model, datamodule = build(tiny_cfg)
     model.train()
     text = model.text_encoder
@@ -96,7 +96,7 @@ def test_fully_locked_image_tower_has_no_trainable_parameters():
 def test_optimizer_groups_have_tower_learning_rates_and_no_decay_on_norms(tiny_cfg):
     with open_dict(tiny_cfg):
         tiny_cfg.model.text_encoder.freeze = False
-        tiny_cfg.model.text_encoder.cache_features = False
+        tiny_cfg.model.text_encoder.cache = None
         tiny_cfg.model.tower_lr = {"image_encoder": 1e-4, "text_encoder": 1e-5}
         tiny_cfg.optimizer.lr = 1e-3
         tiny_cfg.optimizer.weight_decay = 0.2
@@ -128,7 +128,7 @@ def _one_sgd_step(overrides: list[str], tmp_path) -> dict[str, torch.Tensor]:
             "model.image_encoder.name=vit_tiny_patch16_224",
             "model.image_encoder.image_size=32",
             "model.text_encoder.freeze=false",
-            "model.text_encoder.cache_features=false",
+            "model.text_encoder.cache=null",
             "model/head=linear",
             "model.clip_grad_norm=null",
             "optimizer=sgd",
@@ -235,6 +235,7 @@ class PretrainedScaleImageEncoder(ImageEncoder):
 
 
 def test_tower_hands_its_pretrained_temperature_to_the_loss():
+    allow_target(PretrainedScaleImageEncoder)  # a user's own tower class, registered
     cfg = compose_train([*TINY, "loss=siglip"])
     with open_dict(cfg):
         cfg.model.image_encoder._target_ = f"{__name__}.PretrainedScaleImageEncoder"

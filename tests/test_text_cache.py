@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import open_dict
 
 from clip_lightning.cli.loading import build_datamodule
+from clip_lightning.errors import ModelLoadError
 from clip_lightning.models import TextEncoder
 from clip_lightning.utils.config import package_path
 from tests.conftest import TINY, compose_train
@@ -24,8 +25,7 @@ def _encoder(tmp_path, **overrides) -> TextEncoder:
         "pooling": "mean",
         "max_length": 32,
         "freeze": True,
-        "cache_features": True,
-        "cache_dir": str(tmp_path),
+        "cache": str(tmp_path),
         "config_overrides": {"num_hidden_layers": 1},
     }
     return TextEncoder(**{**options, **overrides})
@@ -34,7 +34,7 @@ def _encoder(tmp_path, **overrides) -> TextEncoder:
 def _model_and_batch(tmp_path, cache: bool):
     cfg = compose_train(TINY, output_dir=tmp_path)
     with open_dict(cfg):
-        cfg.model.text_encoder.cache_features = cache
+        cfg.model.text_encoder.cache = "memory" if cache else None
     L.seed_everything(0)
     model = instantiate(cfg.model)
     datamodule = build_datamodule(cfg.dataset, model)
@@ -88,7 +88,7 @@ def test_disk_cache_is_invalidated_by_a_different_tower(tmp_path):
 def test_module_writes_the_cache_at_epoch_end(tmp_path):
     cache_dir = tmp_path / "text-cache"
     cfg = compose_train(
-        [*TINY, f"model.text_encoder.cache_dir={cache_dir}", "test=false"], output_dir=tmp_path
+        [*TINY, f"model.text_encoder.cache={cache_dir}", "test=false"], output_dir=tmp_path
     )
     model = instantiate(cfg.model)
     datamodule = build_datamodule(cfg.dataset, model)
@@ -108,9 +108,14 @@ def test_module_writes_the_cache_at_epoch_end(tmp_path):
     assert len(payload["keys"]) == len(model.text_encoder.feature_cache) > 0
 
 
-def test_cache_dir_needs_cache_features(tmp_path):
-    with pytest.raises(ValueError, match="cache_features=true"):
-        _encoder(tmp_path, cache_features=False)
+def test_cache_option_names_memory_or_a_folder_and_needs_a_frozen_tower(tmp_path):
+    assert _encoder(tmp_path, cache=None).feature_cache is None
+    in_memory = _encoder(tmp_path, cache="memory").feature_cache
+    assert in_memory is not None and in_memory.path is None
+    assert _encoder(tmp_path).feature_cache.path.parent == tmp_path
+    for learning in ({"freeze": False}, {"unfreeze_last_layers": 1}):
+        with pytest.raises(ModelLoadError, match="needs a fully frozen text tower"):
+            _encoder(tmp_path, cache="memory", **learning)
 
 
 def test_architecture_builds_distilbert_offline_with_the_minilm_tokenizer():
@@ -121,5 +126,5 @@ def test_architecture_builds_distilbert_offline_with_the_minilm_tokenizer():
     assert encoder.num_features == 768
     features = encoder(**encoder.tokenize(CAPTIONS))
     assert features.shape == (len(CAPTIONS), 768)
-    with pytest.raises(ValueError, match="pretrained=false"):
+    with pytest.raises(ModelLoadError, match="pretrained=false"):
         TextEncoder(MINILM, pretrained=True, architecture="distilbert")

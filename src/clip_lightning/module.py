@@ -8,20 +8,21 @@ the checkpoint alone -- no Hydra, no extra arguments.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from clip_lightning import embedding
-from clip_lightning.errors import NonFiniteLossError
+from clip_lightning.errors import CheckpointError, ClipLightningError, NonFiniteLossError
 from clip_lightning.gradcache import grad_cache_backward
 from clip_lightning.metrics import RetrievalRecall
 from clip_lightning.models.freezing import count_parameters
+from clip_lightning.models.targets import build, check_targets
 from clip_lightning.optim import param_groups
 
 Config = Mapping[str, Any]
@@ -52,6 +53,12 @@ class CLIPModule(L.LightningModule):
             batch of 1024 fits in the memory of 128. ``None`` embeds the batch in one go.
         clip_grad_norm: gradient-norm clipping (both modes; ``trainer.gradient_clip_val``, if
             set, takes precedence in the default mode).
+        grad_checkpointing: recompute the towers' activations in the backward pass instead of
+            storing them: less memory for more compute. Each tower implements
+            ``set_grad_checkpointing(enable)`` (timm's and HF's own switches underneath).
+
+    Every ``_target_`` in these configs must be allowed by :mod:`clip_lightning.models.targets`,
+    so loading a checkpoint never runs code that the checkpoint names.
     """
 
     def __init__(
@@ -67,35 +74,54 @@ class CLIPModule(L.LightningModule):
         compile: bool = False,
         grad_cache_chunk_size: int | None = None,
         clip_grad_norm: float | None = 1.0,
+        grad_checkpointing: bool = False,
     ):
         super().__init__()
+        parts = {
+            "image_encoder": _plain(image_encoder),
+            "text_encoder": _plain(text_encoder),
+            "head": _plain(head),
+            "loss": _plain(loss),
+            "optimizer": _plain(optimizer),
+            "scheduler": _plain(scheduler),
+        }
+        # Before anything is built: a checkpoint's configs must not name arbitrary callables.
+        for name, part in parts.items():
+            check_targets(part, f"model.{name}")
+        # Not logged: the train entry point logs the whole run config once.
         self.save_hyperparameters(
             {
-                "image_encoder": _plain(image_encoder),
-                "text_encoder": _plain(text_encoder),
-                "head": _plain(head),
-                "loss": _plain(loss),
-                "optimizer": _plain(optimizer),
-                "scheduler": _plain(scheduler),
+                **parts,
                 "embed_dim": embed_dim,
                 "tower_lr": _plain(tower_lr) or {},
                 "compile": compile,
                 "grad_cache_chunk_size": grad_cache_chunk_size,
                 "clip_grad_norm": clip_grad_norm,
-            }
+                "grad_checkpointing": grad_checkpointing,
+            },
+            logger=False,
         )
         # GradCache runs several backward passes per step, which needs manual optimization.
         self.automatic_optimization = grad_cache_chunk_size is None
-        self.image_encoder = instantiate(self.hparams.image_encoder)
-        self.text_encoder = instantiate(self.hparams.text_encoder)
-        self.image_head = instantiate(
-            self.hparams.head, in_features=self.image_encoder.num_features, embed_dim=embed_dim
+        self.image_encoder = build(self.hparams.image_encoder, "model.image_encoder")
+        self.text_encoder = build(self.hparams.text_encoder, "model.text_encoder")
+        self.image_head = build(
+            self.hparams.head,
+            "model.head",
+            in_features=self.image_encoder.num_features,
+            embed_dim=embed_dim,
         )
-        self.text_head = instantiate(
-            self.hparams.head, in_features=self.text_encoder.num_features, embed_dim=embed_dim
+        self.text_head = build(
+            self.hparams.head,
+            "model.head",
+            in_features=self.text_encoder.num_features,
+            embed_dim=embed_dim,
         )
-        self.loss = instantiate(self.hparams.loss)
+        self.loss = build(self.hparams.loss, "model.loss")
         self._init_loss_from_towers()
+        if grad_checkpointing:
+            for tower in (self.image_encoder, self.text_encoder):
+                tower.set_grad_checkpointing(True)
         if compile:
             self.image_encoder.compile()
             self.text_encoder.compile()
@@ -170,13 +196,30 @@ class CLIPModule(L.LightningModule):
             self.text_encoder.save_feature_cache()
 
     def _raise_if_not_finite(self, loss: torch.Tensor) -> None:
-        """Stop before a NaN/inf loss reaches the weights; last.ckpt stays the last good one."""
+        """Stop before a NaN/inf loss reaches the weights, pointing at the last good checkpoint."""
         if not torch.isfinite(loss):
+            saved = self._last_saved_checkpoint()
+            kept = (
+                f"The last good checkpoint is {str(saved)!r}."
+                if saved is not None
+                else "No checkpoint was saved before it."
+            )
             raise NonFiniteLossError(
                 f"non-finite training loss ({loss.item()}) at step {self.global_step}; "
-                "lower optimizer.lr or use trainer.precision=bf16-mixed instead of 16-mixed. "
-                "The last good checkpoint is kept in the run's checkpoints/ folder."
+                f"lower optimizer.lr or use trainer.precision=bf16-mixed instead of 16-mixed. "
+                f"{kept}"
             )
+
+    def _last_saved_checkpoint(self) -> Path | None:
+        """The newest checkpoint the trainer's checkpoint callback has on disk, if any."""
+        callback = self._trainer.checkpoint_callback if self._trainer is not None else None
+        if callback is None:
+            return None
+        candidates = [callback.last_model_path, callback.best_model_path]
+        if callback.dirpath:
+            candidates.append(str(Path(callback.dirpath) / "last.ckpt"))
+        existing = [Path(c) for c in candidates if c and Path(c).is_file()]
+        return max(existing, key=lambda p: p.stat().st_mtime) if existing else None
 
     def _grad_cache_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """One optimizer step over the whole batch, embedded chunk by chunk (GradCache)."""
@@ -244,7 +287,7 @@ class CLIPModule(L.LightningModule):
 
     # ---------------------------------------------------------------- optimizer
     def configure_optimizers(self) -> dict[str, Any]:
-        factory = instantiate(self.hparams.optimizer)
+        factory = build(self.hparams.optimizer, "model.optimizer")
         keywords = getattr(factory, "keywords", {})
         groups = param_groups(
             towers={"image_encoder": self.image_encoder, "text_encoder": self.text_encoder},
@@ -256,7 +299,7 @@ class CLIPModule(L.LightningModule):
         optimizer = factory(groups)
         if self.hparams.scheduler is None:
             return {"optimizer": optimizer}
-        scheduler = instantiate(self.hparams.scheduler)(
+        scheduler = build(self.hparams.scheduler, "model.scheduler")(
             optimizer=optimizer, num_training_steps=int(self.trainer.estimated_stepping_batches)
         )
         return {
@@ -264,8 +307,86 @@ class CLIPModule(L.LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
 
+    # --------------------------------------------------------------- checkpoints
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls, checkpoint_path: str | Path, *args: Any, **kwargs: Any
+    ) -> CLIPModule:
+        """Lightning's loader, with one-line errors for files that are not a usable checkpoint."""
+        try:
+            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+        except ClipLightningError:
+            raise
+        except Exception as exc:  # unpickling errors come in many types
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"
+            raise CheckpointError(
+                f"cannot read checkpoint {str(checkpoint_path)!r} ({type(exc).__name__}: "
+                f"{detail}); it is truncated or not a CLIPModule checkpoint: pass a .ckpt "
+                "written by `clip_lightning.train`"
+            ) from exc
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # The weights are in the state dict: reloading must not download them again.
+        # Rebuild anywhere without downloading or the original model folders: each tower says
+        # which of its config keys to override (weights are in the state dict).
         hparams = checkpoint["hyper_parameters"]
-        for tower in ("image_encoder", "text_encoder"):
-            hparams[tower] = {**hparams[tower], "pretrained": False}
+        for name in ("image_encoder", "text_encoder"):
+            tower = getattr(self, name)
+            portable = getattr(tower, "checkpoint_config", lambda: {"pretrained": False})()
+            hparams[name] = {**hparams[name], **portable}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Runs before the state dict is loaded (also on resume): a mismatch gets one line.
+        problem = describe_mismatch(
+            checkpoint.get("hyper_parameters", {}),
+            dict(self.hparams),
+            checkpoint.get("state_dict", {}),
+            self.state_dict(),
+        )
+        if problem is not None:
+            raise CheckpointError(
+                f"the checkpoint does not match this model: {problem}; load it with its own "
+                "settings (CLIPModule.load_from_checkpoint(path) without overrides) or start "
+                "a new run"
+            )
+
+
+def describe_mismatch(
+    saved_hparams: Mapping[str, Any],
+    hparams: Mapping[str, Any],
+    saved_state: Mapping[str, torch.Tensor],
+    state: Mapping[str, torch.Tensor],
+) -> str | None:
+    """What differs between a checkpoint and a model, or ``None`` when its state dict fits.
+
+    Explained by the settings that shape the weights when one differs (``embed_dim``, the
+    head, the towers), otherwise by the first mismatching state-dict keys.
+    """
+    missing = [k for k in state if k not in saved_state]
+    unexpected = [k for k in saved_state if k not in state]
+    reshaped = [
+        f"{k} {tuple(saved_state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in state.items()
+        if k in saved_state and saved_state[k].shape != v.shape
+    ]
+    if not (missing or unexpected or reshaped):
+        return None
+    settings = [
+        ("embed_dim", lambda h: h.get("embed_dim")),
+        ("head", lambda h: (h.get("head") or {}).get("_target_")),
+        ("image_encoder", lambda h: _tower_name(h.get("image_encoder"), "name")),
+        ("text_encoder", lambda h: _tower_name(h.get("text_encoder"), "name_or_path")),
+    ]
+    for name, read in settings:
+        if read(saved_hparams) != read(hparams):
+            return f"checkpoint has {name} {read(saved_hparams)}, the model {read(hparams)}"
+    parts = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", reshaped)):
+        if keys:
+            more = f" (+{len(keys) - 2} more)" if len(keys) > 2 else ""
+            parts.append(f"{label} {', '.join(keys[:2])}{more}")
+    return "; ".join(parts)
+
+
+def _tower_name(config: Mapping[str, Any] | None, key: str) -> str | None:
+    config = config or {}
+    return f"{config.get('_target_')}({config.get(key)})"

@@ -46,7 +46,7 @@ def epoch_captions(
 def _model(cfg: DictConfig, cache: bool, seed: int) -> CLIPModule:
     model_cfg = OmegaConf.merge(
         cfg.model,
-        {"text_encoder": {"freeze": True, "cache_features": cache, "cache_dir": None}},
+        {"text_encoder": {"freeze": True, "cache": "memory" if cache else None}},
     )
     L.seed_everything(seed, verbose=False)  # both variants get the same weights
     return instantiate(model_cfg)

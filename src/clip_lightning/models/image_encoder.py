@@ -28,6 +28,9 @@ class ImageEncoder(nn.Module):
         freeze: lock the whole tower (LiT-style) ...
         unfreeze_last_blocks: ... except its last N blocks (timm's fine-grained block groups).
         channels_last: NHWC memory format, faster for CNNs under mixed precision on GPUs.
+        data_config: the preprocessing (input size, mean/std, crop) to use instead of timm's
+            defaults for ``name``; checkpoints store it (see :meth:`checkpoint_config`) so an
+            image is transformed the same way on every machine and timm version.
         model_kwargs: forwarded to ``timm.create_model`` (e.g. ``drop_path_rate``).
     """
 
@@ -40,6 +43,7 @@ class ImageEncoder(nn.Module):
         freeze: bool = False,
         unfreeze_last_blocks: int = 0,
         channels_last: bool = False,
+        data_config: dict[str, Any] | None = None,
         **model_kwargs: Any,
     ):
         super().__init__()
@@ -63,8 +67,10 @@ class ImageEncoder(nn.Module):
             raise _weights_error(name, exc) from exc
         # the pooled output width: models with a pre-logits head (MobileNetV3) widen it
         self.num_features: int = getattr(self.model, "head_hidden_size", self.model.num_features)
-        self.data_config: dict[str, Any] = resolve_model_data_config(self.model)
-        if image_size is not None:
+        self.data_config: dict[str, Any] = dict(
+            data_config or resolve_model_data_config(self.model)
+        )
+        if image_size is not None and data_config is None:
             self.data_config["input_size"] = (3, image_size, image_size)
         self.channels_last = channels_last
         # uint8 batches (what the data pipeline yields) are normalised here, on the device
@@ -87,6 +93,15 @@ class ImageEncoder(nn.Module):
         super().train(mode)
         set_frozen_eval(self.model)
         return self
+
+    def checkpoint_config(self) -> dict[str, Any]:
+        """Config keys a checkpoint overrides so it rebuilds anywhere without downloading:
+        random init (the weights are in the state dict) with this exact preprocessing."""
+        return {"pretrained": False, "weights_file": None, "data_config": self.data_config}
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute activations in the backward pass instead of storing them (less memory)."""
+        self.model.set_grad_checkpointing(enable)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled features of a uint8 batch (normalised here) or an already normalised float one."""

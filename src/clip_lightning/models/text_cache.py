@@ -68,6 +68,23 @@ class TextFeatureCache:
         if self.path is not None:
             self.load()
 
+    @classmethod
+    def from_option(
+        cls, cache: str | os.PathLike | None, fingerprint: Mapping[str, Any]
+    ) -> TextFeatureCache | None:
+        """The cache a text tower's ``cache`` option asks for, named like the dataset's.
+
+        ``None``: no cache; ``"memory"``: in memory only; a folder: in memory and in a file
+        there whose name carries a digest of ``fingerprint``, so a changed tower never reads
+        stale features.
+        """
+        if cache is None:
+            return None
+        if str(cache) == "memory":
+            return cls(fingerprint=fingerprint)
+        digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
+        return cls(Path(cache).expanduser() / f"text-features-{digest[:24]}.pt", fingerprint)
+
     def __len__(self) -> int:
         return len(self.features)
 

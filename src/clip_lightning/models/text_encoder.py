@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
+import inspect
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig
+from transformers.models.auto.auto_factory import _get_model_class
 
 from clip_lightning.errors import ModelLoadError
 from clip_lightning.models.text_cache import (
@@ -31,16 +32,21 @@ class TextEncoder(nn.Module):
         pooling: ``cls`` (first token, DistilBERT/BERT style) or ``mean`` (masked mean over
             tokens, what sentence-transformers models such as MiniLM were trained with).
         max_length: captions are truncated to this many tokens.
-        freeze: no gradients and eval mode for the whole tower (dropout off).
-        cache_features: with ``freeze``, compute each distinct caption's features once and
-            reuse them (see :class:`~clip_lightning.models.text_cache.TextFeatureCache`).
-        cache_dir: also keep that cache on disk here, loaded now and written by
-            :meth:`save_feature_cache`; the file name fingerprints the weights, tokenizer,
-            ``max_length`` and pooling, so a changed tower never reads stale features.
+        freeze: lock the whole tower: no gradients, eval mode (dropout off) ...
+        unfreeze_last_layers: ... except its last N transformer layers.
+        cache: features of a fully frozen tower computed once per distinct caption: ``null``
+            (off), ``memory``, or a folder that also keeps them on disk between runs (see
+            :meth:`TextFeatureCache.from_option <.text_cache.TextFeatureCache.from_option>`).
         architecture: a transformers model type (``distilbert``, ``bert``, ...) to build
             from its default config with random weights, taking only the tokenizer from
             ``name_or_path``; needs ``pretrained=false``. Lets an offline machine instantiate
             e.g. the real DistilBERT-base architecture for throughput benchmarks.
+        saved_files: the ``save_pretrained`` files (config and tokenizer) by name; checkpoints
+            carry them so the tower rebuilds without ``name_or_path`` (see
+            :meth:`checkpoint_config`). When given, ``name_or_path`` is only a label.
+
+    A pooler the model class may add (BERT family) is left out: the tower pools
+    ``last_hidden_state`` itself, and parameters that get no gradient break DDP.
     """
 
     def __init__(
@@ -50,41 +56,84 @@ class TextEncoder(nn.Module):
         pooling: str = "cls",
         max_length: int = 77,
         freeze: bool = False,
+        unfreeze_last_layers: int = 0,
         config_overrides: dict[str, Any] | None = None,
-        cache_features: bool = False,
-        cache_dir: str | None = None,
+        cache: str | None = None,
         architecture: str | None = None,
+        saved_files: dict[str, bytes] | None = None,
     ):
         super().__init__()
-        if cache_features and not freeze:
-            raise ValueError(
-                "model.text_encoder.cache_features=true needs model.text_encoder.freeze=true: "
-                "a tower that is still learning gives new features every step"
-            )
-        if cache_dir is not None and not cache_features:
-            raise ValueError(
-                "model.text_encoder.cache_dir needs model.text_encoder.cache_features=true"
+        if cache is not None and (not freeze or unfreeze_last_layers):
+            raise ModelLoadError(
+                "model.text_encoder.cache needs a fully frozen text tower (a learning one "
+                "gives new features every step): set model.text_encoder.freeze=true and "
+                "unfreeze_last_layers=0, or model.text_encoder.cache=null"
             )
         if architecture is not None and pretrained:
-            raise ValueError(
+            raise ModelLoadError(
                 "model.text_encoder.architecture builds random weights: set "
                 "model.text_encoder.pretrained=false (or drop architecture to load weights)"
             )
         if pooling not in ("cls", "mean"):
-            raise ValueError(f"model.text_encoder.pooling must be 'cls' or 'mean', got {pooling!r}")
+            raise ModelLoadError(
+                f"model.text_encoder.pooling must be 'cls' or 'mean', got {pooling!r}"
+            )
+        if saved_files is not None:
+            with tempfile.TemporaryDirectory(prefix="clip-lightning-text-") as folder:
+                for name, content in saved_files.items():
+                    (Path(folder) / name).write_bytes(content)
+                self._load(folder, pretrained=False, architecture=None, overrides=None)
+        else:
+            _check_local_folder(name_or_path)
+            self._load(name_or_path, pretrained, architecture, config_overrides)
+        self.num_features: int = self.model.config.hidden_size
+        self.pooling = pooling
+        self.max_length = max_length
+        self.frozen = freeze
+        self.unfrozen_layers: tuple[nn.Module, ...] = ()
+        if freeze:
+            self.model.requires_grad_(False)
+            if unfreeze_last_layers > 0:
+                self.unfrozen_layers = tuple(
+                    _transformer_layers(self.model)[-unfreeze_last_layers:]
+                )
+                for layer in self.unfrozen_layers:
+                    layer.requires_grad_(True)
+            self.train(self.training)
+        self.feature_cache = None
+        if cache is not None:
+            fingerprint = {
+                "name_or_path": str(name_or_path),
+                "architecture": architecture,
+                "weights": hash_module_weights(self.model),
+                "tokenizer": hash_tokenizer(self.tokenizer),
+                "max_length": self.max_length,
+                "pooling": self.pooling,
+            }
+            self.feature_cache = TextFeatureCache.from_option(cache, fingerprint)
+
+    def _load(
+        self,
+        source: str,
+        pretrained: bool,
+        architecture: str | None,
+        overrides: dict[str, Any] | None,
+    ) -> None:
+        """Tokenizer from ``source``; the model from it or from ``architecture``'s defaults."""
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-            if pretrained:
-                self.model = AutoModel.from_pretrained(name_or_path, **(config_overrides or {}))
-            elif architecture is not None:
-                config = AutoConfig.for_model(architecture, **(config_overrides or {}))
-                self.model = AutoModel.from_config(config)
+            self.tokenizer = AutoTokenizer.from_pretrained(source)
+            if architecture is not None:
+                config = AutoConfig.for_model(architecture, **(overrides or {}))
             else:
-                config = AutoConfig.from_pretrained(name_or_path, **(config_overrides or {}))
-                self.model = AutoModel.from_config(config)
+                config = AutoConfig.from_pretrained(source, **(overrides or {}))
+            no_pooler = _without_pooler(config)
+            if pretrained:
+                self.model = AutoModel.from_pretrained(source, config=config, **no_pooler)
+            else:
+                self.model = AutoModel.from_config(config, **no_pooler)
         except (OSError, ValueError) as exc:
             raise ModelLoadError(
-                f"could not load text encoder {name_or_path!r} "
+                f"could not load text encoder {source!r} "
                 f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
                 "If you are offline, set model.text_encoder.name_or_path to a local folder "
                 "saved with save_pretrained (model and tokenizer), or run "
@@ -93,46 +142,38 @@ class TextEncoder(nn.Module):
             ) from exc
         if len(self.tokenizer) > self.model.config.vocab_size:
             raise ModelLoadError(
-                f"the tokenizer of {name_or_path!r} has {len(self.tokenizer)} tokens but the "
+                f"the tokenizer of {source!r} has {len(self.tokenizer)} tokens but the "
                 f"text model's vocabulary only {self.model.config.vocab_size}; pair "
                 "model.text_encoder.architecture with a tokenizer of the same vocabulary, or "
                 "set config_overrides.vocab_size"
             )
-        self.num_features: int = self.model.config.hidden_size
-        self.pooling = pooling
-        self.max_length = max_length
-        self.frozen = freeze
-        if freeze:
-            self.model.requires_grad_(False)
-            self.model.eval()
-        self.feature_cache = (
-            self._build_cache(name_or_path, architecture, cache_dir) if cache_features else None
-        )
 
-    def _build_cache(
-        self, name_or_path: str, architecture: str | None, cache_dir: str | None
-    ) -> TextFeatureCache:
-        if cache_dir is None:
-            return TextFeatureCache()
-        fingerprint = {
-            "name_or_path": str(name_or_path),
-            "architecture": architecture,
-            "weights": hash_module_weights(self.model),
-            "tokenizer": hash_tokenizer(self.tokenizer),
-            "max_length": self.max_length,
-            "pooling": self.pooling,
-        }
-        digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
-        return TextFeatureCache(Path(cache_dir) / f"text-features-{digest[:24]}.pt", fingerprint)
+    def checkpoint_config(self) -> dict[str, Any]:
+        """Config keys a checkpoint overrides so it rebuilds anywhere, offline, without
+        downloading: random init (the weights are in the state dict) from inlined files."""
+        with tempfile.TemporaryDirectory(prefix="clip-lightning-text-") as folder:
+            self.model.config.save_pretrained(folder)
+            self.tokenizer.save_pretrained(folder)
+            files = {path.name: path.read_bytes() for path in sorted(Path(folder).iterdir())}
+        return {"pretrained": False, "architecture": None, "saved_files": files}
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute activations in the backward pass instead of storing them (less memory)."""
+        if enable:
+            self.model.gradient_checkpointing_enable({"use_reentrant": False})
+        else:
+            self.model.gradient_checkpointing_disable()
 
     def save_feature_cache(self) -> bool:
-        """Persist the feature cache if it has a ``cache_dir`` and new entries; True if written."""
+        """Persist the feature cache if it has a folder and new entries; True if written."""
         return self.feature_cache is not None and self.feature_cache.save()
 
     def train(self, mode: bool = True) -> TextEncoder:
         super().train(mode)
-        if self.frozen:
+        if self.frozen:  # frozen layers keep dropout off; unfrozen ones follow ``mode``
             self.model.eval()
+            for layer in self.unfrozen_layers:
+                layer.train(mode)
         return self
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -151,3 +192,36 @@ class TextEncoder(nn.Module):
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """Tokenize with the encoder's own tokenizer, padded to the longest text."""
         return tokenize(self.tokenizer, texts, self.max_length)
+
+
+def _check_local_folder(name_or_path: str) -> None:
+    """A path-like ``name_or_path`` that does not exist is a typo, not a hub id to look up."""
+    path = Path(name_or_path).expanduser()
+    looks_local = (
+        path.is_absolute() or name_or_path.startswith((".", "~")) or (name_or_path.count("/") > 1)
+    )
+    if looks_local and not path.is_dir():
+        raise ModelLoadError(
+            f"text encoder folder {str(path)!r} does not exist; set "
+            "model.text_encoder.name_or_path to a folder saved with save_pretrained (model and "
+            "tokenizer) or to a hub id such as distilbert-base-uncased"
+        )
+
+
+def _without_pooler(config: PretrainedConfig) -> dict[str, bool]:
+    """``add_pooling_layer=False`` for model classes that take it (BERT family)."""
+    model_class = _get_model_class(config, AutoModel._model_mapping)
+    takes_flag = "add_pooling_layer" in inspect.signature(model_class.__init__).parameters
+    return {"add_pooling_layer": False} if takes_flag else {}
+
+
+def _transformer_layers(model: nn.Module) -> nn.ModuleList:
+    """The model's stack of transformer layers: the ModuleList as long as its layer count."""
+    count = model.config.num_hidden_layers
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == count:
+            return module
+    raise ModelLoadError(
+        f"cannot find the {count} transformer layers of {type(model).__name__} for "
+        "model.text_encoder.unfreeze_last_layers; use freeze=true without it"
+    )
