@@ -6,20 +6,31 @@ best checkpoint -> write ``metrics.json`` into the run directory.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from clip_lightning.cli.loading import build_datamodule
 from clip_lightning.cli.task import hydra_task
 from clip_lightning.cli.wandb_run import continue_wandb_run, remember_wandb_run
+from clip_lightning.plugins import remove_stale_temporaries
 from clip_lightning.utils.config import print_config_tree
 from clip_lightning.utils.instantiate import instantiate_list
 from clip_lightning.utils.results import print_recall_table, to_floats, write_json
-from clip_lightning.utils.resume import checkpoint_run_dir, read_wandb_id, resolve_ckpt_path
+from clip_lightning.utils.resume import (
+    ResumeLearningRates,
+    check_resume,
+    checkpoint_run_dir,
+    read_wandb_id,
+    resolve_ckpt_path,
+)
+
+log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -41,13 +52,25 @@ def train(cfg: DictConfig) -> dict[str, float]:
         else run_dir.parent,
         run_dir=run_dir,
     )
+    callbacks = instantiate_list(cfg.get("callbacks"))
     if ckpt_path is not None:
+        check_resume(ckpt_path, cfg, model)  # one line for a checkpoint of another run
+        callbacks.append(ResumeLearningRates())  # new LRs apply, the LR never rises again
         continue_wandb_run(cfg.get("logger"), read_wandb_id(checkpoint_run_dir(ckpt_path)))
     trainer: L.Trainer = instantiate(
         cfg.trainer,
-        callbacks=instantiate_list(cfg.get("callbacks")),
+        callbacks=callbacks,
         logger=instantiate_list(cfg.get("logger")),
     )
+    if trainer.is_global_zero:  # a kill -9 mid-save leaves a checkpoint-sized temporary
+        folders = {
+            Path(c.dirpath)
+            for c in trainer.callbacks  # type: ignore[attr-defined]
+            if isinstance(c, ModelCheckpoint) and c.dirpath
+        }
+        folders |= {ckpt_path.parent} if ckpt_path else set()
+        for stale in remove_stale_temporaries(folders):
+            log.warning("removed %s, left by a checkpoint save that was killed", stale)
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
     if trainer.is_global_zero:

@@ -1,4 +1,5 @@
-"""Resuming: find the checkpoint behind ``ckpt_path=last`` and the W&B run to continue.
+"""Resuming: find the checkpoint behind ``ckpt_path=last``, check it belongs to this run, apply
+the resume rule to the learning rates, and find the W&B run to continue.
 
 Every run gets a fresh Hydra run directory; a resumed run reads its checkpoint from an earlier
 one. ``ckpt_path=last`` picks ``checkpoints/last.ckpt`` of the most recent run of the same
@@ -8,7 +9,18 @@ when given. Any other value is used as a checkpoint path.
 
 from __future__ import annotations
 
+import fnmatch
+import functools
+import math
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from omegaconf import DictConfig, OmegaConf
+from torch.optim.lr_scheduler import LambdaLR
 
 from clip_lightning.errors import CheckpointError
 
@@ -72,3 +84,191 @@ def read_wandb_id(run_dir: Path) -> str | None:
 def write_wandb_id(run_dir: Path, run_id: str) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / WANDB_ID_FILE).write_text(run_id + "\n")
+
+
+# ------------------------------------------------------------------------- the resume rule
+# Config keys that may differ from the checkpoint's: the learning rates (applied, see
+# ResumeLearningRates), where the weights first came from (the checkpoint has them now), and
+# settings that change how a step runs but not what is trained. Anything else that differs is
+# refused: the restored state would silently keep the checkpoint's value.
+RESUME_MAY_CHANGE = (
+    "optimizer.lr",
+    "model.tower_lr.*",
+    "model.pretrained",
+    "model.*.pretrained",
+    "model.*.weights_file",
+    "model.*.name_or_path",
+    "model.*.cache*",
+    "model.*.channels_last",
+    "model.compile",
+    "model.grad_checkpointing",
+    "model.grad_cache_chunk_size",
+    "model.clip_grad_norm",
+)
+# what a checkpoint needs to continue training, not only to rebuild the model
+TRAINING_STATE = ("state_dict", "hyper_parameters", "optimizer_states", "loops")
+TOP_LEVEL_GROUPS = ("loss", "optimizer", "scheduler")
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint's contents, tensors memory-mapped; nothing in it is instantiated.
+
+    A truncated, foreign or unsafe file is a one-line :class:`CheckpointError`.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # truncated zip, not a torch file, a pickled class: many types
+        detail = (str(exc).strip().splitlines() or ["no detail"])[0]
+        raise CheckpointError(
+            f"cannot read checkpoint {str(path)!r} ({type(exc).__name__}: {detail}); it is "
+            "truncated or not a clip-lightning checkpoint: pass a last.ckpt written by "
+            "clip_lightning.train"
+        ) from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f"{str(path)!r} holds a {type(state).__name__}, not a Lightning checkpoint; pass a "
+            "last.ckpt written by clip_lightning.train"
+        )
+    return state
+
+
+def check_resume(ckpt_path: Path, cfg: DictConfig, model: torch.nn.Module) -> None:
+    """Refuse, in one line, to resume ``ckpt_path`` into a run it does not belong to.
+
+    Compares the checkpoint's saved hyperparameters with ``cfg`` (every difference outside
+    :data:`RESUME_MAY_CHANGE` is listed), then its tensors with ``model``'s. Runs before
+    ``trainer.fit``, so a mismatch never ends in a state-dict traceback.
+    """
+    state = read_checkpoint(ckpt_path)
+    missing = [key for key in TRAINING_STATE if key not in state]
+    if missing:
+        raise CheckpointError(
+            f"{str(ckpt_path)!r} has no {', '.join(missing)}, so training cannot continue from "
+            "it; resume from a full checkpoint such as checkpoints/last.ckpt (eval and search "
+            "take any checkpoint)"
+        )
+    differences = config_differences(state["hyper_parameters"], cfg)
+    if differences:
+        raise CheckpointError(
+            f"cannot resume {str(ckpt_path)!r}: the run asks for {'; '.join(differences)}; "
+            "set these back to the checkpoint's values, or start a new run without "
+            "ckpt_path/resume_dir (only optimizer.lr, model.tower_lr.* and the run length "
+            "may change on resume)"
+        )
+    mismatches = tensor_mismatches(state["state_dict"], model.state_dict())
+    if mismatches:
+        raise CheckpointError(
+            f"cannot resume {str(ckpt_path)!r}: its weights do not fit this model "
+            f"({'; '.join(mismatches[:3])}{'; ...' if len(mismatches) > 3 else ''}); resume "
+            "with the model settings of the checkpoint's run, or start a new run"
+        )
+
+
+def config_differences(hparams: Mapping[str, Any], cfg: DictConfig) -> list[str]:
+    """``key checkpoint_value -> requested_value`` for each setting the resume rule refuses.
+
+    Keys present on one side only are skipped: config groups gain keys over time, and a
+    changed class already shows as a changed ``_target_``.
+    """
+    requested = OmegaConf.to_container(cfg.model, resolve=True)
+    assert isinstance(requested, dict)
+    differences = []
+    for name in sorted(hparams.keys() & requested.keys()):
+        key = name if name in TOP_LEVEL_GROUPS else f"model.{name}"
+        for path, saved, asked in _leaf_differences(hparams[name], requested[name], key):
+            if not any(fnmatch.fnmatchcase(path, pattern) for pattern in RESUME_MAY_CHANGE):
+                differences.append(f"{path}={_short(asked)} (checkpoint: {_short(saved)})")
+    return differences
+
+
+def _leaf_differences(saved: Any, asked: Any, path: str) -> Iterator[tuple[str, Any, Any]]:
+    if isinstance(saved, Mapping) and isinstance(asked, Mapping):
+        for key in sorted(saved.keys() & asked.keys()):
+            yield from _leaf_differences(saved[key], asked[key], f"{path}.{key}")
+    elif saved != asked:
+        yield path, saved, asked
+
+
+def _short(value: Any) -> str:
+    text = "null" if value is None else str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def tensor_mismatches(saved: Mapping[str, Any], expected: Mapping[str, torch.Tensor]) -> list[str]:
+    """Tensors whose shape differs, then tensors only one side has, as short descriptions."""
+    shapes = [
+        f"{key}: checkpoint {list(saved[key].shape)}, model {list(tensor.shape)}"
+        for key, tensor in expected.items()
+        if key in saved and tuple(saved[key].shape) != tuple(tensor.shape)
+    ]
+    only_model = [f"{key} missing from the checkpoint" for key in expected if key not in saved]
+    only_saved = [f"{key} not in the model" for key in saved if key not in expected]
+    return shapes + only_model + only_saved
+
+
+class ResumeLearningRates(Callback):
+    """Applies the resume rule to the restored optimizer and LR schedule.
+
+    Lightning restores the optimizer and scheduler exactly as saved, so a new ``optimizer.lr``
+    would be ignored and a changed run length would recompute the cosine for a new total from
+    the middle of it: the LR would jump back up (or wrap around past its end). Instead:
+
+    * the peak LRs are the ones the current config asks for (``optimizer.lr``,
+      ``model.tower_lr.*``); the schedule's progress is kept;
+    * if the run length changed, the rest of the run decays linearly from the LR reached to
+      zero at the new end, so the LR never rises. A linear tail is the same line however often
+      the run is resumed again.
+
+    Resuming a finished schedule into a longer run is refused: it would train at LR 0.
+    """
+
+    def __init__(self) -> None:
+        self._peaks: list[list[float]] = []
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # the optimizers are built from the current config; the checkpoint is not restored yet
+        self._peaks = [
+            [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
+            for optimizer in trainer.optimizers
+        ]
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        schedulers = {id(c.scheduler.optimizer): c.scheduler for c in trainer.lr_scheduler_configs}
+        for optimizer, peaks in zip(trainer.optimizers, self._peaks, strict=True):
+            progress = []
+            for group, peak in zip(optimizer.param_groups, peaks, strict=True):
+                saved_peak = group.get("initial_lr", group["lr"])
+                progress.append(group["lr"] / saved_peak if saved_peak else 1.0)
+                group["initial_lr"], group["lr"] = peak, peak * progress[-1]
+            scheduler = schedulers.get(id(optimizer))
+            if scheduler is not None:
+                scheduler.base_lrs = list(peaks)
+                if isinstance(scheduler, LambdaLR):
+                    self._keep_decaying(
+                        scheduler, progress, int(trainer.estimated_stepping_batches)
+                    )
+
+    @staticmethod
+    def _keep_decaying(scheduler: LambdaLR, progress: list[float], total_steps: int) -> None:
+        step = scheduler.last_epoch
+        for index, (reached, schedule) in enumerate(
+            zip(progress, scheduler.lr_lambdas, strict=True)
+        ):
+            if math.isclose(schedule(step), reached, rel_tol=1e-9, abs_tol=1e-12):
+                continue  # same schedule as the checkpoint's run: continue it exactly
+            if reached <= 1e-12 and step < total_steps:
+                raise CheckpointError(
+                    f"the checkpoint finished its LR schedule (LR 0 at step {step}); resuming "
+                    f"it for {total_steps} steps would train at LR 0: resume with the "
+                    "checkpoint's trainer.max_epochs/max_steps, or start a new run"
+                )
+            scheduler.lr_lambdas[index] = functools.partial(
+                linear_to_zero, start_step=step, start_factor=reached, end_step=total_steps
+            )
+
+
+def linear_to_zero(step: int, start_step: int, start_factor: float, end_step: int) -> float:
+    """LR factor falling linearly from ``start_factor`` at ``start_step`` to 0 at ``end_step``."""
+    if end_step <= start_step:
+        return 0.0
+    return max(0.0, start_factor * (end_step - step) / (end_step - start_step))
