@@ -145,7 +145,7 @@ def test_the_check_decodes_in_worker_processes_with_the_same_verdicts(tmp_path):
     truncate(folder / "7.jpg")
     (folder / "9.jpg").unlink()
     sources = [FileImage(folder / f"{i}.jpg") for i in range(160)]
-    parallel = decode_all(sources, workers=2)
+    parallel = decode_all(sources, workers=2, min_parallel_seconds=0)
     assert parallel == [image_problem(s) for s in sources]
     assert parallel[7] == "unreadable (OSError)" and parallel[9] == "missing"
     assert sum(p is not None for p in parallel) == 2

@@ -39,8 +39,10 @@ log = logging.getLogger(__name__)
 
 POLICIES = ("error", "skip")
 MEMO_NAME = "image-checks.json"
-# Below this many images to decode, starting worker processes costs more than it saves.
-MIN_IMAGES_PER_WORKER = 64
+# The first images are decoded in this process to time them; the rest go to worker processes
+# only when decoding them here would take longer than this (starting a pool costs ~0.1 s).
+PROBE_IMAGES = 32
+MIN_PARALLEL_SECONDS = 0.5
 
 
 def image_problem(source: ImageSource) -> str | None:
@@ -63,15 +65,24 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def decode_all(sources: Sequence[ImageSource], workers: int | None = None) -> list[str | None]:
-    """:func:`image_problem` of every source, in order, over ``workers`` processes (in this
-    process when there is one core or too few images to pay for the pool)."""
-    workers = min(workers or default_workers(), len(sources) // MIN_IMAGES_PER_WORKER)
-    if workers <= 1:
-        return [image_problem(source) for source in sources]
-    chunksize = max(1, min(64, len(sources) // (8 * workers)))
+def decode_all(
+    sources: Sequence[ImageSource],
+    workers: int | None = None,
+    min_parallel_seconds: float = MIN_PARALLEL_SECONDS,
+) -> list[str | None]:
+    """:func:`image_problem` of every source, in order, over ``workers`` processes -- or in
+    this process when there is one core, or the images are too few or too cheap (rendered
+    synthetic scenes) to pay for the pool."""
+    workers = workers or default_workers()
+    start = time.perf_counter()
+    problems = [image_problem(source) for source in sources[:PROBE_IMAGES]]
+    rest = sources[PROBE_IMAGES:]
+    estimate = (time.perf_counter() - start) / max(1, len(problems)) * len(rest)
+    if workers <= 1 or estimate < min_parallel_seconds:
+        return problems + [image_problem(source) for source in rest]
+    chunksize = max(1, min(64, len(rest) // (8 * workers)))
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(image_problem, sources, chunksize=chunksize))
+        return problems + list(pool.map(image_problem, rest, chunksize=chunksize))
 
 
 def _read_memo(path: Path) -> dict[str, list]:
@@ -97,21 +108,24 @@ def check_images(
     decoded again, and the new verdicts are written back; a file lock keeps concurrent ranks
     from checking the same files twice.
     """
-    if memo is None:
-        return _check(sources, {}, workers)[0]
+    stamps = [source_stamp(source) for source in sources]
+    if memo is None or not any(stamps):
+        return _check(sources, stamps, {}, workers)[0]
     memo.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(memo.with_name(f"{memo.name}.lock"))):
-        problems, remembered = _check(sources, _read_memo(memo), workers)
+        problems, remembered = _check(sources, stamps, _read_memo(memo), workers)
         _write_memo(memo, remembered)
     return problems
 
 
 def _check(
-    sources: Sequence[ImageSource], known: dict[str, list], workers: int | None
+    sources: Sequence[ImageSource],
+    stamps: Sequence[tuple[str, str] | None],
+    known: dict[str, list],
+    workers: int | None,
 ) -> tuple[list[str | None], dict[str, list]]:
-    """Verdicts for ``sources`` reusing ``known``; also the memo entries of these files."""
+    """Verdicts for ``sources`` reusing ``known``; also the memo entries of the stamped ones."""
     start = time.perf_counter()
-    stamps = [source_stamp(source) for source in sources]
     problems: list[str | None] = [None] * len(sources)
     todo = []
     for index, stamp in enumerate(stamps):
