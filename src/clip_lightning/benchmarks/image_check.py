@@ -58,7 +58,7 @@ def run(
             memo.unlink(missing_ok=True)
             check_images(sources, memo, workers)
 
-        variants: dict[str, Callable[[], None]] = {
+        variants: dict[str, Callable[[], object]] = {
             f"header only, {4 * workers} threads (before)": lambda: _header_only(
                 sources, 4 * workers
             ),
