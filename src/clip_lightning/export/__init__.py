@@ -1,0 +1,51 @@
+"""Export a trained model to formats other libraries load: ``python -m clip_lightning.export
+ckpt_path=PATH format=open_clip|hf out=DIR`` (see :mod:`clip_lightning.cli.export`).
+
+Every export is loaded back by its own library and must reproduce this model's embeddings
+(:func:`~clip_lightning.export.faithful.check_faithful`); the folder gets a model card.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from clip_lightning.export.faithful import ExportError, check_faithful
+from clip_lightning.export.hf_format import load_hf, write_hf
+from clip_lightning.export.model_card import model_card
+from clip_lightning.export.open_clip_format import load_open_clip, write_open_clip
+from clip_lightning.module import CLIPModule
+
+FORMATS = ("open_clip", "hf")
+__all__ = ["FORMATS", "ExportError", "export_model"]
+
+
+def export_model(
+    model: CLIPModule,
+    out: str | Path,
+    format: str = "open_clip",
+    run_dir: Path | None = None,
+    ignore_crop_pct: bool = False,
+) -> float:
+    """Write ``model`` into the new folder ``out``; returns the largest embedding difference
+    of the folder loaded back. On any failure the folder is removed again."""
+    if format not in FORMATS:
+        raise ExportError(f"format={format!r} is unknown; use format=open_clip or format=hf")
+    out = Path(out).expanduser()
+    if out.exists() and any(out.iterdir()):
+        raise ExportError(f"out={str(out)!r} exists and is not empty; pass a new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    model = model.cpu().eval()
+    try:
+        if format == "open_clip":
+            notes = write_open_clip(model, out, ignore_crop_pct)
+            loaded = load_open_clip(out)
+        else:
+            notes = write_hf(model, out)
+            loaded = load_hf(out, model.text_encoder.max_length)
+        error = check_faithful(model, loaded, format)
+        (out / "README.md").write_text(model_card(model, format, out, run_dir, notes))
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    return error

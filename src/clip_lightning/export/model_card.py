@@ -1,0 +1,78 @@
+"""The exported folder's ``README.md``: how to load it, what it was trained on and how it
+scores, written from the run directory the checkpoint came from."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from clip_lightning.module import CLIPModule
+from clip_lightning.utils.results import RECALL_COLUMNS
+
+LOAD = {
+    "open_clip": """```python
+import open_clip
+
+model, _, preprocess = open_clip.create_model_and_transforms("local-dir:{out}")
+tokenizer = open_clip.get_tokenizer("local-dir:{out}")
+```""",
+    "hf": """```python
+from transformers import AutoModel, AutoProcessor
+
+model = AutoModel.from_pretrained("{out}")
+processor = AutoProcessor.from_pretrained("{out}")
+```""",
+}
+
+
+def model_card(
+    model: CLIPModule, format: str, out: Path, run_dir: Path | None, notes: list[str]
+) -> str:
+    """Markdown: loading snippet, data, recall table (from ``metrics.json``), training config."""
+    run_config = _run_config(run_dir)
+    sections = [
+        "---\nlibrary_name: " + ("open_clip" if format == "open_clip" else "transformers"),
+        "tags: [clip, clip-lightning, zero-shot-image-classification]\n---",
+        f"# {out.name}",
+        "A CLIP-style image-text dual encoder trained with clip-lightning.",
+        "## Load\n\n" + LOAD[format].format(out=out),
+    ]
+    if notes:
+        sections.append("## Notes\n\n" + "\n".join(f"- {note}" for note in notes))
+    dataset = (run_config or {}).get("dataset")
+    if dataset:
+        described = ", ".join(
+            f"{key}: {dataset[key]}" for key in ("name", "format", "root") if dataset.get(key)
+        )
+        sections.append(f"## Training data\n\n{described}")
+    metrics_file = run_dir / "metrics.json" if run_dir else None
+    if metrics_file is not None and metrics_file.is_file():
+        sections.append("## Retrieval\n\n" + recall_table(json.loads(metrics_file.read_text())))
+    config = run_config or {"model": dict(model.hparams)}
+    sections.append(
+        "## Training config\n\n```yaml\n" + OmegaConf.to_yaml(OmegaConf.create(config)) + "```"
+    )
+    return "\n\n".join(sections) + "\n"
+
+
+def recall_table(metrics: dict[str, float]) -> str:
+    """Recall@K (percent) of the run, test split when it has one, as a Markdown table."""
+    split = "test" if any(k.startswith("test/") for k in metrics) else "val"
+    header = "| direction | " + " | ".join(f"R@{c[1:]}" for c in RECALL_COLUMNS) + " |"
+    rows = [header, "|---" * (len(RECALL_COLUMNS) + 1) + "|"]
+    for direction, label in (("i2t", "image → text"), ("t2i", "text → image")):
+        values = [metrics.get(f"{split}/{direction}_{c}") for c in RECALL_COLUMNS]
+        cells = " | ".join("-" if v is None else f"{v:.2f}" for v in values)
+        rows.append(f"| {label} | {cells} |")
+    rsum = metrics.get(f"{split}/rsum")
+    caption = f"\n\n{split} split" + (f", RSUM {rsum:.2f}" if rsum is not None else "")
+    return "\n".join(rows) + caption
+
+
+def _run_config(run_dir: Path | None) -> dict | None:
+    path = run_dir / ".hydra" / "config.yaml" if run_dir else None
+    if path is None or not path.is_file():
+        return None
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)  # type: ignore[return-value]

@@ -1,0 +1,146 @@
+"""Export round trips: the folder written by ``clip_lightning.export`` loads in open_clip
+(local-dir) or transformers and gives the checkpoint's embeddings to 1e-5; models a format
+cannot represent are refused with one line; the model card carries the run's recall table."""
+
+from __future__ import annotations
+
+import json
+
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from PIL import Image
+from transformers import AutoModel, AutoProcessor, AutoTokenizer
+
+from clip_lightning.cli.export import export
+from clip_lightning.cli.loading import build_datamodule
+from clip_lightning.export import ExportError, export_model
+from clip_lightning.module import CLIPModule
+from clip_lightning.utils.config import register_resolvers
+from tests.conftest import CONFIG_DIR, TINY, compose_train, quiet_trainer
+from tests.pretrained import hf_clip_cfg, open_clip_cfg
+
+CAPTIONS = ["a red square on the left", "two blue circles", "a large green triangle and a dot"]
+IMAGES = [Image.new("RGB", (32, 32), (200, 40 * i, 90)) for i in range(3)]
+
+
+def trained(cfg, tmp_path, steps: int = 2) -> CLIPModule:
+    """The model of ``cfg`` after a few optimizer steps (so nothing is at its init)."""
+    model = instantiate(cfg.model)
+    trainer = quiet_trainer(tmp_path, max_steps=steps, limit_val_batches=0)
+    trainer.fit(model, datamodule=build_datamodule(cfg.dataset, model))
+    return model.eval()
+
+
+def assert_open_clip_round_trip(model: CLIPModule, out) -> None:
+    loaded, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{out}")
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{out}")
+    loaded.eval()
+    pixels = torch.stack([preprocess(image) for image in IMAGES])
+    with torch.no_grad():
+        images = F.normalize(loaded.encode_image(pixels), dim=-1)
+        texts = F.normalize(loaded.encode_text(tokenizer(CAPTIONS)), dim=-1)
+    torch.testing.assert_close(images, model.embed_images(pixels), atol=1e-5, rtol=0)
+    torch.testing.assert_close(texts, model.encode_text(CAPTIONS), atol=1e-5, rtol=0)
+    assert loaded.logit_scale.item() == pytest.approx(model.loss.logit_scale.item())
+
+
+@pytest.mark.parametrize(
+    ("arch", "loss"), [("tiny-clip-test", "infonce"), ("tiny-sigmoid-test", "siglip")]
+)
+def test_open_clip_model_round_trips_through_local_dir(tmp_path, arch, loss):
+    model = trained(open_clip_cfg(tmp_path, arch, [f"loss={loss}"]), tmp_path)
+    export_model(model, tmp_path / "out", "open_clip")
+    assert_open_clip_round_trip(model, tmp_path / "out")
+    # the same preprocessing: open_clip's transform is the tower's own
+    torch.testing.assert_close(
+        model.encode_image(IMAGES),
+        model.embed_images(torch.stack([model.image_encoder.transform()(i) for i in IMAGES])),
+    )
+    if loss == "siglip":
+        loaded = open_clip.create_model(f"local-dir:{tmp_path / 'out'}")
+        assert loaded.logit_bias.item() == pytest.approx(model.loss.logit_bias.item())
+
+
+def test_timm_and_hf_text_model_round_trips_as_custom_text_clip(tmp_path):
+    # quickstart towers (timm ResNet-18 + MiniLM) with linear heads
+    cfg = compose_train([*TINY, "model/head=linear"], output_dir=tmp_path)
+    model = trained(cfg, tmp_path, steps=1)
+    with pytest.raises(ExportError, match=r"crop_pct=0\.95") as err:
+        export_model(model, tmp_path / "refused", "open_clip")
+    assert "\n" not in str(err.value) and not (tmp_path / "refused").exists()
+    export_model(model, tmp_path / "out", "open_clip", ignore_crop_pct=True)
+    config = json.loads((tmp_path / "out" / "open_clip_config.json").read_text())["model_cfg"]
+    assert config["vision_cfg"]["timm_model_name"] == "resnet18"
+    assert config["text_cfg"]["hf_pooler_type"] == "mean_pooler"
+    assert_open_clip_round_trip(model, tmp_path / "out")
+
+
+def test_mlp_head_is_refused_in_one_line(tmp_path):
+    model = instantiate(compose_train(TINY, output_dir=tmp_path).model)
+    with pytest.raises(ExportError, match="the image head is a MLPHead") as err:
+        export_model(model, tmp_path / "out", "open_clip")
+    assert "\n" not in str(err.value)
+    with pytest.raises(ExportError, match="use format=open_clip"):
+        export_model(model, tmp_path / "out", "hf")
+
+
+@pytest.mark.parametrize(("kind", "loss"), [("clip", "infonce"), ("siglip", "siglip")])
+def test_hf_clip_model_round_trips_through_from_pretrained(tmp_path, kind, loss):
+    model = trained(hf_clip_cfg(tmp_path, kind, [f"loss={loss}"]), tmp_path)
+    export_model(model, tmp_path / "out", "hf")
+    loaded = AutoModel.from_pretrained(tmp_path / "out").eval()
+    processor = AutoProcessor.from_pretrained(tmp_path / "out")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "out")
+    padding = "max_length" if kind == "siglip" else "longest"
+    tokens = tokenizer(CAPTIONS, padding=padding, max_length=24, return_tensors="pt")
+    if kind == "siglip":
+        tokens.pop("attention_mask")
+    with torch.no_grad():
+        pixels = processor(images=IMAGES, return_tensors="pt")["pixel_values"]
+        images = F.normalize(loaded.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
+        texts = F.normalize(loaded.get_text_features(**tokens).pooler_output, dim=-1)
+    torch.testing.assert_close(images, model.encode_image(IMAGES), atol=1e-5, rtol=0)
+    torch.testing.assert_close(texts, model.encode_text(CAPTIONS), atol=1e-5, rtol=0)
+    assert loaded.logit_scale.item() == pytest.approx(model.loss.logit_scale.item())
+
+
+def test_export_entry_writes_a_model_card_with_the_runs_recall_table(tmp_path):
+    cfg = open_clip_cfg(tmp_path)
+    model = trained(cfg, tmp_path)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "config.yaml").write_text(
+        "dataset:\n  name: synthetic\n  format: synthetic\n"
+    )
+    metrics = {
+        "test/i2t_r1": 12.5,
+        "test/i2t_r5": 50.0,
+        "test/i2t_r10": 75.0,
+        "test/t2i_r1": 25.0,
+        "test/t2i_r5": 62.5,
+        "test/t2i_r10": 87.5,
+        "test/rsum": 312.5,
+    }
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    trainer = quiet_trainer(tmp_path, max_steps=0)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(run / "checkpoints" / "last.ckpt")
+    register_resolvers()
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        export_cfg = compose(
+            "export", [f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", f"out={tmp_path / 'out'}"]
+        )
+    result = export(export_cfg)
+    assert result["max_embedding_difference"] < 1e-5
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "| image → text | 12.50 | 50.00 | 75.00 |" in card
+    assert "| text → image | 25.00 | 62.50 | 87.50 |" in card
+    assert "name: synthetic, format: synthetic" in card
+    assert 'create_model_and_transforms("local-dir:' in card
+    with pytest.raises(ExportError, match="exists and is not empty"):
+        export(export_cfg)
