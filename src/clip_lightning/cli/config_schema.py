@@ -164,7 +164,9 @@ class TextEncoderSchema:
     max_length: PositiveInt | None = 77
     freeze: bool = False
     unfreeze_last_layers: NonNegativeInt = 2
-    cache_features: bool = False
+    # null, memory, or a folder that keeps the frozen tower's caption features
+    cache: str | None = "memory"
+    cache_features: bool = True  # the open_clip / HF CLIP text towers' name for it
 
 
 @dataclass

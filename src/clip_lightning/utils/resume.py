@@ -98,6 +98,7 @@ RESUME_MAY_CHANGE = (
     "model.*.pretrained",
     "model.*.weights_file",
     "model.*.name_or_path",
+    "model.*.architecture",
     "model.*.cache*",
     "model.*.channels_last",
     "model.compile",
