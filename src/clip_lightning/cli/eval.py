@@ -17,6 +17,11 @@ from rich.table import Table
 
 from clip_lightning.cli.loading import build_datamodule, load_model, resolve_device
 from clip_lightning.cli.task import hydra_task, run_dir
+from clip_lightning.clip_benchmark_results import (
+    classification_layout,
+    file_name,
+    retrieval_layout,
+)
 from clip_lightning.errors import ClipLightningError, DataError
 from clip_lightning.utils.results import print_recall_table, to_floats, write_json
 from clip_lightning.zeroshot import zeroshot_classify
@@ -99,6 +104,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "eval_results.json" if cfg.task == "retrieval" else "zeroshot_results.json"
     )
     write_json(path, results)
+    # the same figures in CLIP_benchmark's layout, to compare with published models
+    layout = (retrieval_layout if cfg.task == "retrieval" else classification_layout)(results)
+    write_json(run_dir(cfg) / file_name(layout), layout)
     print(f"Results: {path}")
     return results
 
