@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import os
+import re
+import socket
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+# the temporary file of a save: .<name>.tmp-<host>-<pid>, next to the checkpoint
+TMP_MARKER = ".tmp-"
+_TMP_NAME = re.compile(rf"^\..+{re.escape(TMP_MARKER)}(?P<host>.+)-(?P<pid>\d+)$")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -30,12 +37,45 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError("AtomicCheckpointIO does not take storage_options for local paths")
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        tmp = target.with_name(f".{target.name}{TMP_MARKER}{socket.gethostname()}-{os.getpid()}")
         try:
             with open(tmp, "wb") as f:
                 torch.save(checkpoint, f)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, target)
+        except OSError as exc:
+            # a failed write() names no file; the task wrapper reports "no space left on <dir>"
+            exc.filename = exc.filename or str(target)
+            raise
         finally:
             tmp.unlink(missing_ok=True)
+
+
+def _is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(folders: Iterable[Path]) -> list[Path]:
+    """Delete the temporary files of :class:`AtomicCheckpointIO` writers that died mid-write.
+
+    A ``kill -9`` during a save leaves ``.<name>.tmp-<host>-<pid>`` behind (as large as a
+    checkpoint). One is stale when it was written on this host by a process that no longer
+    exists; files of other hosts are left alone, since their processes cannot be checked from
+    here. Returns the removed files.
+    """
+    host = socket.gethostname()
+    removed = []
+    for folder in folders:
+        for path in sorted(folder.glob(f".*{TMP_MARKER}*")) if folder.is_dir() else ():
+            match = _TMP_NAME.match(path.name)
+            if match and match["host"] == host and not _is_alive(int(match["pid"])):
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed

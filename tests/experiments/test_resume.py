@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from clip_lightning.cli.task import PREEMPTED_EXIT_CODE
 from tests.experiments.conftest import TINY, read_metrics, run_dirs, run_train, train_env
 
 # 160 train images / 8 per step = 20 steps per epoch, 2 epochs; no test pass, no early stop.
@@ -48,7 +49,7 @@ def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(tmp_path: Path) -> 
         time.sleep(0.1)
     time.sleep(1.0)
     proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=120)
+    assert proc.wait(timeout=120) == PREEMPTED_EXIT_CODE  # a preempted job is not a success
     (first,) = run_dirs(interrupted)
     assert not (first / "metrics.json").exists()
     state = torch.load(first / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)

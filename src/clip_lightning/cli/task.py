@@ -11,6 +11,7 @@ either way, and prints the run directory last.
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -21,9 +22,10 @@ from typing import TypeVar
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from clip_lightning.cli.config_schema import check_config
 from clip_lightning.cli.wandb_run import finish_wandb
@@ -73,17 +75,46 @@ def run_task(task: Callable[[DictConfig], Result], cfg: DictConfig, name: str) -
         sys.exit(PREEMPTED_EXIT_CODE)
     except Exception as exc:
         finish_wandb(exit_code=USER_ERROR_EXIT_CODE)  # a failed sweep job must not leave it open
-        user_error = find_user_error(exc)  # Hydra's instantiate wraps it
-        if user_error is None:
+        message = one_line_report(exc, cfg)
+        if message is None:
             raise
-        log.error("%s", user_message(user_error))
-        if HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN":
+        log.error("%s", message)
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # the sweeper records the failed job and goes on
         sys.exit(USER_ERROR_EXIT_CODE)
     finish_wandb()
-    if rank_zero_only.rank == 0:
-        print(f"Run directory: {run_dir(cfg)}")
+    rank_zero_only(print)(f"Run directory: {run_dir(cfg)}")
     return result
+
+
+def one_line_report(exc: BaseException, cfg: DictConfig) -> str | None:
+    """The one line a user sees for ``exc``, or None for a bug (which keeps its traceback).
+
+    User errors (also wrapped by Hydra's ``instantiate``) give their message; a full disk gives
+    where it ran out and where the last good checkpoint is.
+    """
+    user_error = find_user_error(exc)
+    if user_error is not None:
+        return user_message(user_error)
+    if not (isinstance(exc, OSError) and exc.errno == errno.ENOSPC):
+        return None
+    filename = exc.filename  # set by our writers (checkpoints, results)
+    where = f"{Path(filename).parent} (writing {Path(filename).name})" if filename else run_dir(cfg)
+    message = f"no space left on {where}"
+    if "callbacks" in cfg:  # a training run: say what survived
+        last = last_good_checkpoint(cfg)
+        message += f"; last good checkpoint: {last}" if last else "; no checkpoint was saved yet"
+        message += "; free space there and resume with ckpt_path=last"
+    else:
+        message += "; free space there and run again"
+    return message
+
+
+def last_good_checkpoint(cfg: DictConfig) -> Path | None:
+    """The newest complete ``*.ckpt`` of the run (temporaries of a failed save are hidden)."""
+    folder = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath", default=None)
+    folder = Path(folder) if folder else Path(cfg.paths.output_dir) / "checkpoints"
+    return max(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, default=None)
 
 
 def user_message(error: ClipLightningError) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,8 +27,13 @@ def package_path(spec: str) -> str:
 
 
 def register_resolvers() -> None:
+    """``${package_path:...}``, and ``${pid:}`` (this process's id: with a microsecond time it
+    keeps run directories of jobs started together apart)."""
     if not OmegaConf.has_resolver("package_path"):
         OmegaConf.register_new_resolver("package_path", package_path)
+    if not OmegaConf.has_resolver("pid"):
+        # cached in the config like Hydra's ${now:}: a job launched elsewhere keeps the value
+        OmegaConf.register_new_resolver("pid", lambda: str(os.getpid()), use_cache=True)
 
 
 PRINT_ORDER = ("dataset", "model", "loss", "optimizer", "scheduler", "trainer", "callbacks")

@@ -25,7 +25,11 @@ def to_floats(metrics: Mapping[str, object]) -> dict[str, float]:
 def write_json(path: Path, results: Mapping[str, Any]) -> None:
     """Write ``results`` as indented JSON, creating the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(dict(results), indent=2) + "\n")
+    try:
+        path.write_text(json.dumps(dict(results), indent=2) + "\n")
+    except OSError as exc:
+        exc.filename = exc.filename or str(path)  # a failed write() names no file
+        raise
 
 
 def print_recall_table(metrics: Mapping[str, float], prefix: str, title: str) -> None:

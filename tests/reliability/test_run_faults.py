@@ -1,0 +1,154 @@
+"""Run faults as a user hits them: preemption, a killed save, a full disk, runs started together,
+errors from loader workers. Each checks the exit code, the one line the user reads, and that no
+checkpoint was lost."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from clip_lightning.cli.task import PREEMPTED_EXIT_CODE, run_task, user_message
+from clip_lightning.cli.train import train
+from clip_lightning.errors import DataError
+from clip_lightning.plugins import remove_stale_temporaries
+from tests.experiments.conftest import TINY, read_metrics, run_dirs, run_train, train_env
+
+# 160 images / 8 per step: 20 steps an epoch, long enough for a SIGTERM to land mid-epoch
+LONG_EPOCHS = [*TINY, "dataset.adapter_options.train=160", "dataset.batch_size=8", "test=false"]
+
+
+def dead_pid() -> int:
+    """The id of a process that has exited (and been reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.slow
+def test_sigterm_exits_143_keeps_last_ckpt_and_a_killed_save_is_cleaned_on_resume(tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "clip_lightning.train", *LONG_EPOCHS, "trainer.max_epochs=2"],
+        cwd=tmp_path,
+        env=train_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 240
+    while not list(tmp_path.glob("logs/*/runs/*/checkpoints/epoch_000.ckpt")):
+        assert proc.poll() is None and time.monotonic() < deadline, "run ended before epoch 1"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+
+    output = stdout + stderr
+    assert proc.returncode == PREEMPTED_EXIT_CODE
+    assert "saved" in output and "resume with ckpt_path=last" in output
+    assert "Traceback" not in output
+    (run,) = run_dirs(tmp_path)
+    checkpoints = run / "checkpoints"
+    assert not (run / "metrics.json").exists()
+    state = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)
+    assert state["global_step"] >= 20
+
+    # a kill -9 in the middle of a later save leaves its temporary behind
+    stale = checkpoints / f".last.ckpt.tmp-{socket.gethostname()}-{dead_pid()}"
+    stale.write_bytes(b"\0" * 1_000_000)
+    resumed = run_train(tmp_path, *LONG_EPOCHS, "trainer.max_epochs=2", "ckpt_path=last")
+    assert not stale.exists()
+    assert f"removed {stale}" in resumed.stdout + resumed.stderr
+    assert (checkpoints / "last.ckpt").is_file()
+    assert "val/rsum" in read_metrics(run_dirs(tmp_path)[-1])
+
+
+def test_only_temporaries_of_dead_processes_on_this_host_are_removed(tmp_path):
+    host = socket.gethostname()
+    dead = tmp_path / f".last.ckpt.tmp-{host}-{dead_pid()}"
+    alive = tmp_path / f".epoch_001.ckpt.tmp-{host}-{os.getpid()}"
+    elsewhere = tmp_path / f".last.ckpt.tmp-other-node-{dead_pid()}"
+    checkpoint = tmp_path / "last.ckpt"
+    for path in (dead, alive, elsewhere, checkpoint):
+        path.write_bytes(b"x")
+    assert remove_stale_temporaries([tmp_path, tmp_path / "missing"]) == [dead]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        p.name for p in (alive, elsewhere, checkpoint)
+    )
+
+
+def test_disk_full_during_a_save_names_the_folder_and_the_last_good_checkpoint(
+    tiny_cfg, tmp_path, monkeypatch, caplog
+):
+    real_save = torch.save
+    saves = []
+
+    def save_until_the_disk_fills(obj, f, *args, **kwargs):
+        saves.append(f.name)
+        if len(saves) <= 2:  # epoch 1: epoch_000.ckpt and last.ckpt fit
+            return real_save(obj, f, *args, **kwargs)
+        f.write(b"\0" * 4096)  # part of the file made it to disk
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", save_until_the_disk_fills)
+    tiny_cfg.trainer.max_epochs = 2
+    with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as exit_info:
+        run_task(train, tiny_cfg, "train")
+
+    assert exit_info.value.code == 1
+    checkpoints = tmp_path / "checkpoints"
+    (message,) = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert message.startswith(f"no space left on {checkpoints} (writing ")
+    assert f"last good checkpoint: {checkpoints / 'last.ckpt'}" in message
+    assert "\n" not in message
+    # the failed save left nothing behind, and the last good checkpoint is whole
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["epoch_000.ckpt", "last.ckpt"]
+    state = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)
+    assert state["epoch"] == 0 and state["global_step"] > 0
+
+
+@pytest.mark.slow
+def test_runs_started_together_get_their_own_run_directories(tmp_path):
+    command = [sys.executable, "-m", "clip_lightning.train", *TINY, "+trainer.fast_dev_run=true"]
+    procs = [
+        subprocess.Popen(
+            command,
+            cwd=tmp_path,
+            env=train_env(tmp_path),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    errors = [proc.communicate(timeout=300)[1] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], errors
+    dirs = run_dirs(tmp_path)
+    # one directory per process, named after it: unique by construction, not by timing
+    assert sorted(d.name.rsplit("_", 1)[1] for d in dirs) == sorted(str(p.pid) for p in procs)
+    assert all("test/rsum" in read_metrics(d) for d in dirs)
+
+
+class _BadImages(Dataset):
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        raise DataError("image 'a.jpg' is truncated; fix it or set dataset.on_bad_image=skip")
+
+
+def test_an_error_from_a_loader_worker_is_reported_as_its_own_message():
+    with pytest.raises(DataError) as error:
+        next(iter(DataLoader(_BadImages(), num_workers=1)))
+    assert "Traceback" in str(error.value)  # torch re-raises it with the worker's traceback
+    assert user_message(error.value) == (
+        "image 'a.jpg' is truncated; fix it or set dataset.on_bad_image=skip"
+    )
