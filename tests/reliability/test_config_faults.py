@@ -1,0 +1,44 @@
+"""Config faults as a user hits them: ``python -m clip_lightning.train`` with a bad value or a
+checkpoint that cannot be resumed exits 1 with one line naming the key, and no traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.experiments.conftest import TINY, run_dirs, run_train
+
+
+def error_lines(output: str, needle: str) -> list[str]:
+    return [line for line in output.splitlines() if needle in line]
+
+
+@pytest.mark.parametrize(
+    ("override", "line"),
+    [
+        ("optimizer.lr=abc", "optimizer.lr='abc' must be a float > 0; e.g. optimizer.lr="),
+        ("model.image_encoder.image_size=0", "model.image_encoder.image_size=0 must be an integer"),
+        ("model.embed_dim=0", "model.embed_dim=0 must be an integer >= 1"),
+        ("trainer.devices=abc", "trainer.devices='abc' must be a device count"),
+    ],
+)
+def test_bad_value_exits_1_with_one_line(tmp_path: Path, override: str, line: str) -> None:
+    proc = run_train(tmp_path, *TINY, override, check=False, timeout=120)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1, output[-2000:]
+    assert len(error_lines(output, line)) == 1, output[-2000:]
+    assert "Traceback" not in output
+    # refused before anything was built or written
+    assert not any((run / "checkpoints").exists() for run in run_dirs(tmp_path))
+
+
+def test_truncated_checkpoint_exits_1_with_one_line(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes(b"PK\x03\x04 not the rest of a checkpoint")
+    proc = run_train(tmp_path, *TINY, f"ckpt_path={broken}", check=False, timeout=180)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1, output[-2000:]
+    lines = error_lines(output, "truncated or not a clip-lightning checkpoint")
+    assert len(lines) == 1 and str(broken) in lines[0]
+    assert "Traceback" not in output
