@@ -57,7 +57,7 @@ def test_towers_give_the_hf_models_own_features(tmp_path, kind):
         pixels = processor(images=images, return_tensors="pt")["pixel_values"]
         expected_images = reference.get_image_features(pixel_values=pixels).pooler_output
         expected_texts = reference.get_text_features(**tokens).pooler_output
-    torch.testing.assert_close(model.encode_image(images), F.normalize(expected_images, dim=-1))
+    torch.testing.assert_close(model.embed_images(pixels), F.normalize(expected_images, dim=-1))
     torch.testing.assert_close(model.encode_text(CAPTIONS), F.normalize(expected_texts, dim=-1))
 
 

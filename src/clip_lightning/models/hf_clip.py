@@ -3,12 +3,14 @@
 
 Each tower owns its half of the pretrained model (backbone + projection), returns projected
 features (pair it with ``model/head=identity``) and hands the loss the pretrained logit scale
-(and SigLIP's bias). Images are preprocessed by the model's own image processor; captions are
-tokenized by its own tokenizer.
+(and SigLIP's bias). Images are resized, cropped and normalised as the model's own image
+processor says (through the project's evaluation transform); captions are tokenized by the
+model's own tokenizer.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -24,6 +26,7 @@ from transformers import (
     SiglipModel,
 )
 
+from clip_lightning.data.transforms import build_eval_transform
 from clip_lightning.errors import ModelLoadError
 from clip_lightning.models.freezing import set_frozen_eval
 from clip_lightning.models.pretrained_pair import (
@@ -180,23 +183,14 @@ class HFImageTower(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.model.set_grad_checkpointing(enable)
 
-    def transform(self) -> ProcessorTransform:
-        """The model's image processor as a per-image transform (for ImageFolder datasets)."""
-        return ProcessorTransform(self.processor)
+    def transform(self) -> Callable[[Image.Image], torch.Tensor]:
+        """The project's evaluation transform (PIL -> uint8), built from the processor's
+        settings, so an image embeds as in validation everywhere."""
+        return build_eval_transform(self.data_config)
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        rgb = [image.convert("RGB") for image in images]
-        return self.processor(images=rgb, return_tensors="pt")["pixel_values"]
-
-
-class ProcessorTransform:
-    """PIL image -> ``[3, H, W]`` tensor through an HF image processor (picklable for workers)."""
-
-    def __init__(self, processor: Any):
-        self.processor = processor
-
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        return self.processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
+        transform = self.transform()
+        return torch.stack([transform(image.convert("RGB")) for image in images])
 
 
 def _timm_data_config(processor: Any) -> dict[str, Any]:

@@ -10,15 +10,17 @@ Preprocessing and tokenization are open_clip's own, translated into the data pip
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import open_clip
 import torch
 from omegaconf import DictConfig, OmegaConf
-from open_clip.transform import PreprocessCfg, image_transform_v2
+from open_clip.transform import PreprocessCfg
 from PIL import Image
 from torch import nn
 
+from clip_lightning.data.transforms import build_eval_transform
 from clip_lightning.errors import ModelLoadError
 from clip_lightning.models.freezing import set_frozen_eval
 from clip_lightning.models.pretrained_pair import (
@@ -133,9 +135,10 @@ class OpenCLIPImageTower(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.model.set_grad_checkpointing(enable)
 
-    def transform(self) -> Any:
-        """open_clip's own evaluation transform for PIL images."""
-        return image_transform_v2(self.preprocess_cfg, is_train=False)
+    def transform(self) -> Callable[[Image.Image], torch.Tensor]:
+        """The project's evaluation transform (PIL -> uint8) with open_clip's resize and crop,
+        so an image embeds as in validation everywhere."""
+        return build_eval_transform(self.data_config)
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         transform = self.transform()
