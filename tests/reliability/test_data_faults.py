@@ -100,6 +100,8 @@ def test_seven_bad_images_are_counted_alike_by_error_skip_prepare_and_cache(tmp_
 
     cached = flickr(root, on_bad_image="skip", cache=str(tmp_path / "cache"), cache_size=16)
     assert {r.image.path.name for s in cached.load_splits().values() for r in s} == kept
+    reasons = [(r.image_id, why) for r, why in flickr(root).find_bad_records().images]
+    assert [(r.image_id, why) for r, why in cached.find_bad_records().images] == reasons
 
     result = run_prepare("dataset=flickr30k", f"dataset.root={root}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -327,13 +329,12 @@ def test_a_karpathy_entry_without_filename_names_the_record(tmp_path):
 
 def test_a_dataset_root_that_is_a_file_says_to_use_its_folder(tmp_path):
     root = BUILDERS["karpathy"](tmp_path / "k")
-    result = run_prepare(
-        "dataset=flickr30k", f"dataset.root={root / 'dataset_flickr30k.json'}", cwd=tmp_path
+    with pytest.raises(DataError) as info:
+        flickr(root / "dataset_flickr30k.json").load_splits()
+    assert str(info.value) == (
+        f"dataset.root={root / 'dataset_flickr30k.json'} is a file, not a folder; set "
+        f"dataset.root={root} (the folder that holds it and the images)"
     )
-    assert result.returncode == 1
-    lines = [line for line in (result.stdout + result.stderr).splitlines() if "is a file" in line]
-    assert len(lines) == 1 and "does not exist" not in lines[0]
-    assert f"set dataset.root={root} " in lines[0]
 
 
 def test_a_truncated_cache_array_is_rebuilt_with_the_same_pixels(tmp_path, caplog):
