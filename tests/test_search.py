@@ -114,3 +114,19 @@ def test_empty_or_missing_folders_raise_data_errors(checkpoint, tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         build_index(model, tmp_path / "missing", "fp")
     assert not os.path.exists(tmp_path / "empty" / ".clip_lightning_index")
+
+
+def test_an_unreadable_image_is_skipped_and_listed_or_stops_the_build(checkpoint, tmp_path):
+    model = CLIPModule.load_from_checkpoint(checkpoint).eval()
+    folder = make_images(tmp_path / "images")
+    (folder / "broken.jpg").write_text("not a JPEG")
+    index = build_index(model, folder, "fp")
+    assert index.skipped == [("broken.jpg", index.skipped[0][1])]
+    assert "broken.jpg" not in index.files and len(index.files) == len(index.embeddings) == 7
+    assert build_index(model, folder, "fp").skipped == index.skipped  # also when reused
+
+    with pytest.raises(DataError) as error:
+        build_index(model, folder, "fp", on_bad_image="error")
+    message = str(error.value)
+    assert "1 of 8 image files are unreadable (broken.jpg: " in message
+    assert "on_bad_image=skip" in message and "\n" not in message

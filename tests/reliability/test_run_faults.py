@@ -12,16 +12,24 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from clip_lightning.cli.search import search
 from clip_lightning.cli.task import PREEMPTED_EXIT_CODE, run_task, user_message
 from clip_lightning.cli.train import train
 from clip_lightning.errors import DataError
 from clip_lightning.plugins import remove_stale_temporaries
+from clip_lightning.utils.config import register_resolvers
+from tests.conftest import CONFIG_DIR
 from tests.experiments.conftest import TINY, read_metrics, run_dirs, run_train, train_env
+from tests.test_zeroshot import save_tiny_checkpoint
 
 # 160 images / 8 per step: 20 steps an epoch, long enough for a SIGTERM to land mid-epoch
 LONG_EPOCHS = [*TINY, "dataset.adapter_options.train=160", "dataset.batch_size=8", "test=false"]
@@ -135,6 +143,67 @@ def test_runs_started_together_get_their_own_run_directories(tmp_path):
     # one directory per process, named after it: unique by construction, not by timing
     assert sorted(d.name.rsplit("_", 1)[1] for d in dirs) == sorted(str(p.pid) for p in procs)
     assert all("test/rsum" in read_metrics(d) for d in dirs)
+
+
+def run_search(tmp_path, *overrides: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "clip_lightning.search", "accelerator=cpu", *overrides],
+        cwd=tmp_path,
+        env=train_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_search_k_abc_is_one_line_and_exit_1(tmp_path):
+    proc = run_search(tmp_path, "ckpt_path=model.ckpt", "images=photos", "query=a dog", "k=abc")
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1
+    (line,) = [line for line in output.splitlines() if "ERROR" in line]
+    assert "k='abc' must be" in line
+    assert "Traceback" not in output
+
+
+@pytest.mark.parametrize("k", [0, -1])
+def test_search_k_below_1_is_one_line_and_exit_1(tmp_path, caplog, k):
+    register_resolvers()
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = compose("search", ["ckpt_path=model.ckpt", "images=photos", "query=q", f"k={k}"])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path)
+    with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as exit_info:
+        run_task(search, cfg, "search")
+    assert exit_info.value.code == 1
+    (message,) = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert message.startswith(f"k={k} must be") and "\n" not in message
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
+
+
+def test_search_skips_a_file_that_is_not_an_image_and_names_it(tiny_checkpoint, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, colour in enumerate(("red", "green", "blue")):
+        Image.new("RGB", (40, 40), colour).save(photos / f"{i}.png")
+    (photos / "notes.jpg").write_text("a text file with an image name")
+    query = [f"ckpt_path={tiny_checkpoint}", f"images={photos}", "query=a red square", "k=2"]
+
+    proc = run_search(tmp_path, *query)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-3000:]
+    assert "1 of 4 image files are unreadable (notes.jpg: " in output
+    assert "Built the index of 3 images" in output and "1 unreadable skipped" in output
+    assert "Top 2 images for" in output and "│    2 │" in output
+
+    proc = run_search(tmp_path, *query, "on_bad_image=error")
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1
+    assert "notes.jpg" in output and "on_bad_image=skip" in output
+    assert "Traceback" not in output and "Top 2" not in output
 
 
 class _BadImages(Dataset):

@@ -10,24 +10,27 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
-from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from clip_lightning import plots
 from clip_lightning.cli.loading import load_model, resolve_device
 from clip_lightning.cli.task import hydra_task, run_dir
+from clip_lightning.data.checks import POLICIES, decode_all
 from clip_lightning.data.records import FileImage, load_rgb
+from clip_lightning.embedding import embed_images, embed_texts
 from clip_lightning.errors import ClipLightningError, DataError
 from clip_lightning.module import CLIPModule
+
+log = logging.getLogger(__name__)
 
 INDEX_DIRNAME = ".clip_lightning_index"
 
@@ -63,37 +66,19 @@ def checkpoint_fingerprint(ckpt_path: str | Path) -> str:
     return _digest([str(path), str(stat.st_size), str(stat.st_mtime_ns)])[:16]
 
 
-class _ImageFiles(Dataset):
-    def __init__(self, paths: list[Path], transform):
-        self.paths = paths
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self.transform(load_rgb(FileImage(self.paths[index])))
-
-
-@torch.no_grad()
-def embed_files(
-    model: CLIPModule, paths: list[Path], batch_size: int = 64, num_workers: int = 0
-) -> np.ndarray:
-    """L2-normalised float32 embeddings ``[N, D]`` of the image files, in order."""
-    dataset = _ImageFiles(paths, model.image_encoder.transform())
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
-    chunks = [model.embed_images(batch.to(model.device)).float().cpu() for batch in loader]
-    return torch.cat(chunks).numpy()
-
-
 @dataclass
 class ImageIndex:
-    """Embeddings of every image of a folder; ``reused`` says whether they came from the cache."""
+    """Embeddings of the readable images of a folder.
+
+    ``skipped`` lists the image files that could not be decoded (name, reason); ``reused`` says
+    whether the embeddings came from the cache.
+    """
 
     root: Path
     files: list[str]
     embeddings: np.ndarray
     reused: bool
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def search(self, text_embedding: np.ndarray, k: int) -> list[tuple[str, float]]:
         """The ``k`` files most similar to a normalised text embedding, best first."""
@@ -111,6 +96,13 @@ class ImageIndex:
         return path, listing
 
 
+def describe_skipped(skipped: list[tuple[str, str]], total: int, limit: int = 5) -> str:
+    """E.g. ``2 of 9 image files are unreadable (a.jpg: unreadable (...), ...)``."""
+    shown = ", ".join(f"{name}: {why}" for name, why in skipped[:limit])
+    more = ", ..." if len(skipped) > limit else ""
+    return f"{len(skipped)} of {total} image files are unreadable ({shown}{more})"
+
+
 def build_index(
     model: CLIPModule,
     images_dir: str | Path | None,
@@ -118,8 +110,16 @@ def build_index(
     index_dir: str | Path | None = None,
     batch_size: int = 64,
     num_workers: int = 0,
+    on_bad_image: str = "skip",
 ) -> ImageIndex:
-    """Load the cached index of ``images_dir`` for this model, or embed the folder and cache it."""
+    """Load the cached index of ``images_dir`` for this model, or embed the folder and cache it.
+
+    Every image file is decoded first (the check training uses); unreadable ones are skipped
+    and listed in :attr:`ImageIndex.skipped` (``on_bad_image="skip"``) or stop the build
+    (``"error"``).
+    """
+    if on_bad_image not in POLICIES:
+        raise ClipLightningError(f"on_bad_image={on_bad_image!r}; choose one of {POLICIES}")
     if not images_dir:
         raise DataError("no image folder given; pass images=DIR")
     root = Path(images_dir).expanduser().resolve()
@@ -137,14 +137,35 @@ def build_index(
     manifest, array = cache / "files.json", cache / "embeddings.npy"
     if manifest.is_file() and array.is_file():
         cached = json.loads(manifest.read_text())
-        if cached.get("fingerprint") == fingerprint and cached.get("files") == files:
-            return ImageIndex(root, files, np.load(array), reused=True)
-    embeddings = embed_files(model, [root / f for f in files], batch_size, num_workers)
+        if cached.get("fingerprint") == fingerprint and "skipped" in cached:
+            skipped = [(name, why) for name, why in cached["skipped"]]
+            _apply_policy(root, skipped, len(files), on_bad_image)
+            return ImageIndex(root, cached["files"], np.load(array), True, skipped)
+    problems = decode_all([FileImage(root / name) for name in files])
+    skipped = [(name, why) for name, why in zip(files, problems, strict=True) if why is not None]
+    _apply_policy(root, skipped, len(files), on_bad_image)
+    readable = [name for name, why in zip(files, problems, strict=True) if why is None]
+    embeddings = embed_images(
+        model, [root / name for name in readable], batch_size=batch_size, num_workers=num_workers
+    ).numpy()
     cache.mkdir(parents=True, exist_ok=True)
     np.save(array, embeddings)
     # the manifest is written last: its presence means the embeddings are complete
-    manifest.write_text(json.dumps({"fingerprint": fingerprint, "files": files}))
-    return ImageIndex(root, files, embeddings, reused=False)
+    manifest.write_text(
+        json.dumps({"fingerprint": fingerprint, "files": readable, "skipped": skipped})
+    )
+    return ImageIndex(root, readable, embeddings, False, skipped)
+
+
+def _apply_policy(root: Path, skipped: list[tuple[str, str]], total: int, policy: str) -> None:
+    if not skipped:
+        return
+    summary = f"{root}: {describe_skipped(skipped, total)}"
+    if len(skipped) == total:
+        raise DataError(f"{summary}; pass images= a folder with readable images")
+    if policy == "error":
+        raise DataError(f"{summary}; remove or replace them, or pass on_bad_image=skip")
+    log.warning("%s; skipped them (on_bad_image=skip; on_bad_image=error stops instead)", summary)
 
 
 def search(cfg: DictConfig) -> list[tuple[str, float]]:
@@ -159,17 +180,19 @@ def search(cfg: DictConfig) -> list[tuple[str, float]]:
         cfg.index_dir,
         cfg.batch_size,
         cfg.num_workers,
+        cfg.on_bad_image,
     )
+    skipped = f", {len(index.skipped)} unreadable skipped" if index.skipped else ""
     print(
         f"{'Reused' if index.reused else 'Built'} the index of {len(index.files)} images "
-        f"in {index.root}"
+        f"in {index.root}{skipped}"
     )
     if cfg.export:
         array, listing = index.export(cfg.export)
         print(f"Exported embeddings {index.embeddings.shape} to {array} (files: {listing})")
     if not cfg.query:
         return []
-    query = model.encode_text([str(cfg.query)])[0].float().cpu().numpy()
+    query = embed_texts(model, [str(cfg.query)])[0].numpy()
     hits = index.search(query, cfg.k)
     table = Table(title=f"Top {len(hits)} images for {cfg.query!r}")
     table.add_column("rank", justify="right")
