@@ -74,11 +74,6 @@ def run_prepare(*args: str, cwd) -> subprocess.CompletedProcess:
     )
 
 
-def error_lines(result: subprocess.CompletedProcess) -> list[str]:
-    output = result.stdout + result.stderr  # Hydra's console log handler writes to stdout
-    return [line for line in output.splitlines() if "[ERROR]" in line or "Error" in line]
-
-
 # -- 1. one full-decode check: start-up, prepare, skip and the cache agree --------------------
 
 

@@ -27,12 +27,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from clip_lightning.data.records import (
-    BadImageError,
-    CaptionRecord,
-    ImageSource,
-    load_rgb,
-)
+from clip_lightning.data.records import BadImageError, CaptionRecord, ImageSource, load_rgb
 from clip_lightning.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -153,9 +148,9 @@ def _check(
     return problems, remembered
 
 
-def _listing(items: Sequence[tuple[str, str]], limit: int) -> str:
-    shown = ", ".join(f"{name}: {why}" for name, why in items[:limit])
-    return shown + (", ..." if len(items) > limit else "")
+def first_names(names: Sequence[str], limit: int = 5) -> str:
+    """The first ``limit`` names for a one-line message, ``...`` marking the rest."""
+    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
 
 
 @dataclass
@@ -200,12 +195,12 @@ class BadRecords:
         """E.g. ``2 of 100 images are missing or unreadable (a.jpg: missing, ...)``."""
         parts = []
         if self.images:
-            listed = _listing([(r.image.key, why) for r, why in self.images], limit)
+            listed = first_names([f"{r.image.key}: {why}" for r, why in self.images], limit)
             parts.append(
                 f"{len(self.images)} of {total} images are missing or unreadable ({listed})"
             )
         if self.captions:
-            listed = _listing([(f"image id {r.image_id}", why) for r, why in self.captions], limit)
+            listed = first_names([f"image id {r.image_id}: {w}" for r, w in self.captions], limit)
             parts.append(
                 f"{len(self.captions)} of {total} images have bad or no captions ({listed})"
             )

@@ -24,6 +24,7 @@ from clip_lightning.data.checks import (
     apply_policy,
     check_images,
     check_policy,
+    first_names,
 )
 from clip_lightning.data.datasets import (
     SKIPPED,
@@ -276,7 +277,7 @@ class CaptionDataModule(L.LightningDataModule):
                 "far (dataset.on_bad_image=skip): %s",
                 self.name,
                 len(names),
-                ", ".join(names[:5]) + (", ..." if len(names) > 5 else ""),
+                first_names(names),
             )
         return batch
 

@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from clip_lightning.data.checks import check_policy
+from clip_lightning.data.checks import check_policy, first_names
 from clip_lightning.data.records import BadImageError, CaptionRecord, load_rgb
 from clip_lightning.errors import DataError
 from clip_lightning.tokenization import tokenize
@@ -169,7 +169,7 @@ class CaptionCollator:
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         skipped = [item[_BAD] for item in items if _BAD in item]
         if skipped:
-            listed = ", ".join(skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+            listed = first_names(skipped)
             if self.on_bad_image == "error":
                 raise ImageChangedError(
                     f"{len(skipped)} image(s) failed to load after passing the start-up check "
