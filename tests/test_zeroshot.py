@@ -3,6 +3,7 @@ brute-force computation from the model's own embeddings; bad folders fail clearl
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -11,15 +12,24 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import CSVLogger
 from omegaconf import open_dict
 from PIL import Image
 
+from clip_lightning.callbacks.zeroshot import ZeroShotClassification
 from clip_lightning.cli.eval import evaluate
 from clip_lightning.cli.loading import build_datamodule
-from clip_lightning.errors import DataError
+from clip_lightning.cli.train import train
+from clip_lightning.errors import ConfigError, DataError
 from clip_lightning.module import CLIPModule
 from clip_lightning.utils.config import register_resolvers
-from clip_lightning.zeroshot import class_embeddings, image_folder, zeroshot_classify
+from clip_lightning.zeroshot import (
+    class_embeddings,
+    folder_classnames,
+    image_folder,
+    read_lines,
+    zeroshot_classify,
+)
 from tests.conftest import CONFIG_DIR, TINY, compose_train, quiet_trainer
 
 COLOURS = {
@@ -98,7 +108,7 @@ def test_eval_zeroshot_task_writes_results_json(checkpoint, tmp_path):
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         cfg = compose(
             "eval",
-            ["task=zeroshot", f"ckpt_path={checkpoint}", f"data_dir={folder}", "accelerator=cpu"],
+            ["task=zeroshot", f"ckpt_path={checkpoint}", f"images={folder}", "trainer.accelerator=cpu"],
         )
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path / "run")
@@ -125,3 +135,63 @@ def test_empty_and_single_class_folders_raise_data_errors(tmp_path):
     with pytest.raises(DataError, match="only one class folder") as err:
         image_folder(single)
     assert "\n" not in str(err.value)
+
+
+def test_callback_logs_top1_every_n_epochs_equal_to_eval(tmp_path):
+    folder = make_folder(tmp_path / "colours", COLOURS, per_class=2)
+    cfg = compose_train(TINY, output_dir=tmp_path)
+    model = instantiate(cfg.model)
+    callback = ZeroShotClassification(str(folder), templates=TEMPLATES, every_n_epochs=2)
+    logger = CSVLogger(tmp_path, name="", version="")
+    trainer = quiet_trainer(
+        tmp_path,
+        max_epochs=2,
+        limit_train_batches=1,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        callbacks=[callback],
+        logger=logger,
+    )
+    trainer.fit(model, datamodule=build_datamodule(cfg.dataset, model))
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    logged = [float(r["zeroshot/top1"]) for r in rows if r.get("zeroshot/top1")]
+    assert len(logged) == 1  # epoch 2 only
+    expected = zeroshot_classify(model, folder, TEMPLATES, ks=(1, 5))
+    assert logged[0] == pytest.approx(expected.top_k[1])
+    assert float(trainer.callback_metrics["zeroshot/top5"]) == pytest.approx(expected.top_k[5])
+    assert model.training  # the callback left the model as it found it
+
+
+def test_class_names_file_and_bad_callback_settings(tmp_path):
+    folder = make_folder(tmp_path / "colours", dict(list(COLOURS.items())[:2]), per_class=1)
+    dataset = image_folder(folder)
+    names = tmp_path / "names.txt"
+    names.write_text("crimson\nemerald\n")
+    assert folder_classnames(dataset, names) == ["crimson", "emerald"]
+    names.write_text("crimson\n")
+    with pytest.raises(DataError, match="names 1 classes but the image folder has 2"):
+        folder_classnames(dataset, names)
+    with pytest.raises(ConfigError, match="exactly one of templates"):
+        ZeroShotClassification(str(folder))
+    templates = read_lines(CONFIG_DIR + "/templates/imagenet.yaml", "templates")
+    assert len(templates) == 80 and all("{}" in t for t in templates)
+
+
+def test_validate_before_fit_logs_a_step_0_baseline(tmp_path):
+    folder = make_folder(tmp_path / "colours", dict(list(COLOURS.items())[:3]), per_class=1)
+    overrides = [
+        *TINY,
+        "validate_before_fit=true",
+        "test=false",
+        "callbacks=[none,zeroshot]",
+        f"callbacks.zeroshot.data_dir={folder}",
+        "callbacks.zeroshot.templates=['a {} square']",
+        "callbacks.zeroshot.templates_file=null",
+        "++trainer.limit_train_batches=1",
+        "++trainer.limit_val_batches=1",
+    ]
+    train(compose_train(overrides, output_dir=tmp_path))
+    rows = list(csv.DictReader(next(tmp_path.rglob("metrics.csv")).open()))
+    steps = [int(r["step"]) for r in rows if r.get("val/rsum")]
+    assert steps[0] == 0 and len(steps) == 2  # the baseline before any update, then epoch 1
+    assert any(r.get("zeroshot/top1") and int(r["step"]) == 0 for r in rows)

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from omegaconf import OmegaConf
 from torchmetrics.functional.classification import multiclass_accuracy
 from torchvision.datasets import ImageFolder
 
 from clip_lightning.data.records import FileImage, load_rgb
+from clip_lightning.embedding import embed_images, embed_texts
 from clip_lightning.errors import DataError
 from clip_lightning.module import CLIPModule
 
@@ -55,7 +56,6 @@ def image_folder(data_dir: str | Path | None, transform=None) -> ImageFolder:
     return dataset
 
 
-@torch.no_grad()
 def class_embeddings(
     model: CLIPModule, classnames: Sequence[str], templates: Sequence[str]
 ) -> torch.Tensor:
@@ -68,24 +68,44 @@ def class_embeddings(
             f"zeroshot.templates must be a non-empty list of prompts with a {{}} placeholder "
             f"for the class name, got {list(templates)}"
         )
-    rows = []
-    for name in classnames:
-        prompts = F.normalize(model.encode_text([t.format(name) for t in templates]), dim=-1)
-        rows.append(F.normalize(prompts.mean(dim=0), dim=-1))
-    return torch.stack(rows)
+    prompts = embed_texts(model, [t.format(name) for name in classnames for t in templates])
+    per_class = prompts.view(len(classnames), len(templates), -1)
+    return F.normalize(per_class.mean(dim=1), dim=-1)
 
 
-@torch.no_grad()
 def image_embeddings(
     model: CLIPModule, dataset: ImageFolder, batch_size: int = 64, num_workers: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Embeddings ``[N, D]`` and labels ``[N]`` of every image in ``dataset``, in order."""
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False)
-    embeddings, labels = [], []
-    for images, targets in loader:
-        embeddings.append(model.embed_images(images.to(model.device)).float().cpu())
-        labels.append(targets)
-    return torch.cat(embeddings), torch.cat(labels)
+    embeddings = embed_images(model, dataset, batch_size=batch_size, num_workers=num_workers)
+    return embeddings, torch.tensor(dataset.targets)
+
+
+def read_lines(path: str | Path, what: str) -> list[str]:
+    """Non-empty lines of a text file, or the list in a YAML file (``.yaml``/``.yml``)."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise DataError(f"{what} file {str(file)!r} does not exist; fix the path")
+    if file.suffix in (".yaml", ".yml"):
+        loaded = OmegaConf.to_container(OmegaConf.load(file))
+        if not isinstance(loaded, list):
+            raise DataError(f"{what} file {str(file)!r} must hold a YAML list, one entry each")
+        return [str(line) for line in loaded]
+    return [line.strip() for line in file.read_text().splitlines() if line.strip()]
+
+
+def folder_classnames(dataset: ImageFolder, classnames_file: str | Path | None = None) -> list[str]:
+    """Prompt names of ``dataset``'s classes: from its folders, or one line each of
+    ``classnames_file`` in the sorted order of the folders."""
+    if classnames_file is None:
+        return [class_name(c) for c in dataset.classes]
+    names = read_lines(classnames_file, "class names")
+    if len(names) != len(dataset.classes):
+        raise DataError(
+            f"{str(classnames_file)!r} names {len(names)} classes but the image folder has "
+            f"{len(dataset.classes)}; give one name per class folder, in sorted folder order"
+        )
+    return names
 
 
 @dataclass
@@ -133,6 +153,21 @@ def score(
     return ZeroShotResult(top_k=top_k, per_class=per_class, num_images=len(labels))
 
 
+def classify(
+    model: CLIPModule,
+    dataset: ImageFolder,
+    classnames: Sequence[str],
+    templates: Sequence[str],
+    ks: Sequence[int] = (1, 5),
+    batch_size: int = 64,
+    num_workers: int = 0,
+) -> ZeroShotResult:
+    """Score every image of ``dataset`` against the prompt embeddings of ``classnames``."""
+    classes = class_embeddings(model, classnames, templates)
+    images, labels = image_embeddings(model, dataset, batch_size, num_workers)
+    return score(images @ classes.T, labels, classnames, ks)
+
+
 def zeroshot_classify(
     model: CLIPModule,
     data_dir: str | Path,
@@ -140,10 +175,9 @@ def zeroshot_classify(
     ks: Sequence[int] = (1, 5),
     batch_size: int = 64,
     num_workers: int = 0,
+    classnames_file: str | Path | None = None,
 ) -> ZeroShotResult:
     """Classify every image under ``data_dir`` against its class folders' names."""
     dataset = image_folder(data_dir, transform=model.image_encoder.transform())
-    classnames = [class_name(c) for c in dataset.classes]
-    classes = class_embeddings(model, classnames, templates).float().cpu()
-    images, labels = image_embeddings(model, dataset, batch_size, num_workers)
-    return score(images @ classes.T, labels, classnames, ks)
+    classnames = folder_classnames(dataset, classnames_file)
+    return classify(model, dataset, classnames, templates, ks, batch_size, num_workers)

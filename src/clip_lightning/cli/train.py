@@ -76,6 +76,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if trainer.is_global_zero:
         remember_wandb_run(trainer.loggers, run_dir)
 
+    if cfg.get("validate_before_fit") and ckpt_path is None:
+        # val/* at step 0: the dashboard starts from the (pretrained) model before any update
+        trainer.validate(model, datamodule=datamodule, verbose=False)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = to_floats(trainer.callback_metrics)
     if cfg.get("test"):
