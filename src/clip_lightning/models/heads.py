@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from clip_lightning.errors import ModelLoadError
+from clip_lightning.errors import ConfigError
 
 
 class IdentityHead(nn.Module):
@@ -18,7 +18,7 @@ class IdentityHead(nn.Module):
     def __init__(self, in_features: int, embed_dim: int):
         super().__init__()
         if in_features != embed_dim:
-            raise ModelLoadError(
+            raise ConfigError(
                 f"model.head=identity needs the tower's output width ({in_features}) to equal "
                 f"model.embed_dim ({embed_dim}); set model.embed_dim={in_features} or use "
                 "model/head=linear"

@@ -67,9 +67,11 @@ class ImageEncoder(nn.Module):
             raise _weights_error(name, exc) from exc
         # the pooled output width: models with a pre-logits head (MobileNetV3) widen it
         self.num_features: int = getattr(self.model, "head_hidden_size", self.model.num_features)
-        self.data_config: dict[str, Any] = dict(
-            data_config or resolve_model_data_config(self.model)
-        )
+        # tuples as timm gives them, also when a checkpoint's config comes back as lists
+        self.data_config: dict[str, Any] = {
+            key: tuple(value) if isinstance(value, list) else value
+            for key, value in (data_config or resolve_model_data_config(self.model)).items()
+        }
         if image_size is not None and data_config is None:
             self.data_config["input_size"] = (3, image_size, image_size)
         self.channels_last = channels_last

@@ -160,9 +160,9 @@ class TextEncoder(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute activations in the backward pass instead of storing them (less memory)."""
         if enable:
-            self.model.gradient_checkpointing_enable({"use_reentrant": False})
+            self.model.activation_checkpointing_enable({"use_reentrant": False})
         else:
-            self.model.gradient_checkpointing_disable()
+            self.model.activation_checkpointing_disable()
 
     def save_feature_cache(self) -> bool:
         """Persist the feature cache if it has a folder and new entries; True if written."""
