@@ -345,6 +345,7 @@ class ExportConfig:
     format: Literal["open_clip", "hf"] = "open_clip"
     out: str | None = "exported/"
     push_to_hub: str | None = "user/my-clip"
+    ignore_crop_pct: bool = True
 
 
 TASK_SCHEMAS: dict[str, type] = {

@@ -56,14 +56,14 @@ def resolve_ckpt_path(
                     "directory (the one holding checkpoints/), or pass ckpt_path=<file>"
                 )
             return found
-        found = find_last_checkpoint(runs_dir, exclude=run_dir)
-        if found is None:
+        newest = find_last_checkpoint(runs_dir, exclude=run_dir)
+        if newest is None:
             raise CheckpointError(
                 f"ckpt_path=last found no earlier run with checkpoints/{LAST} under {runs_dir}; "
                 "check task_name (resuming looks in that task's runs), or pass "
                 "resume_dir=<run dir> or ckpt_path=<file>"
             )
-        return found
+        return newest
     path = Path(ckpt_path)
     if not path.is_file():
         raise CheckpointError(f"ckpt_path={ckpt_path} does not exist; pass an existing .ckpt file")
@@ -166,13 +166,12 @@ def check_resume(ckpt_path: Path, cfg: DictConfig, model: torch.nn.Module) -> No
 
 
 def config_differences(hparams: Mapping[str, Any], cfg: DictConfig) -> list[str]:
-    """``key checkpoint_value -> requested_value`` for each setting the resume rule refuses.
+    """``key=requested (checkpoint: saved)`` for each setting the resume rule refuses.
 
     Keys present on one side only are skipped: config groups gain keys over time, and a
     changed class already shows as a changed ``_target_``.
     """
-    requested = OmegaConf.to_container(cfg.model, resolve=True)
-    assert isinstance(requested, dict)
+    requested: dict[str, Any] = OmegaConf.to_container(cfg.model, resolve=True)  # type: ignore[assignment]
     differences = []
     for name in sorted(hparams.keys() & requested.keys()):
         key = name if name in TOP_LEVEL_GROUPS else f"model.{name}"
