@@ -27,6 +27,7 @@ TRAIN_GROUPS = [
     "callbacks",
     "logger",
     "debug",
+    "hparams_search",
 ]
 GROUP_OPTIONS = [
     f"{group}={path.stem}"
