@@ -14,7 +14,7 @@ from PIL import Image
 from clip_lightning.cli.loading import build_datamodule
 from clip_lightning.errors import ModelLoadError, find_user_error
 from clip_lightning.module import CLIPModule
-from tests.conftest import quiet_trainer
+from tests.conftest import compose_train, quiet_trainer
 from tests.pretrained import (
     PRETRAINED_BIAS,
     PRETRAINED_SCALE,
@@ -171,3 +171,19 @@ def test_unknown_arch_and_missing_weights_are_one_line_errors(tmp_path):
     missing = tmp_path / "missing.pt"
     error = user_error(open_clip_cfg(tmp_path, extra=[f"model.pretrained={missing}"]))
     assert "offline, to a local weights file" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("experiment", "arch", "loss"),
+    [
+        ("flickr30k_openclip_vitb32", "ViT-B-32", "InfoNCELoss"),
+        ("coco_openclip_vitb32", "ViT-B-32", "InfoNCELoss"),
+        ("flickr30k_siglip_lit", "ViT-B-16-SigLIP", "SigLIPLoss"),
+    ],
+)
+def test_pretrained_experiments_start_from_a_validated_baseline(experiment, arch, loss):
+    cfg = compose_train([f"experiment={experiment}"])
+    assert cfg.model._target_.endswith("open_clip_module") and cfg.model.arch == arch
+    assert cfg.loss._target_.endswith(loss) and cfg.validate_before_fit is True
+    assert cfg.model.pretrained in open_clip.list_pretrained_tags_by_model(arch)
+    assert cfg.scheduler.warmup > 0 and cfg.model.tower_lr.text_encoder <= 2e-5
