@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from clip_lightning.cli.prepare import prepare
 from clip_lightning.data.formats import load_records
 from clip_lightning.data.shards import write_shards
 from clip_lightning.data.streaming import WebDataModule
 from clip_lightning.errors import DataError
-from tests.data.conftest import IMAGE_CONFIG, build_karpathy
+from tests.data.conftest import IMAGE_CONFIG, build_kaggle, build_karpathy, truncate
+from tests.data.test_prepare import compose_prepare
 
 
 def test_shards_hold_jpg_txt_json_per_image_resized_with_sizes(tmp_path: Path) -> None:
@@ -70,3 +72,25 @@ def test_bad_settings_and_a_used_folder_are_one_line_errors(tmp_path: Path) -> N
     write_shards(records, tmp_path / "b")
     with pytest.raises(DataError, match="already holds shards"):
         write_shards(records, tmp_path / "b")
+
+
+def test_prepare_writes_checked_images_as_shards(tmp_path: Path, capsys) -> None:
+    root = build_kaggle(tmp_path / "kaggle", total=16)
+    truncate(root / "flickr30k_images" / "1005.jpg")
+    shards = tmp_path / "shards"
+    overrides = ["dataset=flickr30k", f"dataset.root={root}", f"shards={shards}"]
+    overrides += ["dataset.split_sizes.val=2", "dataset.split_sizes.test=2", "shard_samples=5"]
+    with pytest.raises(DataError, match="1 of 16 images"):
+        prepare(compose_prepare(*overrides))  # on_bad_image=error: nothing written
+    assert not shards.exists()
+
+    prepare(compose_prepare(*overrides, "dataset.on_bad_image=skip"))
+    out = capsys.readouterr().out
+    sizes = {
+        split: json.loads((shards / split / "sizes.json").read_text())
+        for split in ("train", "val", "test")
+    }
+    assert sum(sum(s.values()) for s in sizes.values()) == 15  # the truncated image left out
+    assert sizes["train"] == {"00000.tar": 5, "00001.tar": 5, "00002.tar": 1}
+    assert f'dataset.urls="{shards}/train/{{00000..00002}}.tar"' in out
+    assert f"val shards: {shards}/val/00000.tar" in out

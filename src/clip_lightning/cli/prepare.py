@@ -17,9 +17,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from clip_lightning.cli.task import hydra_task
-from clip_lightning.data.checks import BadRecords
+from clip_lightning.data.checks import BadRecords, apply_policy
 from clip_lightning.data.datamodule import CaptionDataModule
 from clip_lightning.data.records import SPLITS, CaptionRecord
+from clip_lightning.data.shards import write_shards
 
 
 def dataset_stats(records: list[CaptionRecord], bad: BadRecords) -> dict[str, Any]:
@@ -62,6 +63,15 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
             "Training stops on these with dataset.on_bad_image=error; fix or remove the files, "
             "or train with dataset.on_bad_image=skip."
         )
+    if cfg.get("shards"):
+        usable = apply_policy(records, bad, datamodule.on_bad_image, datamodule.name)
+        patterns = write_shards(
+            usable, cfg.shards, cfg.shard_max_size, cfg.shard_quality, cfg.shard_samples
+        )
+        for split, pattern in patterns.items():
+            print(f"  {split} shards: {pattern}")
+        if "train" in patterns:
+            print(f"Train on them: dataset=webdataset 'dataset.urls=\"{patterns['train']}\"'")
     return stats
 
 

@@ -99,6 +99,6 @@ def write_shards(
         sizes = write_split(
             members, root / split, max_size, quality, samples_per_shard, desc=f"{split} shards"
         )
-        last = len(sizes) - 1
-        patterns[split] = str(root / split / f"{{00000..{last:05d}}}.tar")
+        names = "00000" if len(sizes) == 1 else f"{{00000..{len(sizes) - 1:05d}}}"
+        patterns[split] = str(root / split / f"{names}.tar")
     return patterns

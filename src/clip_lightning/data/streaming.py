@@ -334,7 +334,12 @@ class ShardStream(IterableDataset):
 
 
 class EvalShardStream(IterableDataset):
-    """Every sample of eval shards once, with all of its captions (read in order, no shuffle)."""
+    """Every sample of eval shards with all of its captions, in order (no shuffle).
+
+    Ranks share the shards when there are at least as many shards as ranks; with fewer, every
+    rank reads them all (a rank without samples would leave the metric's gather waiting) and
+    the retrieval metric keeps one copy of each id.
+    """
 
     def __init__(
         self,
@@ -342,16 +347,19 @@ class EvalShardStream(IterableDataset):
         transform: Callable[[Image.Image], Any],
         caption_field: str | None = None,
         on_bad_image: str = "error",
+        world_size: int = 1,
     ):
         super().__init__()
         self.urls, self.transform = list(urls), transform
         self.caption_field, self.on_bad_image = caption_field, on_bad_image
+        self.split_ranks = len(self.urls) >= world_size
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         policy = _BadSamples(self.on_bad_image, "eval shards")
-        shards = wds.DataPipeline(
-            wds.SimpleShardList(self.urls), wds.split_by_node, wds.split_by_worker
-        )
+        stages = [wds.SimpleShardList(self.urls)]
+        if self.split_ranks:
+            stages.append(wds.split_by_node)
+        shards = wds.DataPipeline(*stages, wds.split_by_worker)
         for sample in wds.tarfile_to_samples(handler=policy)(shards):
             try:
                 image, captions = decode_sample(sample, self.caption_field)
@@ -584,6 +592,7 @@ class WebDataModule(L.LightningDataModule):
             self._require(self.eval_transform, "image_config"),
             self.caption_field,
             self.on_bad_image,
+            world_size=self.trainer.world_size if self.trainer is not None else 1,
         )
         return DataLoader(
             stream,
