@@ -42,3 +42,16 @@ def test_truncated_checkpoint_exits_1_with_one_line(tmp_path: Path) -> None:
     lines = error_lines(output, "truncated or not a clip-lightning checkpoint")
     assert len(lines) == 1 and str(broken) in lines[0]
     assert "Traceback" not in output
+
+
+@pytest.mark.slow
+def test_resume_with_a_changed_embed_dim_names_it(tmp_path: Path) -> None:
+    run_train(tmp_path, *TINY, "test=false")
+    proc = run_train(
+        tmp_path, *TINY, "test=false", "ckpt_path=last", "model.embed_dim=64", check=False
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1, output[-2000:]
+    (line,) = error_lines(output, "cannot resume")
+    assert "model.embed_dim=64 (checkpoint: 128)" in line
+    assert "Traceback" not in output
