@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from hydra.utils import instantiate
 from PIL import Image
+from torch.utils.data import DataLoader
 from transformers import AutoTokenizer
 
 from clip_lightning.cli.loading import build_datamodule
@@ -27,7 +28,7 @@ from clip_lightning.data.cache import ARRAY
 from clip_lightning.data.checks import MEMO_NAME, check_images, decode_all, image_problem
 from clip_lightning.data.datamodule import CaptionDataModule
 from clip_lightning.data.datasets import ImageChangedError
-from clip_lightning.data.records import FileImage
+from clip_lightning.data.records import BadImageError, FileImage, load_rgb
 from clip_lightning.errors import DataError, find_user_error
 from clip_lightning.utils.config import package_path
 from tests.data.conftest import BUILDERS, IMAGE_CONFIG, compose_data, picture, truncate
@@ -226,6 +227,21 @@ def test_an_image_broken_mid_run_stops_a_worker_run_with_one_line(tmp_path, toke
     assert text.startswith("1 image(s) failed to load after passing the start-up check")
     assert f"{train[3].image.path}: unreadable" in text
     assert "dataset.on_bad_image=skip" in text
+
+
+def decode_batch(sources: list[FileImage]) -> list[Image.Image]:
+    return [load_rgb(source) for source in sources]
+
+
+def test_a_bad_image_read_in_a_worker_outside_the_datasets_is_still_one_line(tmp_path):
+    """E.g. ``embed_images`` over user paths with ``num_workers > 0``."""
+    path = tmp_path / "photo.jpg"
+    picture(0).save(path)
+    truncate(path)
+    loader = DataLoader([FileImage(path)], num_workers=1, collate_fn=decode_batch)
+    with pytest.raises(BadImageError) as info:
+        list(loader)
+    assert str(info.value) == f"image {path} is unreadable (OSError); replace or remove the file"
 
 
 # -- 2. captions are validated, not coerced ---------------------------------------------------

@@ -28,7 +28,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from clip_lightning.data.checks import check_policy, first_names
-from clip_lightning.data.records import BadImageError, CaptionRecord, load_rgb
+from clip_lightning.data.records import BadImageError, CaptionRecord, load_rgb, worker_message
 from clip_lightning.errors import DataError
 from clip_lightning.tokenization import tokenize
 
@@ -39,16 +39,11 @@ _BAD = "bad_image"
 
 
 class ImageChangedError(DataError):
-    """An image that passed the start-up check failed to load during the run.
-
-    torch re-raises an exception from a DataLoader worker as ``type(exc)(text)``, where ``text``
-    holds the worker's whole traceback; this constructor keeps only the message of its last
-    line, so the user still reads one line.
-    """
+    """An image that passed the start-up check failed to load during the run (one line, also
+    when torch re-raises it from a DataLoader worker: see ``worker_message``)."""
 
     def __init__(self, message: str):
-        last = message.strip().splitlines()[-1] if message.strip() else message
-        super().__init__(last.removeprefix(f"{type(self).__module__}.{type(self).__qualname__}: "))
+        super().__init__(worker_message(message, type(self)))
 
 
 def _bad_item(exc: BadImageError) -> dict[str, Any]:

@@ -89,11 +89,31 @@ def unreadable(exc: BaseException) -> str:
     return f"unreadable ({type(exc).__name__})"
 
 
-class BadImageError(DataError):
-    """An image that is missing, truncated or not an image at all; ``reason`` says which."""
+def worker_message(message: str, error: type[BaseException]) -> str:
+    """The one-line message of ``error`` inside ``message``.
 
-    def __init__(self, key: str, reason: str):
-        super().__init__(f"image {key} is {reason}")
+    torch re-raises an exception from a DataLoader worker as ``type(exc)(text)``, where
+    ``text`` holds the worker's traceback ending in ``<module>.<Name>: <message>``; user errors
+    keep only that message, so the user still reads one line.
+    """
+    lines = message.strip().splitlines()
+    if len(lines) <= 1:
+        return message
+    return lines[-1].removeprefix(f"{error.__module__}.{error.__qualname__}: ")
+
+
+class BadImageError(DataError):
+    """An image that is missing, truncated or not an image at all; ``reason`` says which.
+
+    Raised as ``BadImageError(key, reason)``; the one-argument form is torch re-raising it
+    from a DataLoader worker (see :func:`worker_message`).
+    """
+
+    def __init__(self, key: str, reason: str | None = None):
+        if reason is None:
+            super().__init__(worker_message(key, type(self)))
+        else:
+            super().__init__(f"image {key} is {reason}; replace or remove the file")
         self.key, self.reason = key, reason
 
     def __reduce__(self):  # picklable with its two arguments (process pools, loader workers)
