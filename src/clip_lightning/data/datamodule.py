@@ -252,9 +252,9 @@ class CaptionDataModule(L.LightningDataModule):
         world_size = self.trainer.world_size if self.trainer is not None else 1
         per_device = math.ceil(len(dataset) / world_size)
         if per_device < self.batch_size:  # drop_last: not a single training step would run
-            devices = f" per device ({world_size} devices)" if world_size > 1 else ""
+            devices = f" ({per_device} per device on {world_size})" if world_size > 1 else ""
             raise DataError(
-                f"{self.name}: the train split has {per_device} samples{devices} but "
+                f"{self.name}: the train split has {len(dataset)} samples{devices} but "
                 f"dataset.batch_size={self.batch_size}, and incomplete batches are dropped, so "
                 f"no training step would run; set dataset.batch_size to at most {per_device}"
             )
