@@ -95,7 +95,7 @@ def test_eval_reproduces_the_training_runs_test_figures(trained, tmp_path):
                 *DATA,
                 f"ckpt_path={best_checkpoint(train_cfg)}",
                 "split=test",
-                "accelerator=cpu",
+                "trainer.accelerator=cpu",
             ],
         )
     with open_dict(cfg):

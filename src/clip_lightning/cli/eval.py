@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
@@ -42,10 +43,11 @@ def evaluate_retrieval(cfg: DictConfig) -> dict[str, Any]:
             f"dataset {datamodule.name!r} has no {split!r} images; check dataset.split_sizes "
             "or the dataset's own split files"
         )
-    trainer = L.Trainer(
-        accelerator=cfg.accelerator,
+    # the training run's hardware settings (trainer group), on one device, writing nothing
+    trainer: L.Trainer = instantiate(
+        cfg.trainer,
         devices=1,
-        precision=cfg.precision,
+        num_nodes=1,
         logger=False,
         enable_checkpointing=False,
         enable_model_summary=False,
@@ -67,12 +69,12 @@ def evaluate_retrieval(cfg: DictConfig) -> dict[str, Any]:
 
 
 def evaluate_zeroshot(cfg: DictConfig) -> dict[str, Any]:
-    """Zero-shot top-k and per-class accuracy of the checkpoint on the ImageFolder ``data_dir``."""
+    """Zero-shot top-k and per-class accuracy of the checkpoint on the ImageFolder ``images``."""
     options = cfg.zeroshot
-    model = load_model(cfg.ckpt_path, resolve_device(cfg.accelerator))
+    model = load_model(cfg.ckpt_path, resolve_device(cfg.trainer.accelerator))
     result = zeroshot_classify(
         model,
-        cfg.data_dir,
+        cfg.images,
         list(options.templates),
         ks=list(options.top_k),
         batch_size=options.batch_size,
@@ -89,7 +91,7 @@ def evaluate_zeroshot(cfg: DictConfig) -> dict[str, Any]:
     return {
         "task": "zeroshot",
         "checkpoint": str(cfg.ckpt_path),
-        "data_dir": str(cfg.data_dir),
+        "data_dir": str(cfg.images),
         "templates": list(options.templates),
         **result.to_dict(),
     }

@@ -56,8 +56,9 @@ def load_model(ckpt_path: str | Path | None, device: torch.device | str = "cpu")
     return model.to(device).eval()
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks the GPU when there is one; anything else is passed to ``torch.device``."""
-    if name == "auto":
+def resolve_device(accelerator: str) -> torch.device:
+    """A Lightning ``accelerator`` name as a torch device: ``auto`` picks the GPU when there is
+    one, ``gpu`` is CUDA, anything else (``cpu``, ``cuda``, ``mps``) is passed on."""
+    if accelerator == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    return torch.device("cuda" if accelerator == "gpu" else accelerator)
