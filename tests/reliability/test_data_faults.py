@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from transformers import AutoTokenizer
 
 from clip_lightning.cli.loading import build_datamodule
+from clip_lightning.cli.train import train
 from clip_lightning.data.cache import ARRAY
 from clip_lightning.data.checks import MEMO_NAME, check_images, decode_all, image_problem
 from clip_lightning.data.datamodule import CaptionDataModule
@@ -375,6 +376,14 @@ def test_a_batch_larger_than_the_train_split_fails_before_training(tmp_path, tok
         "flickr30k: the train split has 8 samples but dataset.batch_size=64, and incomplete "
         "batches are dropped, so no training step would run; set dataset.batch_size to at most 8"
     )
+
+
+def test_training_with_a_batch_larger_than_the_train_split_stops_untrained(tmp_path):
+    root = BUILDERS["karpathy"](tmp_path / "k")
+    cfg = compose_data("flickr30k", root, tmp_path / "run", "dataset.batch_size=16")
+    with pytest.raises(DataError, match=r"has 8 samples but dataset\.batch_size=16"):
+        train(cfg)
+    assert not (tmp_path / "run" / "metrics.json").exists()  # no recall of an untrained model
 
 
 # -- 5. the cache follows the files -----------------------------------------------------------
