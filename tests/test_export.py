@@ -35,6 +35,14 @@ def trained(cfg, tmp_path, steps: int = 2) -> CLIPModule:
     return model.eval()
 
 
+def reloaded(model: CLIPModule, tmp_path) -> CLIPModule:
+    """``model`` saved to a checkpoint and rebuilt from it, as the export entry point does."""
+    trainer = quiet_trainer(tmp_path, max_steps=0)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(tmp_path / "saved.ckpt")
+    return CLIPModule.load_from_checkpoint(tmp_path / "saved.ckpt").eval()
+
+
 def assert_open_clip_round_trip(model: CLIPModule, out) -> None:
     loaded, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{out}")
     tokenizer = open_clip.get_tokenizer(f"local-dir:{out}")
@@ -68,7 +76,7 @@ def test_open_clip_model_round_trips_through_local_dir(tmp_path, arch, loss):
 def test_timm_and_hf_text_model_round_trips_as_custom_text_clip(tmp_path):
     # quickstart towers (timm ResNet-18 + MiniLM) with linear heads
     cfg = compose_train([*TINY, "model/head=linear"], output_dir=tmp_path)
-    model = trained(cfg, tmp_path, steps=1)
+    model = reloaded(trained(cfg, tmp_path, steps=1), tmp_path)
     with pytest.raises(ExportError, match=r"crop_pct=0\.95") as err:
         export_model(model, tmp_path / "refused", "open_clip")
     assert "\n" not in str(err.value) and not (tmp_path / "refused").exists()

@@ -90,7 +90,7 @@ def test_frozen_siglip_text_cache_equals_uncached_features(tmp_path):
     cfg = hf_clip_cfg(
         tmp_path,
         "siglip",
-        ["model.text_encoder.freeze=true", "model.text_encoder.cache_features=true"],
+        ["model.text_encoder.freeze=true", "model.text_encoder.cache=memory"],
     )
     tower = instantiate(cfg.model).eval().text_encoder
     tokens = tower.tokenize([*CAPTIONS, CAPTIONS[0]])

@@ -100,7 +100,7 @@ def test_frozen_text_cache_equals_uncached_features_even_with_last_token_pooling
     cfg = open_clip_cfg(
         tmp_path,
         "tiny-sigmoid-test",
-        ["model.text_encoder.freeze=true", "model.text_encoder.cache_features=true"],
+        ["model.text_encoder.freeze=true", "model.text_encoder.cache=memory"],
     )
     model = instantiate(cfg.model).eval()
     tower = model.text_encoder
@@ -112,8 +112,8 @@ def test_frozen_text_cache_equals_uncached_features_even_with_last_token_pooling
 
 
 def test_cache_needs_a_fully_frozen_text_tower(tmp_path):
-    cfg = open_clip_cfg(tmp_path, extra=["model.text_encoder.cache_features=true"])
-    assert "cache_features=true needs a fully frozen" in str(user_error(cfg))
+    cfg = open_clip_cfg(tmp_path, extra=["model.text_encoder.cache=memory"])
+    assert "model.text_encoder.cache needs a fully frozen" in str(user_error(cfg))
 
 
 def test_grad_cache_step_equals_full_batch_step(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -32,8 +33,9 @@ def model_card(
 ) -> str:
     """Markdown: loading snippet, data, recall table (from ``metrics.json``), training config."""
     run_config = _run_config(run_dir)
+    library = "open_clip" if format == "open_clip" else "transformers"
     sections = [
-        "---\nlibrary_name: " + ("open_clip" if format == "open_clip" else "transformers"),
+        f"---\nlibrary_name: {library}\n"
         "tags: [clip, clip-lightning, zero-shot-image-classification]\n---",
         f"# {out.name}",
         "A CLIP-style image-text dual encoder trained with clip-lightning.",
@@ -50,7 +52,7 @@ def model_card(
     metrics_file = run_dir / "metrics.json" if run_dir else None
     if metrics_file is not None and metrics_file.is_file():
         sections.append("## Retrieval\n\n" + recall_table(json.loads(metrics_file.read_text())))
-    config = run_config or {"model": dict(model.hparams)}
+    config = run_config or {"model": _readable(dict(model.hparams))}
     sections.append(
         "## Training config\n\n```yaml\n" + OmegaConf.to_yaml(OmegaConf.create(config)) + "```"
     )
@@ -76,3 +78,13 @@ def _run_config(run_dir: Path | None) -> dict | None:
     if path is None or not path.is_file():
         return None
     return OmegaConf.to_container(OmegaConf.load(path), resolve=False)  # type: ignore[return-value]
+
+
+def _readable(hparams: dict[str, Any]) -> dict[str, Any]:
+    """The module's hyperparameters without the files a checkpoint inlines (binary blobs)."""
+    return {
+        key: {k: v for k, v in value.items() if k != "saved_files"}
+        if isinstance(value, dict)
+        else value
+        for key, value in hparams.items()
+    }

@@ -44,7 +44,7 @@ CREATE_OPTIONS = {
 }
 # ImageEncoder arguments that do not change the network (or that the config carries itself)
 IMAGE_ENCODER_ARGS = {
-    "_target_", "name", "pretrained", "weights_file", "image_size", "freeze",
+    "_target_", "name", "pretrained", "weights_file", "image_size", "data_config", "freeze",
     "unfreeze_last_blocks", "channels_last",
 }  # fmt: skip
 

@@ -226,7 +226,7 @@ class HFTextTower(nn.Module):
         max_length: tokens per caption; defaults to the model's maximum (77 CLIP, 64 SigLIP).
         freeze: lock the tower ...
         unfreeze_last_layers: ... except its last N encoder layers and what follows them.
-        cache_features, cache_dir: reuse a fully frozen tower's features, as in
+        cache: reuse a fully frozen tower's features: ``null``, ``memory`` or a folder, as in
             :class:`~clip_lightning.models.TextEncoder`.
     """
 
@@ -237,14 +237,14 @@ class HFTextTower(nn.Module):
         max_length: int | None = None,
         freeze: bool = False,
         unfreeze_last_layers: int = 0,
-        cache_features: bool = False,
-        cache_dir: str | None = None,
+        cache: str | None = None,
     ):
         super().__init__()
-        if cache_features and (not freeze or unfreeze_last_layers):
+        if cache is not None and (not freeze or unfreeze_last_layers):
             raise ModelLoadError(
-                "model.text_encoder.cache_features=true needs a fully frozen text tower: set "
-                "model.text_encoder.freeze=true and model.text_encoder.unfreeze_last_layers=0"
+                "model.text_encoder.cache needs a fully frozen text tower: set "
+                "model.text_encoder.freeze=true and model.text_encoder.unfreeze_last_layers=0, "
+                "or model.text_encoder.cache=null"
             )
         self.model, built = _take(name_or_path, pretrained, "text")
         self.num_features = built.embed_dim
@@ -261,15 +261,11 @@ class HFTextTower(nn.Module):
         if freeze:
             self.model.lock(unfreeze_last_layers)
             self.train(self.training)
-        self.feature_cache = None
-        if cache_features:
-            fingerprint = {"name_or_path": str(name_or_path), "max_length": self.max_length}
-            self.feature_cache = text_feature_cache(
-                self.model, self.tokenizer, fingerprint, cache_dir
-            )
+        identity = {"name_or_path": str(name_or_path), "max_length": self.max_length}
+        self.feature_cache = text_feature_cache(cache, self.model, self.tokenizer, identity)
 
     def save_feature_cache(self) -> bool:
-        """Persist the feature cache if it has a ``cache_dir`` and new entries; True if written."""
+        """Write the feature cache if it lives in a folder and has new entries; True if written."""
         return self.feature_cache is not None and self.feature_cache.save()
 
     def train(self, mode: bool = True) -> HFTextTower:

@@ -204,7 +204,7 @@ class OpenCLIPTextTower(nn.Module):
         freeze: lock the tower ...
         unfreeze_last_layers: ... except its last N groups, counted as open_clip's ``lock``
             does: 1 is the projection, 2 adds the last block and final LayerNorm, and so on.
-        cache_features, cache_dir: reuse a frozen tower's features, as in
+        cache: reuse a fully frozen tower's features: ``null``, ``memory`` or a folder, as in
             :class:`~clip_lightning.models.TextEncoder`.
     """
 
@@ -215,15 +215,15 @@ class OpenCLIPTextTower(nn.Module):
         max_length: int | None = None,
         freeze: bool = False,
         unfreeze_last_layers: int = 0,
-        cache_features: bool = False,
-        cache_dir: str | None = None,
+        cache: str | None = None,
         model_kwargs: dict[str, Any] | None = None,
     ):
         super().__init__()
-        if cache_features and (not freeze or unfreeze_last_layers):
+        if cache is not None and (not freeze or unfreeze_last_layers):
             raise ModelLoadError(
-                "model.text_encoder.cache_features=true needs a fully frozen text tower: set "
-                "model.text_encoder.freeze=true and model.text_encoder.unfreeze_last_layers=0"
+                "model.text_encoder.cache needs a fully frozen text tower: set "
+                "model.text_encoder.freeze=true and model.text_encoder.unfreeze_last_layers=0, "
+                "or model.text_encoder.cache=null"
             )
         self.model, built = _take(arch, pretrained, "text", dict(model_kwargs or {}))
         self.num_features = built.embed_dim
@@ -250,13 +250,11 @@ class OpenCLIPTextTower(nn.Module):
         if freeze:
             self.model.lock(unlocked_layers=unfreeze_last_layers, freeze_layer_norm=True)
             self.train(self.training)
-        self.feature_cache = None
-        if cache_features:
-            identity = {"arch": arch, "max_length": self.max_length}
-            self.feature_cache = text_feature_cache(self.model, self.tokenizer, identity, cache_dir)
+        identity = {"arch": arch, "max_length": self.max_length}
+        self.feature_cache = text_feature_cache(cache, self.model, self.tokenizer, identity)
 
     def save_feature_cache(self) -> bool:
-        """Persist the feature cache if it has a ``cache_dir`` and new entries; True if written."""
+        """Write the feature cache if it lives in a folder and has new entries; True if written."""
         return self.feature_cache is not None and self.feature_cache.save()
 
     def train(self, mode: bool = True) -> OpenCLIPTextTower:

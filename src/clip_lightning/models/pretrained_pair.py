@@ -3,11 +3,9 @@ towers, a config that names the model once, and on-device normalisation of uint8
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -82,19 +80,18 @@ class PixelNormalizer(nn.Module):
 
 
 def text_feature_cache(
-    tower: nn.Module, tokenizer: Any, identity: Mapping[str, Any], cache_dir: str | None
-) -> TextFeatureCache:
-    """A frozen text tower's feature cache, on disk under ``cache_dir`` when given.
+    cache: str | None, tower: nn.Module, tokenizer: Any, identity: Mapping[str, Any]
+) -> TextFeatureCache | None:
+    """The ``cache`` option (``null``, ``memory`` or a folder) of a frozen text tower.
 
-    The file name fingerprints ``identity`` (what built the tower), its weights and its
-    tokenizer, so a changed tower never reads stale features.
+    The fingerprint holds ``identity`` (what built the tower), its weights and tokenizer, so
+    a changed tower never reads stale features from disk.
     """
+    if cache is None:
+        return None
     fingerprint = {
         **identity,
         "weights": hash_module_weights(tower),
         "tokenizer": hash_tokenizer(tokenizer),
     }
-    if cache_dir is None:
-        return TextFeatureCache(None, fingerprint)
-    digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
-    return TextFeatureCache(Path(cache_dir) / f"text-features-{digest[:24]}.pt", fingerprint)
+    return TextFeatureCache.from_option(cache, fingerprint)
