@@ -47,6 +47,10 @@ def test_cli_fast_dev_run_writes_a_run_dir_under_logs(tmp_path):
     metrics = json.loads((run_dirs[0] / "metrics.json").read_text())
     assert set(RECALL_KEYS) <= set(metrics)
     assert result.stdout.strip().splitlines()[-1] == f"Run directory: {run_dirs[0]}"
+    # Lightning's adverts and its warnings about our deliberate choices stay off the console
+    output = result.stdout + result.stderr
+    for noise in ("💡 Tip", "LeafSpec", "module(s) in eval mode", "Test metric"):
+        assert noise not in output
 
 
 def test_cfg_job_prints_the_composed_config_from_any_cwd(tmp_path):

@@ -2,11 +2,11 @@
 
 ``@hydra_task("train")`` turns ``fn(cfg) -> result`` into a Hydra entry point over the configs
 shipped in the package (``clip_lightning/conf``, so an editable install and a built wheel find
-the same files from any working directory). Around the task it sets up the environment,
-registers the OmegaConf resolvers, checks the composed config against the task's schema
-(:func:`~clip_lightning.cli.config_schema.check_config`), reports a user error as one line
-with exit status 1, exits with :data:`PREEMPTED_EXIT_CODE` after a SIGTERM, closes the W&B run
-either way, and prints the run directory last.
+the same files from any working directory). Around the task it sets up the environment and a
+quiet console (:mod:`clip_lightning.cli.console`), registers the OmegaConf resolvers, checks the
+composed config against the task's schema (:func:`~clip_lightning.cli.config_schema.check_config`),
+reports a user error as one line with exit status 1, exits with :data:`PREEMPTED_EXIT_CODE` after
+a SIGTERM, closes the W&B run either way, and prints the run directory last.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from clip_lightning.cli.config_schema import check_config
+from clip_lightning.cli.console import quiet_console
 from clip_lightning.cli.wandb_run import finish_wandb
 from clip_lightning.errors import ClipLightningError, find_user_error
 from clip_lightning.utils.config import register_resolvers
@@ -67,6 +68,7 @@ def run_task(task: Callable[[DictConfig], Result], cfg: DictConfig, name: str) -
     ``name`` is the entry point (``train``, ``eval``, ...), whose schema checks ``cfg``.
     """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # forked loader workers
+    quiet_console()  # after Hydra configured logging
     try:
         check_config(cfg, name)
         result = task(cfg)

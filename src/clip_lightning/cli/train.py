@@ -83,7 +83,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics = to_floats(trainer.callback_metrics)
     if cfg.get("test"):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
         metrics.update(to_floats(trainer.callback_metrics))
     if trainer.is_global_zero:
         write_json(run_dir / "metrics.json", metrics)
