@@ -51,12 +51,19 @@ def _data_pipeline(cfg: DictConfig) -> dict[str, Any]:
     return run(**OmegaConf.to_container(cfg.data_pipeline, resolve=True))
 
 
+def _grad_checkpointing(cfg: DictConfig) -> dict[str, Any]:
+    from clip_lightning.benchmarks.grad_checkpointing import run
+
+    return run(cfg, **cfg.grad_checkpointing)
+
+
 # Imported lazily: each sub-benchmark pulls in only what it needs.
 BENCHMARKS: dict[str, Callable[[DictConfig], dict[str, Any]]] = {
     "train_step": _train_step,
     "text_cache": _text_cache,
     "retrieval": _retrieval,
     "data_pipeline": _data_pipeline,
+    "grad_checkpointing": _grad_checkpointing,
 }
 
 
