@@ -61,7 +61,7 @@ def test_cfg_job_prints_the_composed_config_from_any_cwd(tmp_path):
     assert not (tmp_path / "logs").exists()
 
 
-def test_real_defaults_are_the_missions_model_and_data():
+def test_real_defaults_are_resnet50_distilbert_on_flickr30k():
     cfg = compose_train([])
     assert cfg.model.image_encoder.name == "resnet50"
     assert cfg.model.image_encoder.pretrained is True
