@@ -5,6 +5,7 @@ cannot represent are refused with one line; the model card carries the run's rec
 from __future__ import annotations
 
 import json
+import shutil
 
 import open_clip
 import pytest
@@ -98,7 +99,9 @@ def test_mlp_head_is_refused_in_one_line(tmp_path):
 
 @pytest.mark.parametrize(("kind", "loss"), [("clip", "infonce"), ("siglip", "siglip")])
 def test_hf_clip_model_round_trips_through_from_pretrained(tmp_path, kind, loss):
-    model = trained(hf_clip_cfg(tmp_path, kind, [f"loss={loss}"]), tmp_path)
+    cfg = hf_clip_cfg(tmp_path, kind, [f"loss={loss}"])
+    model = reloaded(trained(cfg, tmp_path), tmp_path)
+    shutil.rmtree(cfg.model.name_or_path)  # the checkpoint alone is enough
     export_model(model, tmp_path / "out", "hf")
     loaded = AutoModel.from_pretrained(tmp_path / "out").eval()
     processor = AutoProcessor.from_pretrained(tmp_path / "out")

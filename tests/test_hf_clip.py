@@ -4,6 +4,8 @@ cache text features and reload from a checkpoint."""
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -99,12 +101,13 @@ def test_frozen_siglip_text_cache_equals_uncached_features(tmp_path):
     assert (tower.feature_cache.misses, tower.feature_cache.hits) == (3, 1)
 
 
-def test_checkpoint_rebuilds_from_the_config_alone(tmp_path):
+def test_checkpoint_rebuilds_without_the_model_folder(tmp_path):
     cfg = hf_clip_cfg(tmp_path, "siglip", ["loss=siglip"])
     model = instantiate(cfg.model)
     trainer = quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0)
     trainer.fit(model, datamodule=build_datamodule(cfg.dataset, model))
     trainer.save_checkpoint(tmp_path / "model.ckpt")
+    shutil.rmtree(cfg.model.name_or_path)  # the checkpoint carries config, tokenizer, processor
     reloaded = CLIPModule.load_from_checkpoint(tmp_path / "model.ckpt").eval()
     assert reloaded.hparams.text_encoder["pretrained"] is False
     model.eval()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers import AutoModel, AutoTokenizer
 
 from clip_lightning.export.faithful import Encoders, ExportError
 from clip_lightning.models.hf_clip import HFImageTower, HFTextTower
@@ -27,8 +27,7 @@ def write_hf(model: CLIPModule, out: Path) -> list[str]:
             f"model=hf_clip models are; this one has {type(image).__name__} + "
             f"{type(text).__name__} towers: use format=open_clip"
         )
-    config = AutoConfig.from_pretrained(model.hparams.image_encoder["name_or_path"])
-    target = AutoModel.from_config(config)
+    target = AutoModel.from_config(image.pair_config)
     names = ("vision_model", "visual_projection", "text_model", "text_projection")
     halves = {names[0]: image.model.backbone, names[1]: image.model.projection}
     halves |= {names[2]: text.model.backbone, names[3]: text.model.projection}

@@ -10,7 +10,10 @@ model's own tokenizer.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -81,14 +84,12 @@ def _load_error(name_or_path: str, exc: BaseException) -> ModelLoadError:
     )
 
 
-def _build(name_or_path: str, pretrained: bool) -> PretrainedParts:
-    config = _load_config(name_or_path)
+def _build(source: str, pretrained: bool) -> PretrainedParts:
+    config = _load_config(source)
     try:
-        model = (
-            AutoModel.from_pretrained(name_or_path) if pretrained else AutoModel.from_config(config)
-        )
+        model = AutoModel.from_pretrained(source) if pretrained else AutoModel.from_config(config)
     except (OSError, ValueError) as exc:
-        raise _load_error(name_or_path, exc) from exc
+        raise _load_error(source, exc) from exc
     if isinstance(model, CLIPModel):
         image = _Half(model.vision_model, model.visual_projection)
         text = _Half(model.text_model, model.text_projection)
@@ -99,13 +100,34 @@ def _build(name_or_path: str, pretrained: bool) -> PretrainedParts:
         embed_dim=embed_dim(config),
         logit_scale=scalar(model.logit_scale),  # type: ignore[arg-type]
         logit_bias=scalar(getattr(model, "logit_bias", None)),
+        config=config,
     )
 
 
-def _take(name_or_path: str, pretrained: bool, part: str) -> tuple[nn.Module, PretrainedParts]:
-    return take_tower(
-        ("hf", name_or_path, pretrained), part, lambda: _build(name_or_path, pretrained)
-    )
+def _take(
+    name_or_path: str, source: str, pretrained: bool, part: str
+) -> tuple[nn.Module, PretrainedParts]:
+    return take_tower(("hf", name_or_path, pretrained), part, lambda: _build(source, pretrained))
+
+
+@contextmanager
+def _source(name_or_path: str, saved_files: dict[str, bytes] | None) -> Iterator[str]:
+    """Where to load from: ``name_or_path``, or the files a checkpoint inlined, written out."""
+    if saved_files is None:
+        yield name_or_path
+        return
+    with tempfile.TemporaryDirectory(prefix="clip-lightning-hf-") as folder:
+        for name, content in saved_files.items():
+            (Path(folder) / name).write_bytes(content)
+        yield folder
+
+
+def _saved_files(*parts: Any) -> dict[str, bytes]:
+    """The ``save_pretrained`` files of config, tokenizer or image processor, by name."""
+    with tempfile.TemporaryDirectory(prefix="clip-lightning-hf-") as folder:
+        for part in parts:
+            part.save_pretrained(folder)
+        return {path.name: path.read_bytes() for path in sorted(Path(folder).iterdir())}
 
 
 class _Half(nn.Module):
@@ -147,6 +169,8 @@ class HFImageTower(nn.Module):
             a checkpoint reload does, the state dict follows).
         freeze: lock the tower (LiT) ...
         unfreeze_last_blocks: ... except its last N encoder layers and what follows them.
+        saved_files: config and image-processor files a checkpoint carries, so the tower
+            rebuilds without ``name_or_path`` (then only a label); see :meth:`checkpoint_config`.
     """
 
     def __init__(
@@ -155,16 +179,19 @@ class HFImageTower(nn.Module):
         pretrained: bool = True,
         freeze: bool = False,
         unfreeze_last_blocks: int = 0,
+        saved_files: dict[str, bytes] | None = None,
     ):
         super().__init__()
-        self.model, built = _take(name_or_path, pretrained, "image")
+        with _source(name_or_path, saved_files) as source:
+            self.model, built = _take(name_or_path, source, pretrained, "image")
+            try:
+                self.processor = AutoImageProcessor.from_pretrained(source)
+            except (OSError, ValueError) as exc:
+                raise _load_error(name_or_path, exc) from exc
+        self.pair_config: PretrainedConfig = built.config
         self.num_features = built.embed_dim
         self.init_logit_scale = built.logit_scale if pretrained else None
         self.init_logit_bias = built.logit_bias if pretrained else None
-        try:
-            self.processor = AutoImageProcessor.from_pretrained(name_or_path)
-        except (OSError, ValueError) as exc:
-            raise _load_error(name_or_path, exc) from exc
         self.data_config = _timm_data_config(self.processor)
         self.normalize = PixelNormalizer(self.data_config["mean"], self.data_config["std"])
         if freeze:
@@ -179,6 +206,12 @@ class HFImageTower(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Projected features of a uint8 batch (normalised here) or a normalised float one."""
         return self.model(pixel_values=self.normalize(images))
+
+    def checkpoint_config(self) -> dict[str, Any]:
+        """Config keys a checkpoint overrides so it rebuilds offline without ``name_or_path``:
+        random init (the weights are in the state dict) from the inlined config files."""
+        files = _saved_files(self.pair_config, self.processor)
+        return {"pretrained": False, "saved_files": files}
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.model.set_grad_checkpointing(enable)
@@ -228,6 +261,8 @@ class HFTextTower(nn.Module):
         unfreeze_last_layers: ... except its last N encoder layers and what follows them.
         cache: reuse a fully frozen tower's features: ``null``, ``memory`` or a folder, as in
             :class:`~clip_lightning.models.TextEncoder`.
+        saved_files: config and tokenizer files a checkpoint carries (see
+            :class:`HFImageTower`).
     """
 
     def __init__(
@@ -238,6 +273,7 @@ class HFTextTower(nn.Module):
         freeze: bool = False,
         unfreeze_last_layers: int = 0,
         cache: str | None = None,
+        saved_files: dict[str, bytes] | None = None,
     ):
         super().__init__()
         if cache is not None and (not freeze or unfreeze_last_layers):
@@ -246,23 +282,30 @@ class HFTextTower(nn.Module):
                 "model.text_encoder.freeze=true and model.text_encoder.unfreeze_last_layers=0, "
                 "or model.text_encoder.cache=null"
             )
-        self.model, built = _take(name_or_path, pretrained, "text")
+        with _source(name_or_path, saved_files) as source:
+            self.model, built = _take(name_or_path, source, pretrained, "text")
+            try:
+                self.tokenizer = AutoTokenizer.from_pretrained(source)
+            except (OSError, ValueError) as exc:
+                raise _load_error(name_or_path, exc) from exc
+        self.pair_config: PretrainedConfig = built.config
         self.num_features = built.embed_dim
         self.init_logit_scale = built.logit_scale if pretrained else None
         self.init_logit_bias = built.logit_bias if pretrained else None
         config = self.model.backbone.config
         self.fixed_length = config.model_type.startswith("siglip")
         self.max_length: int = max_length or config.max_position_embeddings
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        except (OSError, ValueError) as exc:
-            raise _load_error(name_or_path, exc) from exc
         self.pad_id = int(self.tokenizer.pad_token_id or 0)
         if freeze:
             self.model.lock(unfreeze_last_layers)
             self.train(self.training)
         identity = {"name_or_path": str(name_or_path), "max_length": self.max_length}
         self.feature_cache = text_feature_cache(cache, self.model, self.tokenizer, identity)
+
+    def checkpoint_config(self) -> dict[str, Any]:
+        """Config keys a checkpoint overrides so it rebuilds offline without ``name_or_path``."""
+        files = _saved_files(self.pair_config, self.tokenizer)
+        return {"pretrained": False, "saved_files": files}
 
     def save_feature_cache(self) -> bool:
         """Write the feature cache if it lives in a folder and has new entries; True if written."""

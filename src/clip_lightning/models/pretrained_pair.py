@@ -39,6 +39,8 @@ class PretrainedParts:
     embed_dim: int
     logit_scale: float
     logit_bias: float | None
+    # the whole model's config, where the library has one (transformers)
+    config: Any = None
 
 
 # Keyed by what built the model. An entry is dropped once both towers are taken, so a second
