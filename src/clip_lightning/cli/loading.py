@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from clip_lightning.data.datamodule import CaptionDataModule
-from clip_lightning.errors import CheckpointError, ClipLightningError
+from clip_lightning.errors import CheckpointError
 from clip_lightning.module import CLIPModule
 
 
@@ -42,17 +42,8 @@ def load_model(ckpt_path: str | Path | None, device: torch.device | str = "cpu")
             f"checkpoint {str(path)!r} does not exist; pass ckpt_path= a .ckpt from the "
             "checkpoints/ folder of a `clip_lightning.train` run"
         )
-    try:
-        model = CLIPModule.load_from_checkpoint(path, map_location="cpu")
-    except ClipLightningError:
-        raise
-    except Exception as exc:  # unpickling and state-dict errors come in many types
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"
-        raise CheckpointError(
-            f"{str(path)!r} is not a clip-lightning CLIPModule checkpoint "
-            f"({type(exc).__name__}: {detail}); pass ckpt_path= a .ckpt written by "
-            "`clip_lightning.train`"
-        ) from exc
+    # the loader itself turns an unreadable or foreign file into a one-line CheckpointError
+    model = CLIPModule.load_from_checkpoint(path, map_location="cpu")
     return model.to(device).eval()
 
 
