@@ -1,8 +1,12 @@
-"""Data pipeline throughput: raw JPEG decoding vs the preprocessing cache, 0 and 2 workers.
+"""Data pipeline throughput: a JPEG folder vs the preprocessing cache vs WebDataset shards,
+0 and 2 workers.
 
-Builds a temporary folder of Flickr-sized JPEGs (500x375, procedural content) and times whole
-epochs of :class:`~clip_lightning.data.datasets.CaptionTrainDataset` through a DataLoader at
-the model resolution -- the image side only (no tokenizer), which is what the cache changes.
+Builds a temporary folder of Flickr-sized JPEGs (500x375, procedural content), the same images
+as shards (re-encoded at the same size and quality, 128 per shard) and the decoded-image cache,
+and times whole epochs through a DataLoader at the model resolution: the map-style
+:class:`~clip_lightning.data.datasets.CaptionTrainDataset` over files or the cache, and the
+streaming :class:`~clip_lightning.data.streaming.ShardStream` (exact epoch, shuffle buffer of
+1,000) -- the image side only (no tokenizer), which is what these change.
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from clip_lightning.data.cache import ImageCache, fingerprint
 from clip_lightning.data.datasets import CaptionTrainDataset
 from clip_lightning.data.records import CaptionRecord, FileImage, make_record
+from clip_lightning.data.shards import write_split
+from clip_lightning.data.streaming import ShardStream
 from clip_lightning.data.transforms import build_image_transforms
 
 # ImageNet statistics and a 0.875 crop, like most timm CNNs
@@ -56,14 +62,18 @@ def _stack_images(items: list[dict[str, Any]]) -> torch.Tensor:
     return torch.stack([item["image"] for item in items])
 
 
-def images_per_second(dataset: CaptionTrainDataset, workers: int, batch_size: int) -> float:
+def images_per_second(dataset: Dataset, workers: int, batch_size: int) -> float:
     """One full epoch (the first batch is warm-up) -> images per second.
 
     With 0 workers torch runs single-threaded here, as DataLoader workers do: per-image tensor
     ops are too small for intra-op threads, which on a busy machine slow them down many-fold.
     """
     loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=True, num_workers=workers, collate_fn=_stack_images
+        dataset,
+        batch_size=batch_size,
+        shuffle=not isinstance(dataset, IterableDataset),  # a stream shuffles itself
+        num_workers=workers,
+        collate_fn=_stack_images,
     )
     threads = torch.get_num_threads()
     if workers == 0:
@@ -90,9 +100,10 @@ def run(
     folder: str | Path | None = None,
     seed: int = 0,
     repeats: int = 3,
+    samples_per_shard: int = 128,
 ) -> dict[str, Any]:
-    """Images/s (median of ``repeats`` epochs) for raw JPEGs and for the cache, per worker
-    count, plus the cache build time."""
+    """Images/s (median of ``repeats`` epochs) for raw JPEGs, the cache and shards, per worker
+    count, plus the cache build and shard write times."""
     if num_images < 2 * batch_size:
         raise ValueError("data_pipeline needs num_images >= 2 * batch_size (one batch is warm-up)")
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
@@ -105,13 +116,27 @@ def run(
         expected = fingerprint(records, f"benchmark:{root}", cache_size)
         cache = ImageCache.build(root / "cache", records, expected)
         build_seconds = time.perf_counter() - start
-        datasets = {
+        start = time.perf_counter()
+        sizes = write_split(
+            records, root / "shards", max_size=None, quality=90, samples_per_shard=samples_per_shard
+        )
+        shard_seconds = time.perf_counter() - start
+        datasets: dict[str, Dataset] = {
             "raw": CaptionTrainDataset(records, train_transform),
             "cache": CaptionTrainDataset(
                 records, train_transform, image_loader=cache.loader(records)
             ),
+            "shards": ShardStream(
+                [str(root / "shards" / name) for name in sizes],
+                None,
+                train_transform,
+                batch_size=batch_size,
+                batches_per_rank=num_images // batch_size,
+                resampled=False,
+                seed=seed,
+            ),
         }
-        # raw and cache alternate, epoch by epoch, so machine noise hits both alike; medians
+        # the variants alternate, epoch by epoch, so machine noise hits all alike; medians
         samples: dict[str, dict[str, list[float]]] = {
             n: {str(w): [] for w in workers} for n in datasets
         }
@@ -129,15 +154,23 @@ def run(
         "image_size": image_size,
         "cache_size": cache_size,
         "cache_build_seconds": build_seconds,
+        "shard_write_seconds": shard_seconds,
+        "num_shards": len(sizes),
         "images_per_second": rates,
         "cache_speedup": {w: rates["cache"][w] / rates["raw"][w] for w in rates["raw"]},
+        "shards_vs_jpeg": {w: rates["shards"][w] / rates["raw"][w] for w in rates["raw"]},
     }
     print(f"Data pipeline: {num_images} JPEGs 500x375 -> {image_size} px (batch {batch_size})")
-    print(f"{'workers':>8} {'raw img/s':>10} {'cache img/s':>12} {'speed-up':>9}")
+    print(
+        f"{'workers':>8} {'raw img/s':>10} {'cache img/s':>12} {'speed-up':>9} "
+        f"{'shards img/s':>13} {'vs raw':>7}"
+    )
     for w in rates["raw"]:
         print(
             f"{w:>8} {rates['raw'][w]:>10.1f} {rates['cache'][w]:>12.1f} "
-            f"{result['cache_speedup'][w]:>8.2f}x"
+            f"{result['cache_speedup'][w]:>8.2f}x {rates['shards'][w]:>13.1f} "
+            f"{result['shards_vs_jpeg'][w]:>6.2f}x"
         )
     print(f"cache build: {build_seconds:.1f} s ({num_images / build_seconds:.0f} img/s)")
+    print(f"shard write: {shard_seconds:.1f} s ({len(sizes)} shards)")
     return result
