@@ -4,6 +4,9 @@ GradCache and reload from a checkpoint without the weights file."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import lightning as L
 import open_clip
 import pytest
@@ -15,10 +18,15 @@ from clip_lightning.cli.loading import build_datamodule
 from clip_lightning.errors import ModelLoadError, find_user_error
 from clip_lightning.module import CLIPModule
 from tests.conftest import compose_train, quiet_trainer
+from tests.experiments.conftest import run_train
+from tests.experiments.test_ddp_sim import RankWeights
 from tests.pretrained import (
     PRETRAINED_BIAS,
     PRETRAINED_SCALE,
+    TINY_OPEN_CLIP,
     open_clip_cfg,
+    synthetic_overrides,
+    write_open_clip_weights,
 )
 
 CAPTIONS = ["a red square on the left!", "two blue circles", "a large green triangle"]
@@ -187,3 +195,35 @@ def test_pretrained_experiments_start_from_a_validated_baseline(experiment, arch
     assert cfg.loss._target_.endswith(loss) and cfg.validate_before_fit is True
     assert cfg.model.pretrained in open_clip.list_pretrained_tags_by_model(arch)
     assert cfg.scheduler.warmup > 0 and cfg.model.tower_lr.text_encoder <= 2e-5
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.parametrize("experiment", ["flickr30k_openclip_vitb32", "flickr30k_siglip_lit"])
+def test_pretrained_experiment_trains_under_ddp_with_identical_ranks(tmp_path, experiment):
+    # a subprocess cannot see archs registered here: hand it the tiny model as a local-dir
+    arch = "tiny-sigmoid-test" if "siglip" in experiment else "tiny-clip-test"
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_OPEN_CLIP[arch]}))
+    write_open_clip_weights(arch, folder / "open_clip_model.pt")
+    run_train(
+        tmp_path,
+        f"experiment={experiment}",
+        f"model.arch=local-dir:{folder}",
+        "model.pretrained=null",
+        *synthetic_overrides(),
+        "trainer=ddp_sim",
+        "++trainer.max_steps=2",
+        "++trainer.limit_val_batches=1",
+        "test=false",
+        "~callbacks.alignment_plots",
+        "~callbacks.early_stopping",
+        f"+callbacks.rank_weights._target_={RankWeights.__module__}.RankWeights",
+        f"+callbacks.rank_weights.dirpath={tmp_path}",
+        PYTHONPATH=str(Path(__file__).resolve().parents[1]),
+    )
+    ranks = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
+    assert ranks[0] == ranks[1]
+    (metrics,) = [json.loads(p.read_text()) for p in (tmp_path / "logs").rglob("metrics.json")]
+    assert "train/loss" in metrics and "val/rsum" in metrics
