@@ -22,6 +22,7 @@ from clip_lightning.data.formats import load_records
 from clip_lightning.data.shards import write_shards
 from clip_lightning.data.streaming import (
     BadSampleError,
+    StreamLoader,
     WebDataModule,
     expand_sources,
     worker_share,
@@ -249,6 +250,52 @@ def test_bad_sample_under_skip_is_counted_and_logged(one_bad_sample, caplog) -> 
         seen = captions(stream)
     assert seen == ["picture 0", "picture 1", "picture 2", "picture 4"]
     assert "epoch 0: skipped 1 bad sample(s)" in caplog.text and "sample 003" in caplog.text
+
+
+def test_bad_sample_in_a_loader_worker_reaches_the_user_as_one_line(one_bad_sample, tokenizer):
+    datamodule = WebDataModule(
+        image_config=IMAGE_CONFIG,
+        tokenizer=tokenizer,
+        urls=one_bad_sample,
+        train_num_samples=8,
+        shuffle_buffer=1,
+        batch_size=4,
+        num_workers=1,
+    )
+    with pytest.raises(BadSampleError) as caught:
+        list(datamodule.train_dataloader())
+    message = str(caught.value)  # torch's worker traceback is not in it
+    assert "\n" not in message and "Traceback" not in message
+    assert message.startswith(f"image {one_bad_sample} sample 003 is unreadable (OSError)")
+    assert message.endswith("skip bad samples with dataset.on_bad_image=skip")
+
+
+def test_persistent_workers_follow_the_epoch(shards, tokenizer) -> None:
+    datamodule = WebDataModule(
+        image_config=IMAGE_CONFIG,
+        tokenizer=tokenizer,
+        urls=shards["train"],
+        train_num_samples=16,
+        batch_size=4,
+        num_workers=1,
+        persistent_workers=True,
+    )
+    epoch = [0]
+    loader = StreamLoader(
+        datamodule.train_dataset(),
+        lambda: (epoch[0], 0),
+        batch_size=4,
+        collate_fn=datamodule.collate,
+        num_workers=1,
+        persistent_workers=True,
+    )
+
+    def ids() -> list[list[int]]:
+        return [row.tolist() for batch in loader for row in batch["input_ids"]]
+
+    first, again = ids(), ids()
+    epoch[0] = 1
+    assert first == again and ids() != first  # the worker kept running and saw epoch 1
 
 
 def test_worker_share_matches_torch_round_robin() -> None:

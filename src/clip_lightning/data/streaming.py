@@ -467,7 +467,7 @@ class WebDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
-        self.loader_options = {
+        self.loader_options: dict[str, Any] = {
             "num_workers": num_workers,
             "pin_memory": pin_memory,
             "persistent_workers": persistent_workers and num_workers > 0,
@@ -535,10 +535,11 @@ class WebDataModule(L.LightningDataModule):
         if trainer is None:
             return 0, 0
         fit_loop = trainer.fit_loop
-        consumed = (
-            fit_loop.epoch_loop.batch_progress.current.processed if fit_loop.restarting else 0
-        )
-        return trainer.current_epoch, consumed
+        if not fit_loop.restarting:
+            return trainer.current_epoch, 0
+        # restored from the checkpoint, before Lightning's own restart bookkeeping
+        progress = fit_loop.epoch_loop.batch_progress.current
+        return trainer.current_epoch, progress.processed  # type: ignore[attr-defined]
 
     def _require(self, part: Any, argument: str) -> Any:
         if part is None:
