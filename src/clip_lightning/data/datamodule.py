@@ -118,13 +118,15 @@ class CaptionDataModule(L.LightningDataModule):
         self.cache_size = cache_size
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
-        self.loader_options = {
+        self.loader_options: dict[str, Any] = {
             "num_workers": num_workers,
             "pin_memory": pin_memory,
             "persistent_workers": persistent_workers and num_workers > 0,
             "prefetch_factor": prefetch_factor if num_workers > 0 else None,
         }
         self.image_config = image_config
+        self.train_transform: Callable | None
+        self.eval_transform: Callable | None
         self.train_transform, self.eval_transform = (
             build_image_transforms(image_config, **dict(augment or {}))
             if image_config

@@ -114,7 +114,7 @@ def _load_hub(hub_id: str, hub_kwargs: Mapping[str, Any]) -> Mapping[str, datase
 
 def _split_of_file(path: Path, root: Path) -> str:
     match = _SPLIT_IN_NAME.search(path.relative_to(root).as_posix().lower())
-    return normalise_split(match.group(1)) if match else "data"
+    return (normalise_split(match.group(1)) if match else None) or "data"
 
 
 def _load_local(root: Path, hub_kwargs: Mapping[str, Any]) -> Mapping[str, datasets.Dataset]:
@@ -199,7 +199,7 @@ def _records_of(
     )
     version = arrow_version(pixels, image_col) if pixels is not None else None
     default_split = normalise_split(split_name) if split_name in SPLIT_ALIASES else None
-    rows = []
+    rows: list[tuple[str, ImageSource, list[object], str | None]] = []
     for row in range(len(dataset)):
         image_id = str(meta[id_col][row]) if id_col else f"{split_name}/{row}"
         source: ImageSource
