@@ -193,34 +193,33 @@ class CaptionRecorder(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def test_lightning_resume_mid_epoch_trains_on_the_rest_of_the_epoch(
-    shards, tokenizer, tmp_path
+@pytest.mark.parametrize("resampled", [False, True])
+def test_lightning_resume_mid_epoch_does_not_replay_the_epoch(
+    shards, tokenizer, tmp_path, resampled: bool
 ) -> None:
-    def datamodule() -> WebDataModule:
-        return WebDataModule(
+    def fit(ckpt_path: Path | None = None, **trainer_options) -> CaptionRecorder:
+        recorder = CaptionRecorder()
+        datamodule = WebDataModule(
             image_config=IMAGE_CONFIG,
             tokenizer=tokenizer,
             urls=shards["train"],
-            resampled=False,
+            resampled=resampled,
             batch_size=4,
         )
+        trainer = quiet_trainer(tmp_path, max_epochs=1, limit_val_batches=0, **trainer_options)
+        trainer.fit(recorder, datamodule=datamodule, ckpt_path=ckpt_path)
+        return recorder
 
-    first = CaptionRecorder()
     checkpoint = ModelCheckpoint(tmp_path, filename="{step}", every_n_train_steps=5, save_top_k=-1)
-    trainer = quiet_trainer(
-        tmp_path,
-        max_epochs=1,
-        limit_val_batches=0,
-        enable_checkpointing=True,
-        callbacks=[checkpoint],
-    )
-    trainer.fit(first, datamodule=datamodule())
-
-    resumed = CaptionRecorder()  # as if preempted right after the checkpoint at step 5
-    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_val_batches=0)
-    trainer.fit(resumed, datamodule=datamodule(), ckpt_path=tmp_path / "step=5.ckpt")
-    assert len(first.seen) == 48 and len(set(first.seen)) == 48
-    assert resumed.seen == first.seen[20:]  # the rest of the epoch: no replay, nothing lost
+    first = fit(enable_checkpointing=True, callbacks=[checkpoint])
+    # as if preempted right after the checkpoint at step 5 of 12
+    resumed = fit(tmp_path / "step=5.ckpt")
+    assert len(first.seen) == 48 and len(resumed.seen) == 28
+    if resampled:  # a fresh draw for the rest of the epoch, the same one on every resume
+        assert resumed.seen != first.seen[20:] and resumed.seen[:20] != first.seen[:20]
+        assert fit(tmp_path / "step=5.ckpt").seen == resumed.seen
+    else:  # exactly the rest of the epoch: no replay, nothing lost
+        assert len(set(first.seen)) == 48 and resumed.seen == first.seen[20:]
 
 
 # --------------------------------------------------------------------------- bad samples
