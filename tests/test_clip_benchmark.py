@@ -147,7 +147,7 @@ def test_clip_benchmark_scores_the_exported_model_like_eval(tmp_path):
                 *data,
                 f"ckpt_path={checkpoint}",
                 "split=test",
-                "accelerator=cpu",
+                "trainer.accelerator=cpu",
             ],
         )
     with open_dict(eval_cfg):

@@ -108,7 +108,12 @@ def test_eval_zeroshot_task_writes_results_json(checkpoint, tmp_path):
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         cfg = compose(
             "eval",
-            ["task=zeroshot", f"ckpt_path={checkpoint}", f"images={folder}", "trainer.accelerator=cpu"],
+            [
+                "task=zeroshot",
+                f"ckpt_path={checkpoint}",
+                f"images={folder}",
+                "trainer.accelerator=cpu",
+            ],
         )
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path / "run")
@@ -119,6 +124,12 @@ def test_eval_zeroshot_task_writes_results_json(checkpoint, tmp_path):
     assert set(written["per_class"]) == {"dark red", "green", "blue"}
     assert written["top5"] == 100.0  # three classes: the right one is always in the top 5
     assert 0.0 <= written["top1"] <= 100.0
+    # the same figures in CLIP_benchmark's layout, as fractions
+    (layout_file,) = (tmp_path / "run").glob("*_zeroshot_classification.json")
+    layout = json.loads(layout_file.read_text())
+    assert layout["dataset"] == "colours" and layout["task"] == "zeroshot_classification"
+    assert layout["metrics"]["acc1"] == pytest.approx(written["top1"] / 100)
+    assert layout["metrics"]["acc5"] == 1.0
 
 
 def test_empty_and_single_class_folders_raise_data_errors(tmp_path):
