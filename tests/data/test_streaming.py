@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from transformers import AutoTokenizer
 
+from clip_lightning.data import streaming
 from clip_lightning.data.formats import load_records
 from clip_lightning.data.shards import write_shards
 from clip_lightning.data.streaming import (
@@ -249,6 +250,14 @@ def test_bad_sample_under_skip_is_counted_and_logged(one_bad_sample, caplog) -> 
         seen = captions(stream)
     assert seen == ["picture 0", "picture 1", "picture 2", "picture 4"]
     assert "epoch 0: skipped 1 bad sample(s)" in caplog.text and "sample 003" in caplog.text
+
+
+def test_shards_of_only_bad_samples_stop_instead_of_skipping_forever(tmp_path, monkeypatch):
+    monkeypatch.setattr(streaming, "MAX_BAD_IN_A_ROW", 12)
+    write_tar(tmp_path / "0.tar", [{"__key__": f"{i}", "jpg": b"not a jpeg"} for i in range(5)])
+    module = stream_module(str(tmp_path / "0.tar"), train_num_samples=4, on_bad_image="skip")
+    with pytest.raises(DataError, match="12 samples in a row could not be read"):
+        captions(module.train_dataset())
 
 
 def test_bad_sample_in_a_loader_worker_reaches_the_user_as_one_line(one_bad_sample, tokenizer):

@@ -36,6 +36,7 @@ import io
 import json
 import logging
 import multiprocessing
+import os
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -65,6 +66,8 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 SIZES_FILE = "sizes.json"
+# under on_bad_image=skip, this many unreadable samples in a row mean the data is unusable
+MAX_BAD_IN_A_ROW = 1000
 
 
 # ----------------------------------------------------------------------------- shard lists
@@ -86,7 +89,10 @@ def expand_sources(
     shards: list[str] = []
     shard_weights: list[float] = []
     for index, source in enumerate(sources):
-        expanded = wds.shardlists.expand_urls(str(source))
+        expanded = [
+            os.path.expanduser(url) if _is_local(url) else url
+            for url in wds.shardlists.expand_urls(str(source))
+        ]
         shards.extend(expanded)
         if weights is not None:
             shard_weights.extend([float(weights[index])] * len(expanded))
@@ -99,7 +105,7 @@ def _is_local(url: str) -> bool:
 
 def check_local_shards(shards: Sequence[str]) -> None:
     """Fail at start-up when local shard files are missing (remote ones are opened lazily)."""
-    missing = [url for url in shards if _is_local(url) and not Path(url).expanduser().is_file()]
+    missing = [url for url in shards if _is_local(url) and not Path(url).is_file()]
     if missing:
         raise DataError(
             f"{len(missing)} of {len(shards)} shards do not exist (first: {missing[0]}); check "
@@ -116,7 +122,7 @@ def count_samples(shards: Sequence[str]) -> int | None:
     for url in shards:
         if not _is_local(url):
             return None
-        path = Path(url).expanduser()
+        path = Path(url)
         folder = path.parent
         if folder not in sizes_by_dir:
             sizes_file = folder / SIZES_FILE
@@ -163,10 +169,10 @@ def decode_sample(
 ) -> tuple[Image.Image, list[str]]:
     """The RGB image and the caption(s) of a raw webdataset sample, or :class:`BadImageError`
     naming the shard and the sample key, in the vocabulary of the image check."""
-    url, key = sample.get("__url__", "?"), sample.get("__key__", "?")
     data = next((sample[ext] for ext in IMAGE_EXTENSIONS if ext in sample), None)
+    image = ShardImage(data or b"", sample.get("__url__", "?"), sample.get("__key__", "?"))
     if data is None:
-        raise BadImageError(f"{url} sample {key}", MISSING)
+        raise BadImageError(image.key, MISSING)
     try:
         if caption_field is None:
             captions: Any = sample["txt"].decode("utf-8")
@@ -174,12 +180,12 @@ def decode_sample(
             captions = json.loads(sample["json"])[caption_field]
     except (KeyError, TypeError, ValueError) as exc:
         source = "txt" if caption_field is None else f"json field {caption_field!r}"
-        raise BadImageError(f"{url} sample {key}", f"without a caption ({source})") from exc
-    texts = [captions] if isinstance(captions, str) else captions
+        raise BadImageError(image.key, f"without a caption ({source})") from exc
+    texts = [captions] if isinstance(captions, str) else list(captions or [])
     texts = [clean_caption(t) for t in texts if isinstance(t, str) and clean_caption(t)]
     if not texts:
-        raise BadImageError(f"{url} sample {key}", "without a caption (empty)")
-    return load_rgb(ShardImage(data, url, key)), texts
+        raise BadImageError(image.key, "without a caption (empty)")
+    return load_rgb(image), texts
 
 
 def stable_id(key: str) -> int:
@@ -319,17 +325,24 @@ class ShardStream(IterableDataset):
             worker_share(self.batches_per_rank, worker, workers)
             - worker_share(min(consumed, self.batches_per_rank), worker, workers)
         )
+        if budget <= 0:
+            return
         policy = _BadSamples(self.on_bad_image, f"shard stream worker {worker}")
-        rng = random.Random(wds.utils.make_seed(self.seed, epoch, consumed, worker, 1))
-        served = 0
+        rng = random.Random(wds.utils.make_seed(self.seed, epoch, consumed, self.rank, worker, 1))
+        served, bad_in_a_row = 0, 0
         for sample in self.raw_samples(epoch, consumed, policy):
-            if served >= budget:
-                break
             try:
                 image, captions = decode_sample(sample, self.caption_field)
             except BadImageError as exc:
                 policy(exc)
+                bad_in_a_row += 1
+                if bad_in_a_row == MAX_BAD_IN_A_ROW:  # skipping would never end
+                    raise DataError(
+                        f"{bad_in_a_row} samples in a row could not be read (first: "
+                        f"{policy.first}); check dataset.urls and the shards"
+                    ) from exc
                 continue
+            bad_in_a_row = 0
             yield {
                 "image": self.transform(image),
                 "caption": rng.choice(captions),
@@ -339,6 +352,7 @@ class ShardStream(IterableDataset):
             served += 1
             if served == budget:
                 policy.report(epoch)
+                return
 
 
 class EvalShardStream(IterableDataset):
