@@ -18,6 +18,7 @@ import datasets
 import lightning as L
 import numpy as np
 import pytest
+import torch
 from hydra.utils import instantiate
 from PIL import Image
 from torch.utils.data import DataLoader
@@ -210,10 +211,25 @@ def test_an_image_broken_mid_run_is_skipped_counted_and_named(tmp_path, caplog):
     )
     with caplog.at_level(logging.WARNING):
         trainer.fit(model, datamodule=datamodule)
-    assert trainer.global_step == len(train) // 4  # every batch trained, one a sample short
+    assert trainer.global_step == len(train) // 4
     assert datamodule.skipped_during_run == [f"{broken}: unreadable (OSError)"]
     assert "1 image(s) failed to load after the start-up check" in caplog.text
     assert broken.name in caplog.text
+    # the next record stands in: batches keep their size (DDP all-gathers equal shapes)
+    batches = [datamodule.on_before_batch_transfer(b, 0) for b in datamodule.train_dataloader()]
+    assert [len(b["images"]) for b in batches] == [4, 4]
+    assert 1 not in torch.cat([b["image_ids"] for b in batches]).tolist()
+
+
+def test_an_image_broken_mid_run_leaves_evaluation_with_its_captions(tmp_path, tokenizer):
+    root = BUILDERS["karpathy"](tmp_path / "k")
+    dm = flickr(root, image_config=IMAGE_CONFIG, tokenizer=tokenizer, on_bad_image="skip")
+    val = dm.load_splits()["val"]
+    (val[0].image.path).write_bytes(b"")
+    (batch,) = [dm.on_before_batch_transfer(b, 0) for b in dm.val_dataloader()]
+    assert batch["image_ids"].tolist() == [1, 2]
+    assert set(batch["caption_image_ids"].tolist()) == {1, 2}  # no caption without its image
+    assert dm.skipped_during_run == [f"{val[0].image.path}: unreadable (UnidentifiedImageError)"]
 
 
 def test_an_image_broken_mid_run_stops_a_worker_run_with_one_line(tmp_path, tokenizer):

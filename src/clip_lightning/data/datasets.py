@@ -12,9 +12,11 @@ retrieval metric can drop the duplicates DistributedSampler pads in, and a froze
 can cache caption embeddings.
 
 An image that passed the start-up check but fails to decode later (the file changed during the
-run) becomes a *bad item* instead of an exception in a DataLoader worker: the collator drops it
-and lists it under :data:`SKIPPED` (``on_bad_image=skip``), or stops the run with one line
-(``on_bad_image=error``).
+run) is never an exception in a DataLoader worker. A training item stands in the next good
+record for it, so every batch keeps its size (the contrastive batch, and equal shapes for the
+DDP all-gather); an evaluation item is dropped. Either way the item names the bad image, and
+the collator lists it under :data:`SKIPPED` (``on_bad_image=skip``) or stops the run with one
+line (``on_bad_image=error``).
 """
 
 from __future__ import annotations
@@ -35,7 +37,10 @@ from clip_lightning.tokenization import tokenize
 ImageLoader = Callable[[int], Image.Image]
 # batch key listing the "<image>: <reason>" of items the collator dropped (on_bad_image=skip)
 SKIPPED = "skipped_images"
-_BAD = "bad_image"
+# item key: the bad images an item stands in for (an item without "image" replaces none)
+_BAD = "bad_images"
+# how many following records a training item tries before it gives up and is dropped
+MAX_STAND_INS = 8
 
 
 class ImageChangedError(DataError):
@@ -46,8 +51,8 @@ class ImageChangedError(DataError):
         super().__init__(worker_message(message, type(self)))
 
 
-def _bad_item(exc: BadImageError) -> dict[str, Any]:
-    return {_BAD: f"{exc.key}: {exc.reason}"}
+def _named(exc: BadImageError) -> str:
+    return f"{exc.key}: {exc.reason}"
 
 
 def caption_offsets(records: Sequence[CaptionRecord]) -> list[int]:
@@ -99,18 +104,25 @@ class CaptionTrainDataset(Dataset):
         return len(self.pair_index) if self.pair_index is not None else len(self.records)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        bad: list[str] = []
+        for stand_in in range(MAX_STAND_INS + 1):
+            try:
+                item = self._item((index + stand_in) % len(self))
+            except BadImageError as exc:
+                bad.append(_named(exc))
+                continue
+            return {**item, _BAD: bad} if bad else item
+        return {_BAD: bad}
+
+    def _item(self, index: int) -> dict[str, Any]:
         if self.pair_index is not None:
             image_index, caption_index = self.pair_index[index]
         else:
             image_index = index
             # torch seeds `random` per worker and per epoch, so this is reproducible.
             caption_index = random.randrange(len(self.records[index].captions))
-        try:
-            image = self.images(image_index)
-        except BadImageError as exc:
-            return _bad_item(exc)
         return {
-            "image": self.transform(image),
+            "image": self.transform(self.images(image_index)),
             "caption": self.records[image_index].captions[caption_index],
             "image_id": image_index,
             "caption_id": self.offsets[image_index] + caption_index,
@@ -139,7 +151,7 @@ class CaptionEvalDataset(Dataset):
         try:
             image = self.images(index)
         except BadImageError as exc:
-            return _bad_item(exc)
+            return {_BAD: [_named(exc)]}
         return {
             "image": self.transform(image),
             "captions": list(captions),
@@ -162,7 +174,7 @@ class CaptionCollator:
         self.on_bad_image = on_bad_image
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        skipped = [item[_BAD] for item in items if _BAD in item]
+        skipped = [name for item in items for name in item.get(_BAD, ())]
         if skipped:
             listed = first_names(skipped)
             if self.on_bad_image == "error":
@@ -171,13 +183,13 @@ class CaptionCollator:
                     f"({listed}); the files changed during the run -- restore them, or run "
                     "with dataset.on_bad_image=skip to train without them"
                 )
-            if len(skipped) == len(items):
+            items = [item for item in items if "image" in item]
+            if not items:
                 raise ImageChangedError(
                     f"every image of a batch failed to load after passing the start-up check "
                     f"({listed}); the files changed during the run -- restore them and restart "
                     "(the start-up check then skips the bad ones)"
                 )
-            items = [item for item in items if _BAD not in item]
         batch = self._collate(items)
         return {**batch, SKIPPED: skipped} if skipped else batch
 
