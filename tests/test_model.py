@@ -4,11 +4,14 @@ checkpoints and the inference API."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
+import yaml
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import CSVLogger
 from omegaconf import open_dict
 from PIL import Image
 
@@ -341,3 +344,15 @@ def test_grad_checkpointing_gives_the_same_gradients(tiny_cfg):
     assert any(n.startswith("image_encoder.") for n in expected)
     for name, grad in expected.items():
         torch.testing.assert_close(actual[name], grad, atol=1e-5, rtol=1e-4)
+
+
+def test_module_hyperparameters_are_not_logged_a_second_time(tiny_cfg, tmp_path):
+    """The train entry point logs the whole config; the module's copy lives in checkpoints."""
+    model, datamodule = build(tiny_cfg)
+    logger = CSVLogger(tmp_path, name="logs")
+    trainer = quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0, logger=logger)
+    trainer.fit(model, datamodule=datamodule)
+    hparams_file = Path(logger.log_dir) / "hparams.yaml"  # written only if something is logged
+    logged = yaml.safe_load(hparams_file.read_text()) or {} if hparams_file.exists() else {}
+    assert "loss" not in logged and "optimizer" not in logged
+    assert model.hparams.loss["_target_"].startswith("clip_lightning.losses.")
