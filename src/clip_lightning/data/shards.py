@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -79,9 +80,11 @@ def write_shards(
     max_size: int | None = 512,
     quality: int = 95,
     samples_per_shard: int = 1000,
+    seed: int = 0,
 ) -> dict[str, str]:
     """Write every split of ``records`` (already checked: each image decodes, each has a
-    caption) under ``out_dir/<split>/``; returns the brace-expanded URL pattern per split."""
+    caption), in a seeded random order, under ``out_dir/<split>/``; returns the brace URL
+    pattern per split."""
     if not 1 <= quality <= 100:
         raise DataError(
             f"shards_quality={quality}; a JPEG quality is between 1 and 100 (95 keeps detail)"
@@ -96,6 +99,9 @@ def write_shards(
         members = [r for r in records if r.split == split]
         if not members:
             continue
+        # formats list images grouped (by folder, class, source); a seeded shuffle makes every
+        # shard a sample of the whole split, which the streaming shuffle buffer relies on
+        random.Random(seed).shuffle(members)
         sizes = write_split(
             members, root / split, max_size, quality, samples_per_shard, desc=f"{split} shards"
         )
