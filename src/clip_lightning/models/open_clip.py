@@ -229,7 +229,10 @@ class OpenCLIPTextTower(nn.Module):
         self.num_features = built.embed_dim
         self.init_logit_scale = built.logit_scale if pretrained else None
         self.init_logit_bias = built.logit_bias if pretrained else None
-        self.context_length: int = self.model.context_length
+        # what open_clip's tokenizer pads to (an HF text tower's own limit may be larger)
+        configured = _model_config(arch)["text_cfg"].get("context_length", 77)
+        forced = (model_kwargs or {}).get("force_context_length")
+        self.context_length: int = forced or configured
         if max_length is not None and max_length > self.context_length:
             raise ModelLoadError(
                 f"model.text_encoder.max_length={max_length} exceeds {arch}'s context length "
