@@ -462,8 +462,9 @@ class WebDataModule(L.LightningDataModule):
         check_policy(on_bad_image)
         if urls is None:
             raise DataError(
-                "dataset=webdataset needs shard URLs, e.g. 'dataset.urls=\"/data/cc3m/{00000..00331}"
-                ".tar\"' (write shards with `python -m clip_lightning.prepare ... shards=DIR`)"
+                "dataset=webdataset needs shard URLs, e.g. "
+                "'dataset.urls=\"/data/cc3m/{00000..00331}.tar\"' (write shards with "
+                "`python -m clip_lightning.prepare ... shards=DIR`)"
             )
         if weights is not None and not resampled:
             raise DataError(
