@@ -32,6 +32,9 @@ TINY_BENCH = [
     "+data_pipeline.workers=[0]",
     "+data_pipeline.image_size=32",
     "+data_pipeline.cache_size=32",
+    "grad_checkpointing.batch_size=8",
+    "grad_checkpointing.steps=1",
+    "grad_checkpointing.repeats=1",
 ]
 
 
