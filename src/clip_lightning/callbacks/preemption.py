@@ -1,4 +1,4 @@
-"""Save ``last.ckpt`` when the job is told to stop (SIGTERM), then exit cleanly."""
+"""Save ``last.ckpt`` when the job is told to stop (SIGTERM); the task then exits with 143."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ class PreemptionCheckpoint(L.Callback):
     but outside SLURM's auto-requeue nothing is saved, so up to an epoch of work is lost. This
     callback saves the full training state (mid-epoch position included) at that moment;
     ``ckpt_path=last`` resumes from it. Other exceptions (a NaN loss, a bug) save nothing, so
-    ``last.ckpt`` stays the last good checkpoint.
+    ``last.ckpt`` stays the last good checkpoint. The task wrapper then exits with status
+    143 (:data:`clip_lightning.cli.task.PREEMPTED_EXIT_CODE`), so the job does not look finished.
     """
 
     def __init__(self, dirpath: str, filename: str = "last.ckpt"):
