@@ -105,6 +105,19 @@ def test_missing_shards_and_unknown_sizes_fail_before_training(tmp_path: Path, s
         stream_module(shards["train"], weights=[1], resampled=False)
 
 
+def test_img2dataset_stats_and_pipe_urls(tmp_path: Path) -> None:
+    samples = [{"__key__": f"{i:03d}", "jpg": jpeg(i), "txt": f"picture {i}"} for i in range(6)]
+    write_tar(tmp_path / "00000.tar", samples)
+    (tmp_path / "00000_stats.json").write_text(json.dumps({"count": 7, "successes": 6}))
+    assert stream_module(str(tmp_path / "00000.tar")).num_samples() == 6
+    # any command webdataset can read from, e.g. `pipe:aws s3 cp s3://... -`
+    piped = stream_module(
+        f"pipe:cat {tmp_path}/00000.tar", train_num_samples=6, batch_size=3, resampled=False
+    )
+    piped.load_splits()  # commands and remote URLs are opened lazily, not checked on disk
+    assert sorted(captions(piped.train_dataset())) == [f"picture {i}" for i in range(6)]
+
+
 # --------------------------------------------------------------------------- epochs
 def test_virtual_epoch_has_train_num_samples_and_a_loader_length(shards, tokenizer) -> None:
     datamodule = WebDataModule(
