@@ -350,14 +350,18 @@ class CLIPModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Runs before the state dict is loaded (also on resume): a mismatch gets one line.
+        state = checkpoint.get("state_dict", {})
+        own = self.state_dict()
+        for key in [k for k in state if ".pooler." in k and k not in own]:
+            del state[key]  # older checkpoints hold the unused pooler the text tower now drops
         saved = checkpoint.get(SETTINGS_KEY) or weight_shaping_settings(
             checkpoint.get("hyper_parameters", {})
         )
         problem = describe_mismatch(
             saved,
             weight_shaping_settings(self.hparams),
-            checkpoint.get("state_dict", {}),
-            self.state_dict(),
+            state,
+            own,
         )
         if problem is not None:
             raise CheckpointError(

