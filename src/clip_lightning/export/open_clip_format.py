@@ -102,7 +102,7 @@ def _logit_config(model: CLIPModule, config: dict[str, Any]) -> None:
 
 
 def _open_clip_config(model: CLIPModule) -> tuple[dict[str, Any], list[str]]:
-    tower = model.hparams.image_encoder
+    tower = model.hparams["image_encoder"]
     config = copy.deepcopy(open_clip.get_model_config(tower["arch"]))
     preprocess = dict(model.image_encoder.model.preprocess_cfg)
     for option, value in (tower.get("model_kwargs") or {}).items():
@@ -139,10 +139,11 @@ def _timm_hf_config(
                 "bias-free linear projection (or its own, different MLP), so only "
                 "model/head=linear exports to format=open_clip"
             )
-    extra = set(model.hparams.image_encoder) - IMAGE_ENCODER_ARGS
+    image_args = model.hparams["image_encoder"]
+    extra = set(image_args) - IMAGE_ENCODER_ARGS
     if extra or image.num_features != image.model.num_features:
         raise ExportError(
-            f"timm image tower {model.hparams.image_encoder['name']!r} "
+            f"timm image tower {image_args['name']!r} "
             f"{'with ' + ', '.join(sorted(extra)) if extra else 'pools through a pre-logits head'}"
             "; open_clip's TimmModel cannot rebuild it, so it cannot be exported to "
             "format=open_clip"
@@ -170,7 +171,7 @@ def _timm_hf_config(
         )
     # open_clip rebuilds the text model from hf_model_name: a hub id when the tower is exactly
     # that hub model, else this folder (its config.json is written here)
-    tower = model.hparams.text_encoder
+    tower = model.hparams["text_encoder"]
     source = str(tower["name_or_path"])
     portable = not Path(source).exists() and not tower.get("config_overrides")
     hf_name = source if portable and not tower.get("architecture") else str(out.resolve())
@@ -183,9 +184,9 @@ def _timm_hf_config(
         )
     height, width = data["input_size"][1:]
     config = {
-        "embed_dim": model.hparams.embed_dim,
+        "embed_dim": model.hparams["embed_dim"],
         "vision_cfg": {
-            "timm_model_name": model.hparams.image_encoder["name"],
+            "timm_model_name": image_args["name"],
             "timm_model_pretrained": False,
             "timm_pool": "",
             "timm_proj": "linear",

@@ -106,7 +106,7 @@ def _build(source: str, pretrained: bool) -> PretrainedParts:
 
 def _take(
     name_or_path: str, source: str, pretrained: bool, part: str
-) -> tuple[nn.Module, PretrainedParts]:
+) -> tuple[Any, PretrainedParts]:
     return take_tower(("hf", name_or_path, pretrained), part, lambda: _build(source, pretrained))
 
 
@@ -135,7 +135,7 @@ class _Half(nn.Module):
 
     def __init__(self, backbone: nn.Module, projection: nn.Module | None = None):
         super().__init__()
-        self.backbone = backbone
+        self.backbone: Any = backbone  # a transformers vision or text model
         self.projection = projection if projection is not None else nn.Identity()
 
     def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
@@ -182,6 +182,7 @@ class HFImageTower(nn.Module):
         saved_files: dict[str, bytes] | None = None,
     ):
         super().__init__()
+        self.model: _Half
         with _source(name_or_path, saved_files) as source:
             self.model, built = _take(name_or_path, source, pretrained, "image")
             try:
@@ -282,6 +283,7 @@ class HFTextTower(nn.Module):
                 "model.text_encoder.freeze=true and model.text_encoder.unfreeze_last_layers=0, "
                 "or model.text_encoder.cache=null"
             )
+        self.model: _Half
         with _source(name_or_path, saved_files) as source:
             self.model, built = _take(name_or_path, source, pretrained, "text")
             try:

@@ -39,7 +39,7 @@ def open_clip_module(
 ) -> CLIPModule:
     """``model=open_clip``: both towers from the open_clip model ``arch`` / ``pretrained``."""
     if isinstance(model_kwargs, DictConfig):
-        model_kwargs = OmegaConf.to_container(model_kwargs, resolve=True)  # type: ignore[assignment]
+        model_kwargs = OmegaConf.to_container(model_kwargs, resolve=True)
     shared = {"arch": arch, "pretrained": pretrained, "model_kwargs": dict(model_kwargs or {})}
     return pretrained_pair_module(shared, _model_config(arch)["embed_dim"], **module)
 
@@ -56,7 +56,8 @@ def _model_config(arch: str) -> dict[str, Any]:
 
 def _take(
     arch: str, pretrained: str | None, part: str, model_kwargs: dict[str, Any]
-) -> tuple[nn.Module, PretrainedParts]:
+) -> tuple[Any, PretrainedParts]:
+    """open_clip's ``visual`` or ``text`` module (untyped: open_clip ships no annotations)."""
     return take_tower(
         ("open_clip", arch, pretrained or None, model_kwargs),
         part,

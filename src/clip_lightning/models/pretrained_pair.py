@@ -35,7 +35,7 @@ def pretrained_pair_module(shared: dict[str, Any], embed_dim: int, **module: Any
 class PretrainedParts:
     """One built dual encoder, split into the towers no ``CLIPModule`` has taken yet."""
 
-    towers: dict[str, nn.Module]
+    towers: dict[str, Any]
     embed_dim: int
     logit_scale: float
     logit_bias: float | None
@@ -50,7 +50,7 @@ _UNCLAIMED: dict[str, PretrainedParts] = {}
 
 def take_tower(
     key: Sequence[Any], part: str, build: Callable[[], PretrainedParts]
-) -> tuple[nn.Module, PretrainedParts]:
+) -> tuple[Any, PretrainedParts]:
     """Tower ``part`` of the model identified by ``key``: built once for both towers."""
     cache_key = json.dumps(list(key), sort_keys=True, default=str)
     entry = _UNCLAIMED.get(cache_key)
@@ -69,6 +69,9 @@ def scalar(parameter: torch.Tensor | None) -> float | None:
 
 class PixelNormalizer(nn.Module):
     """Normalises uint8 batches (what the data pipeline yields) on the device; floats pass."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
