@@ -96,7 +96,7 @@ class CaptionDataModule(L.LightningDataModule):
             num_workers=num_workers,
             prefetch_factor=prefetch_factor,
         )
-        self.name = name
+        self.name: str = name  # never None here, unlike LightningDataModule.name
         self.root = Path(root).expanduser() if root is not None else None
         self.hub_id = hub_id
         self.format = format

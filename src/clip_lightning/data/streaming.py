@@ -403,6 +403,8 @@ class StreamLoader(DataLoader):
     """A DataLoader that tells its :class:`ShardStream` where each pass starts (the epoch and
     the batches a resumed run already trained) just before the workers begin."""
 
+    dataset: ShardStream
+
     def __init__(self, dataset: ShardStream, position: Callable[[], tuple[int, int]], **kwargs):
         super().__init__(dataset, **kwargs)
         self.position = position
@@ -489,6 +491,8 @@ class WebDataModule(L.LightningDataModule):
             "prefetch_factor": prefetch_factor if num_workers > 0 else None,
         }
         self.image_config = image_config
+        self.train_transform: Callable | None
+        self.eval_transform: Callable | None
         self.train_transform, self.eval_transform = (
             build_image_transforms(image_config, **dict(augment or {}))
             if image_config

@@ -52,11 +52,11 @@ def build_image_transforms(
     train = create_transform(
         **_geometry(data_config),
         is_training=True,
-        scale=tuple(scale),
-        ratio=tuple(ratio),
+        scale=(scale[0], scale[1]),
+        ratio=(ratio[0], ratio[1]),
         hflip=hflip,
         vflip=0.0,
-        color_jitter=None,
+        color_jitter=None,  # type: ignore[arg-type]  # None = no jitter; timm omits it from the hint
         auto_augment=None,
     )
     return train, build_eval_transform(data_config)
