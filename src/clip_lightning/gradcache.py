@@ -21,13 +21,16 @@ all-reduces.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
 
 __all__ = ["grad_cache_backward"]
+
+Chunk = TypeVar("Chunk", Tensor, dict[str, Tensor])  # an image chunk or a text-input chunk
 
 
 class _RngSnapshot:
@@ -58,8 +61,7 @@ def _split_dict(inputs: dict[str, Tensor], chunk_size: int) -> list[dict[str, Te
 
 
 def _embed_without_grad(
-    embed: Callable[[Tensor], Tensor] | Callable[[dict[str, Tensor]], Tensor],
-    chunks: list[Tensor] | list[dict[str, Tensor]],
+    embed: Callable[[Chunk], Tensor], chunks: Sequence[Chunk]
 ) -> tuple[Tensor, list[_RngSnapshot]]:
     """Concatenated features of all chunks, and the random state each chunk started from."""
     snapshots, features = [], []
