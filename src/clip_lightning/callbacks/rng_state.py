@@ -21,7 +21,9 @@ class RNGStateCheckpoint(L.Callback):
     """
 
     def state_dict(self) -> dict[str, Any]:
-        kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+        numpy_state = np.random.get_state(legacy=True)
+        assert isinstance(numpy_state, tuple)  # the global RandomState is always an MT19937
+        kind, keys, pos, has_gauss, cached_gaussian = numpy_state
         state: dict[str, Any] = {
             "python": random.getstate(),
             "numpy": [
