@@ -33,7 +33,7 @@ class _TransformedImages(Dataset):
     runs here, so in the DataLoader's workers.
     """
 
-    def __init__(self, items: Sequence[Any] | Dataset, transform: Transform) -> None:
+    def __init__(self, items: Sequence[Any] | Dataset | torch.Tensor, transform: Transform) -> None:
         self.items = items
         self.transform = transform
 
@@ -90,7 +90,7 @@ def embed_images(
         for batch in loader:
             chunks.append(model.embed_images(batch.to(model.device)).float().cpu())
     if not chunks:
-        return torch.empty(0, model.hparams.embed_dim)
+        return torch.empty(0, model.hparams["embed_dim"])
     return torch.cat(chunks)
 
 
@@ -108,5 +108,5 @@ def embed_texts(model: CLIPModule, texts: Sequence[str], *, batch_size: int = 25
             tokens = {name: value.to(model.device) for name, value in tokens.items()}
             chunks.append(model.embed_texts(**tokens).float().cpu())
     if not chunks:
-        return torch.empty(0, model.hparams.embed_dim)
+        return torch.empty(0, model.hparams["embed_dim"])
     return torch.cat(chunks)

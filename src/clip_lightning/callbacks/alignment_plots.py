@@ -8,7 +8,7 @@ confuses. The callback always draws the same few validation pairs, so plots of d
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import lightning as L
 import torch
@@ -18,6 +18,9 @@ from lightning.pytorch.utilities import rank_zero_warn
 from clip_lightning import plots
 from clip_lightning.data.records import CaptionRecord, load_rgb
 from clip_lightning.embedding import embed_images, embed_texts
+
+if TYPE_CHECKING:
+    from clip_lightning.module import CLIPModule
 
 _CURVE_KEYS = ("i2t_r1", "t2i_r1", "i2t_r10", "t2i_r10")
 
@@ -106,7 +109,7 @@ class AlignmentPlots(L.Callback):
         return Path(self.dirpath or Path(trainer.default_root_dir) / "plots") / stage
 
     def _sample(self, trainer: L.Trainer) -> list[CaptionRecord]:
-        datamodule = trainer.datamodule
+        datamodule = getattr(trainer, "datamodule", None)  # set at runtime, not in Trainer's hints
         if datamodule is None or not hasattr(datamodule, "load_splits"):
             rank_zero_warn("AlignmentPlots needs a CaptionDataModule; no plots drawn")
             return []
@@ -123,8 +126,9 @@ class AlignmentPlots(L.Callback):
         captions = [c for record in records for c in record.captions]
         owners = [i for i, record in enumerate(records) for _ in record.captions]
         first = [owners.index(i) for i in range(len(records))]
-        image_emb = embed_images(pl_module, images, batch_size=len(images))
-        text_emb = embed_texts(pl_module, captions)
+        model = cast("CLIPModule", pl_module)
+        image_emb = embed_images(model, images, batch_size=len(images))
+        text_emb = embed_texts(model, captions)
 
         pairs = min(self.heatmap_pairs, len(records))
         queries = min(self.num_queries, len(records))
