@@ -148,6 +148,8 @@ def run(
             name: {w: statistics.median(values) for w, values in per_worker.items()}
             for name, per_worker in samples.items()
         }
+    cache_speedup = {w: rates["cache"][w] / rates["raw"][w] for w in rates["raw"]}
+    shards_vs_jpeg = {w: rates["shards"][w] / rates["raw"][w] for w in rates["raw"]}
     result = {
         "num_images": num_images,
         "repeats": repeats,
@@ -157,19 +159,19 @@ def run(
         "shard_write_seconds": shard_seconds,
         "num_shards": len(sizes),
         "images_per_second": rates,
-        "cache_speedup": {w: rates["cache"][w] / rates["raw"][w] for w in rates["raw"]},
-        "shards_vs_jpeg": {w: rates["shards"][w] / rates["raw"][w] for w in rates["raw"]},
+        "cache_speedup": cache_speedup,
+        "shards_vs_jpeg": shards_vs_jpeg,
     }
     print(f"Data pipeline: {num_images} JPEGs 500x375 -> {image_size} px (batch {batch_size})")
     print(
         f"{'workers':>8} {'raw img/s':>10} {'cache img/s':>12} {'speed-up':>9} "
         f"{'shards img/s':>13} {'vs raw':>7}"
     )
-    for w in rates["raw"]:
+    for key in rates["raw"]:  # the worker count, as a str
         print(
-            f"{w:>8} {rates['raw'][w]:>10.1f} {rates['cache'][w]:>12.1f} "
-            f"{result['cache_speedup'][w]:>8.2f}x {rates['shards'][w]:>13.1f} "
-            f"{result['shards_vs_jpeg'][w]:>6.2f}x"
+            f"{key:>8} {rates['raw'][key]:>10.1f} {rates['cache'][key]:>12.1f} "
+            f"{cache_speedup[key]:>8.2f}x {rates['shards'][key]:>13.1f} "
+            f"{shards_vs_jpeg[key]:>6.2f}x"
         )
     print(f"cache build: {build_seconds:.1f} s ({num_images / build_seconds:.0f} img/s)")
     print(f"shard write: {shard_seconds:.1f} s ({len(sizes)} shards)")
