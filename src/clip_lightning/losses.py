@@ -182,14 +182,14 @@ class SoftTargetLoss(_ContrastiveLoss):
     captions (e.g. sampling every (image, caption) pair of COCO with its 5 captions per image),
     where one-hot InfoNCE targets would push apart pairs that actually match.
 
-    Choices that differ from the earlier project this loss comes from:
+    Choices that differ from the common soft-target CLIP formulation:
 
     * the targets are detached: they are a label, not something to optimise (otherwise the
       loss can be lowered by making the within-modality similarities spikier);
     * both directions use the row-normalised targets (the similarity is symmetric, so row ``i``
       of the text→image targets equals row ``i`` of the image→text targets), whereas the
-      original's ``targets.T`` has rows that do not sum to one;
-    * ``target_temperature`` divides the similarities, as a temperature does (the original
+      common formulation's ``targets.T`` has rows that do not sum to one;
+    * ``target_temperature`` divides the similarities, as a temperature does (the common
       multiplied); lower values give sharper targets, and at the default 1.0 they agree. With
       L2-normalised features the similarities lie in ``[-1, 1]``, so 1.0 gives quite soft targets.
     """

@@ -40,7 +40,7 @@ class LinearHead(nn.Module):
 
 
 class MLPHead(nn.Module):
-    """Linear -> GELU -> Linear -> Dropout with a residual and LayerNorm (the earlier project's).
+    """Linear -> GELU -> Linear -> Dropout with a residual and LayerNorm.
 
     The residual keeps the first projection's signal, so the head starts close to linear and
     the extra capacity helps mostly when the encoders are frozen.
