@@ -189,7 +189,7 @@ class SoftTargetLoss(_ContrastiveLoss):
     * both directions use the row-normalised targets (the similarity is symmetric, so row ``i``
       of the text→image targets equals row ``i`` of the image→text targets), whereas the
       common formulation's ``targets.T`` has rows that do not sum to one;
-    * ``target_temperature`` divides the similarities, as a temperature does (the common
+    * ``target_temperature`` divides the similarities, as a temperature does (the common formulation
       multiplied); lower values give sharper targets, and at the default 1.0 they agree. With
       L2-normalised features the similarities lie in ``[-1, 1]``, so 1.0 gives quite soft targets.
     """
