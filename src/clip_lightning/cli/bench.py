@@ -13,7 +13,7 @@ import platform
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -48,7 +48,8 @@ def _retrieval(cfg: DictConfig) -> dict[str, Any]:
 def _data_pipeline(cfg: DictConfig) -> dict[str, Any]:
     from clip_lightning.benchmarks.data_pipeline import run
 
-    return run(**OmegaConf.to_container(cfg.data_pipeline, resolve=True))
+    options = cast(dict[str, Any], OmegaConf.to_container(cfg.data_pipeline, resolve=True))
+    return run(**options)
 
 
 def _grad_checkpointing(cfg: DictConfig) -> dict[str, Any]:
