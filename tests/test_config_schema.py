@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 
 from clip_lightning.cli.config_schema import TASK_SCHEMAS, check_config
 from clip_lightning.errors import ClipLightningError, ConfigError
-from tests.conftest import CONFIG_DIR, TINY, compose_train
+from tests.helpers import CONFIG_DIR, TINY_TRAIN_OVERRIDES, compose_train
 
 CONF = Path(CONFIG_DIR)
 # the groups of conf/train.yaml a user picks from, nested model groups included
@@ -64,7 +64,7 @@ def test_open_groups_accept_keys_the_schema_does_not_name() -> None:
     # timm / HF / torch keywords the project passes through untouched
     cfg = compose_train(
         [
-            *TINY,
+            *TINY_TRAIN_OVERRIDES,
             "+model.image_encoder.drop_path_rate=0.1",
             "+optimizer.amsgrad=true",
             "+trainer.benchmark=true",
@@ -123,7 +123,7 @@ BAD_TRAIN_VALUES = [
 
 @pytest.mark.parametrize(("override", "shown"), BAD_TRAIN_VALUES)
 def test_bad_value_is_one_line_naming_key_value_and_fix(override: str, shown: str) -> None:
-    cfg = compose_train([*TINY, override])
+    cfg = compose_train([*TINY_TRAIN_OVERRIDES, override])
     with pytest.raises(ConfigError) as caught:
         check_config(cfg, "train")
     message = str(caught.value)
@@ -135,11 +135,11 @@ def test_bad_value_is_one_line_naming_key_value_and_fix(override: str, shown: st
 
 
 def test_the_example_fix_passes_the_check() -> None:
-    cfg = compose_train([*TINY, "optimizer.lr=abc"])
+    cfg = compose_train([*TINY_TRAIN_OVERRIDES, "optimizer.lr=abc"])
     with pytest.raises(ConfigError, match=r"e\.g\. optimizer\.lr=(\S+)$") as caught:
         check_config(cfg, "train")
     fix = str(caught.value).rpartition("e.g. ")[2]
-    check_config(compose_train([*TINY, fix]), "train")
+    check_config(compose_train([*TINY_TRAIN_OVERRIDES, fix]), "train")
 
 
 @pytest.mark.parametrize(
@@ -165,4 +165,4 @@ def test_bad_values_of_other_tasks(task: str, override: str, shown: str) -> None
 
 def test_unknown_task_is_a_programming_error() -> None:
     with pytest.raises(ValueError, match="no config schema for task 'quickstart'"):
-        check_config(compose_train(TINY), "quickstart")
+        check_config(compose_train(TINY_TRAIN_OVERRIDES), "quickstart")

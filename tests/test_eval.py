@@ -24,7 +24,7 @@ from clip_lightning.cli.train import train
 from clip_lightning.errors import CheckpointError
 from clip_lightning.utils.config import register_resolvers
 from clip_lightning.utils.instantiate import instantiate_list
-from tests.conftest import CONFIG_DIR, TINY, quiet_trainer
+from tests.helpers import CONFIG_DIR, TINY_TRAIN_OVERRIDES, quiet_trainer
 
 DATA = [
     "dataset.adapter_options.train=64",
@@ -54,7 +54,7 @@ def compose_train_run(overrides: list[str], output_dir: Path) -> DictConfig:
 def trained(tmp_path_factory) -> tuple[DictConfig, dict[str, float]]:
     """One tiny training run (fit 1 epoch + test of the best checkpoint), shared by the module."""
     run = tmp_path_factory.mktemp("train") / "run"
-    cfg = compose_train_run([*TINY, *DATA], output_dir=run)
+    cfg = compose_train_run([*TINY_TRAIN_OVERRIDES, *DATA], output_dir=run)
     try:
         metrics = train(cfg)
     finally:

@@ -21,7 +21,7 @@ from clip_lightning.cli.loading import build_datamodule
 from clip_lightning.export import ExportError, export_model
 from clip_lightning.module import CLIPModule
 from clip_lightning.utils.config import register_resolvers
-from tests.conftest import CONFIG_DIR, TINY, compose_train, quiet_trainer
+from tests.helpers import CONFIG_DIR, TINY_TRAIN_OVERRIDES, compose_train, quiet_trainer
 from tests.pretrained import hf_clip_cfg, open_clip_cfg
 
 CAPTIONS = ["a red square on the left", "two blue circles", "a large green triangle and a dot"]
@@ -76,7 +76,7 @@ def test_open_clip_model_round_trips_through_local_dir(tmp_path, arch, loss):
 
 def test_timm_and_hf_text_model_round_trips_as_custom_text_clip(tmp_path):
     # quickstart towers (timm ResNet-18 + MiniLM) with linear heads
-    cfg = compose_train([*TINY, "model/head=linear"], output_dir=tmp_path)
+    cfg = compose_train([*TINY_TRAIN_OVERRIDES, "model/head=linear"], output_dir=tmp_path)
     model = reloaded(trained(cfg, tmp_path), tmp_path)
     with pytest.raises(ExportError, match=r"crop_pct=0\.95") as err:
         export_model(model, tmp_path / "refused", "open_clip")
@@ -89,7 +89,7 @@ def test_timm_and_hf_text_model_round_trips_as_custom_text_clip(tmp_path):
 
 
 def test_mlp_head_is_refused_in_one_line(tmp_path):
-    model = instantiate(compose_train(TINY, output_dir=tmp_path).model)
+    model = instantiate(compose_train(TINY_TRAIN_OVERRIDES, output_dir=tmp_path).model)
     with pytest.raises(ExportError, match="the image head is a MLPHead") as err:
         export_model(model, tmp_path / "out", "open_clip")
     assert "\n" not in str(err.value)

@@ -16,7 +16,7 @@ from transformers import AutoModel, AutoProcessor, AutoTokenizer
 from clip_lightning.cli.loading import build_datamodule
 from clip_lightning.errors import ModelLoadError, find_user_error
 from clip_lightning.module import CLIPModule
-from tests.conftest import quiet_trainer
+from tests.helpers import quiet_trainer
 from tests.pretrained import PRETRAINED_BIAS, PRETRAINED_SCALE, hf_clip_cfg, minilm_tokenizer_dir
 
 CAPTIONS = ["a red square on the left", "two blue circles", "a large green triangle"]

@@ -21,7 +21,7 @@ from clip_lightning.errors import ConfigError, find_user_error
 from clip_lightning.models import IdentityHead, ImageEncoder, TextEncoder, allow_target
 from clip_lightning.module import CLIPModule
 from clip_lightning.utils.config import package_path
-from tests.conftest import TINY, compose_train, quiet_trainer
+from tests.helpers import TINY_TRAIN_OVERRIDES, compose_train, quiet_trainer
 
 
 def build(cfg):
@@ -126,7 +126,7 @@ def _one_sgd_step(overrides: list[str], tmp_path) -> dict[str, torch.Tensor]:
     """Parameter deltas after one SGD step (delta = -lr * grad) on the first training batch."""
     cfg = compose_train(
         [
-            *TINY,
+            *TINY_TRAIN_OVERRIDES,
             *overrides,
             "+model.image_encoder.img_size=32",
             "model.image_encoder.name=vit_tiny_patch16_224",
@@ -240,7 +240,7 @@ class PretrainedScaleImageEncoder(ImageEncoder):
 
 def test_tower_hands_its_pretrained_temperature_to_the_loss():
     allow_target(PretrainedScaleImageEncoder)  # a user's own tower class, registered
-    cfg = compose_train([*TINY, "loss=siglip"])
+    cfg = compose_train([*TINY_TRAIN_OVERRIDES, "loss=siglip"])
     with open_dict(cfg):
         cfg.model.image_encoder._target_ = f"{__name__}.PretrainedScaleImageEncoder"
     model = instantiate(cfg.model)
@@ -249,7 +249,7 @@ def test_tower_hands_its_pretrained_temperature_to_the_loss():
 
 
 def test_identity_head_passes_features_and_checks_the_width():
-    cfg = compose_train([*TINY, "model/head=identity", "model.embed_dim=384"])
+    cfg = compose_train([*TINY_TRAIN_OVERRIDES, "model/head=identity", "model.embed_dim=384"])
     with pytest.raises(Exception) as raised:
         instantiate(cfg.model)  # the ResNet-18's 512 features are not 384 wide
     error = find_user_error(raised.value)

@@ -17,9 +17,8 @@ from PIL import Image
 from clip_lightning.cli.loading import build_datamodule
 from clip_lightning.errors import ModelLoadError, find_user_error
 from clip_lightning.module import CLIPModule
-from tests.conftest import compose_train, quiet_trainer
-from tests.experiments.conftest import run_train
 from tests.experiments.test_ddp_sim import RankWeights
+from tests.helpers import compose_train, quiet_trainer, run_train
 from tests.pretrained import (
     PRETRAINED_BIAS,
     PRETRAINED_SCALE,

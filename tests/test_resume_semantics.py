@@ -15,12 +15,13 @@ from hydra.utils import instantiate
 from clip_lightning.cli.train import train
 from clip_lightning.errors import CheckpointError
 from clip_lightning.utils.resume import check_resume, tensor_mismatches
-from tests.conftest import TINY, compose_train
+from tests.helpers import TINY_TRAIN_OVERRIDES, compose_train
 
-# TINY: 48 train images, 16 per step -> 3 optimizer steps per epoch; the LR logged every step
+# TINY_TRAIN_OVERRIDES: 48 train images, 16 per step -> 3 optimizer steps per epoch; the LR
+# is logged every step
 STEPS_PER_EPOCH = 3
 RUN = [
-    *TINY,
+    *TINY_TRAIN_OVERRIDES,
     "trainer.max_epochs=2",
     "callbacks.model_checkpoint.save_top_k=-1",  # keep epoch_000.ckpt: a mid-schedule resume
     "trainer.log_every_n_steps=1",

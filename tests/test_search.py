@@ -18,7 +18,7 @@ from clip_lightning.cli.search import build_index, search
 from clip_lightning.errors import DataError
 from clip_lightning.module import CLIPModule
 from clip_lightning.utils.config import register_resolvers
-from tests.conftest import CONFIG_DIR
+from tests.helpers import CONFIG_DIR
 from tests.test_zeroshot import save_tiny_checkpoint
 
 

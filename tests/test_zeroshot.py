@@ -30,7 +30,7 @@ from clip_lightning.zeroshot import (
     read_lines,
     zeroshot_classify,
 )
-from tests.conftest import CONFIG_DIR, TINY, compose_train, quiet_trainer
+from tests.helpers import CONFIG_DIR, TINY_TRAIN_OVERRIDES, compose_train, quiet_trainer
 
 COLOURS = {
     "dark_red": (150, 20, 20),
@@ -45,7 +45,7 @@ TEMPLATES = ["a photo of a {}.", "{} square"]
 
 def save_tiny_checkpoint(tmp_path: Path) -> Path:
     """A checkpoint of the tiny quickstart model after one optimizer step."""
-    cfg = compose_train(TINY, output_dir=tmp_path)
+    cfg = compose_train(TINY_TRAIN_OVERRIDES, output_dir=tmp_path)
     model = instantiate(cfg.model)
     trainer = quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0)
     trainer.fit(model, datamodule=build_datamodule(cfg.dataset, model))
@@ -150,7 +150,7 @@ def test_empty_and_single_class_folders_raise_data_errors(tmp_path):
 
 def test_callback_logs_top1_every_n_epochs_equal_to_eval(tmp_path):
     folder = make_folder(tmp_path / "colours", COLOURS, per_class=2)
-    cfg = compose_train(TINY, output_dir=tmp_path)
+    cfg = compose_train(TINY_TRAIN_OVERRIDES, output_dir=tmp_path)
     model = instantiate(cfg.model)
     callback = ZeroShotClassification(str(folder), templates=TEMPLATES, every_n_epochs=2)
     logger = CSVLogger(tmp_path, name="", version="")
@@ -191,7 +191,7 @@ def test_class_names_file_and_bad_callback_settings(tmp_path):
 def test_validate_before_fit_logs_a_step_0_baseline(tmp_path):
     folder = make_folder(tmp_path / "colours", dict(list(COLOURS.items())[:3]), per_class=1)
     overrides = [
-        *TINY,
+        *TINY_TRAIN_OVERRIDES,
         "validate_before_fit=true",
         "test=false",
         "callbacks=[none,zeroshot]",

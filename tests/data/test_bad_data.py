@@ -15,8 +15,8 @@ from hydra.utils import instantiate
 from clip_lightning.data.datamodule import CaptionDataModule
 from clip_lightning.data.formats import hf, load_records
 from clip_lightning.errors import DataError
-from tests.conftest import compose_train
-from tests.data.conftest import BUILDERS, TINY_MODEL
+from tests.helpers import TINY_TRAIN_MODEL_OVERRIDES, compose_train
+from tests.helpers.data import BUILDERS
 
 
 def message(excinfo: pytest.ExceptionInfo) -> str:
@@ -112,7 +112,11 @@ def test_default_flickr30k_offline_fails_fast_in_one_paragraph(tmp_path, monkeyp
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     cfg = compose_train(
-        [*TINY_MODEL, "dataset=flickr30k", f"+dataset.hub_kwargs.cache_dir={tmp_path / 'hf'}"],
+        [
+            *TINY_TRAIN_MODEL_OVERRIDES,
+            "dataset=flickr30k",
+            f"+dataset.hub_kwargs.cache_dir={tmp_path / 'hf'}",
+        ],
         output_dir=tmp_path,
     )
     datamodule = instantiate(cfg.dataset)

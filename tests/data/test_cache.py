@@ -13,7 +13,7 @@ from PIL import Image
 from clip_lightning.data.cache import ARRAY, INDEX, CachedImages, ImageCache, fingerprint
 from clip_lightning.data.datamodule import CaptionDataModule
 from clip_lightning.errors import DataError
-from tests.data.conftest import BUILDERS, IMAGE_CONFIG, compose_data, truncate
+from tests.helpers.data import BUILDERS, IMAGE_CONFIG, compose_data, truncate
 
 
 def cached_module(root, cache, **kwargs) -> CaptionDataModule:

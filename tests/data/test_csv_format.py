@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 
 from clip_lightning.data.formats import load_records
 from clip_lightning.errors import DataError
-from tests.data.conftest import compose_data, write_image
+from tests.helpers.data import compose_data, write_image
 
 
 def image_rows(root: Path, count: int, captions: int = 2) -> list[tuple[str, str]]:

@@ -16,7 +16,7 @@ from transformers import AutoTokenizer
 from clip_lightning.cli.train import train
 from clip_lightning.data.datamodule import CaptionDataModule
 from clip_lightning.utils.config import package_path
-from tests.data.conftest import BUILDERS, IMAGE_CONFIG, PARQUET_COLUMNS, compose_data
+from tests.helpers.data import BUILDERS, IMAGE_CONFIG, PARQUET_COLUMNS, compose_data
 
 # fixture kind -> (dataset group, extra overrides)
 TRAIN_CASES = {

@@ -12,7 +12,7 @@ from clip_lightning.data.formats import detect_format, load_records
 from clip_lightning.data.formats.kaggle_csv import parse_line
 from clip_lightning.data.records import assign_splits, load_rgb, make_record
 from clip_lightning.errors import DataError
-from tests.data.conftest import BUILDERS
+from tests.helpers.data import BUILDERS
 
 EXPECTED_FORMAT = {
     "karpathy": "karpathy",

@@ -13,8 +13,8 @@ from clip_lightning.cli.prepare import prepare
 from clip_lightning.data.datamodule import CaptionDataModule
 from clip_lightning.errors import DataError
 from clip_lightning.utils.config import register_resolvers
-from tests.conftest import CONFIG_DIR
-from tests.data.conftest import BUILDERS, truncate
+from tests.helpers import CONFIG_DIR
+from tests.helpers.data import BUILDERS, truncate
 
 
 def compose_prepare(*overrides: str):

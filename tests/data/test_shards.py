@@ -16,8 +16,8 @@ from clip_lightning.data.formats import load_records
 from clip_lightning.data.shards import write_shards
 from clip_lightning.data.streaming import WebDataModule
 from clip_lightning.errors import DataError
-from tests.data.conftest import IMAGE_CONFIG, build_kaggle, build_karpathy, truncate
 from tests.data.test_prepare import compose_prepare
+from tests.helpers.data import IMAGE_CONFIG, build_kaggle, build_karpathy, truncate
 
 
 def test_shards_hold_jpg_txt_json_per_image_resized_with_sizes(tmp_path: Path) -> None:

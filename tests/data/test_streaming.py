@@ -30,9 +30,8 @@ from clip_lightning.data.streaming import (
 )
 from clip_lightning.errors import DataError
 from clip_lightning.utils.config import package_path
-from tests.conftest import quiet_trainer
-from tests.data.conftest import IMAGE_CONFIG, build_karpathy, picture
-from tests.experiments.conftest import TINY, read_metrics, run_dirs, run_train
+from tests.helpers import TINY_RUN_OVERRIDES, quiet_trainer, read_metrics, run_dirs, run_train
+from tests.helpers.data import IMAGE_CONFIG, build_karpathy, picture
 
 
 @pytest.fixture(scope="module")
@@ -392,7 +391,7 @@ def test_two_ddp_ranks_get_disjoint_samples_equal_batches_and_a_global_batch(
     assert len(seen) == 48 and len(set(seen)) == 48  # disjoint ranks, every sample once
 
 
-TRAIN_MODEL = [o for o in TINY if not o.startswith("dataset")] + [
+TRAIN_MODEL = [o for o in TINY_RUN_OVERRIDES if not o.startswith("dataset")] + [
     "dataset=webdataset",
     "dataset.batch_size=8",
     "dataset.eval_batch_size=8",

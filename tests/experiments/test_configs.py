@@ -10,7 +10,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 
 from clip_lightning.utils.config import register_resolvers
-from tests.experiments.conftest import TINY_MODEL, read_metrics, run_dirs, run_train
+from tests.helpers import TINY_MODEL_OVERRIDES, read_metrics, run_dirs, run_train
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 # folders of YAML read as files (zero-shot prompt lists), not config groups
@@ -83,8 +83,8 @@ def test_unknown_option_lists_the_available_ones() -> None:
 
 
 def tower_experiments() -> list[str]:
-    """Experiments built from the timm / Hugging Face towers, which TINY_MODEL swaps for tiny
-    offline ones (the open_clip ones train on tiny open_clip models in tests/test_open_clip.py)."""
+    """Experiments built from the timm / Hugging Face towers, which TINY_MODEL_OVERRIDES swaps
+    for tiny offline ones (open_clip ones train on tiny open_clip models in test_open_clip.py)."""
     names = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
     return [n for n in names if compose_train([f"experiment={n}"]).model._target_ == CLIP_MODULE]
 
@@ -93,7 +93,7 @@ def tower_experiments() -> list[str]:
 @pytest.mark.parametrize("experiment", tower_experiments())
 def test_experiment_runs_fast_dev_run(experiment: str, tmp_path: Path) -> None:
     """The experiment's own settings (freezing, heads, loss) on tiny offline encoders."""
-    run_train(tmp_path, f"experiment={experiment}", *TINY_MODEL, "debug=fdr")
+    run_train(tmp_path, f"experiment={experiment}", *TINY_MODEL_OVERRIDES, "debug=fdr")
     (run,) = run_dirs(tmp_path, "debug")
     metrics = read_metrics(run)
     assert metrics["test/rsum"] >= 0.0

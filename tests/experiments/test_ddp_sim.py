@@ -13,8 +13,7 @@ import yaml
 
 from clip_lightning.models.text_cache import hash_module_weights
 from clip_lightning.utils.config import package_path
-from tests.conftest import CONFIG_DIR
-from tests.experiments.conftest import TINY, read_metrics, run_dirs, run_train
+from tests.helpers import CONFIG_DIR, TINY_RUN_OVERRIDES, read_metrics, run_dirs, run_train
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -70,7 +69,7 @@ class RankWeights(L.Callback):
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_ddp_sim_writes_one_run_dir(tmp_path: Path) -> None:
-    run_train(tmp_path, *TINY, "trainer=ddp_sim", "test=false")
+    run_train(tmp_path, *TINY_RUN_OVERRIDES, "trainer=ddp_sim", "test=false")
     runs = run_dirs(tmp_path)
     assert len(runs) == 1, runs
     assert len(list((tmp_path / "logs").rglob("metrics.json"))) == 1
@@ -84,7 +83,7 @@ def test_ddp_sim_writes_one_run_dir(tmp_path: Path) -> None:
 def test_trainable_bert_tower_keeps_ranks_identical(tmp_path: Path) -> None:
     run_train(
         tmp_path,
-        *TINY,
+        *TINY_RUN_OVERRIDES,
         "trainer=ddp_sim",
         "model.text_encoder.freeze=false",
         "model.text_encoder.cache=null",

@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from clip_lightning.cli.task import PREEMPTED_EXIT_CODE
-from tests.experiments.conftest import TINY, read_metrics, run_dirs, run_train, train_env
+from tests.helpers import TINY_RUN_OVERRIDES, read_metrics, run_dirs, run_train, train_env
 
 # 160 train images / 8 per step = 20 steps per epoch, 2 epochs; no test pass, no early stop.
 # Epochs are long enough that a SIGTERM one second into epoch 2 lands well inside it.
 RESUME = [
-    *TINY,
+    *TINY_RUN_OVERRIDES,
     "dataset.adapter_options.train=160",
     "dataset.batch_size=8",
     "trainer.max_epochs=2",
@@ -69,7 +69,7 @@ def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(tmp_path: Path) -> 
 
 
 def test_ckpt_path_last_without_earlier_run_is_one_clear_error(tmp_path: Path) -> None:
-    proc = run_train(tmp_path, *TINY, "ckpt_path=last", check=False)
+    proc = run_train(tmp_path, *TINY_RUN_OVERRIDES, "ckpt_path=last", check=False)
     assert proc.returncode == 1
     assert "ckpt_path=last found no earlier run" in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
@@ -80,7 +80,7 @@ def test_nan_loss_stops_with_one_line_and_keeps_last_checkpoint(tmp_path: Path) 
     # lr=1e30 blows the weights up at the first step; the second step's loss is NaN.
     proc = run_train(
         tmp_path,
-        *TINY,
+        *TINY_RUN_OVERRIDES,
         "optimizer.lr=1e30",
         "model.tower_lr.image_encoder=1e30",
         "callbacks.model_checkpoint.monitor=null",

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.experiments.conftest import TINY, run_train
+from tests.helpers import TINY_RUN_OVERRIDES, run_train
 
 
 def sweep_jobs(tmp_path: Path) -> list[Path]:
@@ -18,7 +18,9 @@ def sweep_jobs(tmp_path: Path) -> list[Path]:
 @pytest.mark.slow
 def test_grid_sweep_survives_a_failing_job(tmp_path: Path) -> None:
     # lr=1e30 makes the loss non-finite at the second step: a real failing job
-    proc = run_train(tmp_path, "-m", *TINY, "test=false", "optimizer.lr=1e30,1e-3", check=False)
+    proc = run_train(
+        tmp_path, "-m", *TINY_RUN_OVERRIDES, "test=false", "optimizer.lr=1e30,1e-3", check=False
+    )
     jobs = sweep_jobs(tmp_path)
     assert [j.name for j in jobs] == ["0", "1"]
     assert not (jobs[0] / "metrics.json").exists()
@@ -34,7 +36,7 @@ def test_optuna_sweep_two_trials(tmp_path: Path) -> None:
         tmp_path,
         "-m",
         "hparams_search=optuna_lr",
-        *TINY,
+        *TINY_RUN_OVERRIDES,
         "test=false",
         "hydra.sweeper.n_trials=2",
         "hydra.sweeper.sampler.n_startup_trials=2",
@@ -53,7 +55,7 @@ def test_optuna_sweep_records_a_failing_trial_and_goes_on(tmp_path: Path) -> Non
         tmp_path,
         "-m",
         "hparams_search=optuna_lr",
-        *TINY,
+        *TINY_RUN_OVERRIDES,
         "test=false",
         "hydra.sweeper.n_trials=2",
         "hydra.sweeper.sampler.n_startup_trials=2",

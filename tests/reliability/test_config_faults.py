@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.experiments.conftest import TINY, run_dirs, run_train
+from tests.helpers import TINY_RUN_OVERRIDES, run_dirs, run_train
 
 
 def error_lines(output: str, needle: str) -> list[str]:
@@ -24,7 +24,7 @@ def error_lines(output: str, needle: str) -> list[str]:
     ],
 )
 def test_bad_value_exits_1_with_one_line(tmp_path: Path, override: str, line: str) -> None:
-    proc = run_train(tmp_path, *TINY, override, check=False, timeout=120)
+    proc = run_train(tmp_path, *TINY_RUN_OVERRIDES, override, check=False, timeout=120)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 1, output[-2000:]
     assert len(error_lines(output, line)) == 1, output[-2000:]
@@ -36,7 +36,7 @@ def test_bad_value_exits_1_with_one_line(tmp_path: Path, override: str, line: st
 def test_truncated_checkpoint_exits_1_with_one_line(tmp_path: Path) -> None:
     broken = tmp_path / "broken.ckpt"
     broken.write_bytes(b"PK\x03\x04 not the rest of a checkpoint")
-    proc = run_train(tmp_path, *TINY, f"ckpt_path={broken}", check=False, timeout=180)
+    proc = run_train(tmp_path, *TINY_RUN_OVERRIDES, f"ckpt_path={broken}", check=False, timeout=180)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 1, output[-2000:]
     lines = error_lines(output, "truncated or not a clip-lightning checkpoint")
@@ -46,9 +46,14 @@ def test_truncated_checkpoint_exits_1_with_one_line(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_resume_with_a_changed_embed_dim_names_it(tmp_path: Path) -> None:
-    run_train(tmp_path, *TINY, "test=false")
+    run_train(tmp_path, *TINY_RUN_OVERRIDES, "test=false")
     proc = run_train(
-        tmp_path, *TINY, "test=false", "ckpt_path=last", "model.embed_dim=64", check=False
+        tmp_path,
+        *TINY_RUN_OVERRIDES,
+        "test=false",
+        "ckpt_path=last",
+        "model.embed_dim=64",
+        check=False,
     )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 1, output[-2000:]

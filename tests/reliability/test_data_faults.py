@@ -33,7 +33,7 @@ from clip_lightning.data.datasets import ImageChangedError
 from clip_lightning.data.records import BadImageError, FileImage, load_rgb
 from clip_lightning.errors import DataError, find_user_error
 from clip_lightning.utils.config import package_path
-from tests.data.conftest import BUILDERS, IMAGE_CONFIG, compose_data, picture, truncate
+from tests.helpers.data import BUILDERS, IMAGE_CONFIG, compose_data, picture, truncate
 
 
 def png_with_corrupt_body(seed: int = 0) -> bytes:

@@ -10,15 +10,14 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from clip_lightning.errors import CheckpointError, NonFiniteLossError
 from clip_lightning.module import CLIPModule
-from tests.conftest import TINY, compose_train, quiet_trainer
-from tests.experiments.conftest import run_train
+from tests.helpers import TINY_TRAIN_OVERRIDES, compose_train, quiet_trainer, run_train
 from tests.test_model import build
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("trained")
-    model, datamodule = build(compose_train(TINY, output_dir=root))
+    model, datamodule = build(compose_train(TINY_TRAIN_OVERRIDES, output_dir=root))
     trainer = quiet_trainer(root, max_steps=1, limit_val_batches=0)
     trainer.fit(model, datamodule=datamodule)
     trainer.save_checkpoint(root / "model.ckpt")
@@ -51,7 +50,7 @@ def test_a_truncated_checkpoint_says_so(checkpoint, tmp_path):
 
 
 def test_nan_stop_names_the_last_checkpoint_only_when_one_exists(tmp_path):
-    model, datamodule = build(compose_train(TINY, output_dir=tmp_path))
+    model, datamodule = build(compose_train(TINY_TRAIN_OVERRIDES, output_dir=tmp_path))
     nan = torch.tensor(float("nan"))
     quiet_trainer(tmp_path / "none", max_steps=1, limit_val_batches=0).fit(model, datamodule)
     with pytest.raises(NonFiniteLossError, match="No checkpoint was saved") as raised:

@@ -27,12 +27,23 @@ from clip_lightning.cli.train import train
 from clip_lightning.errors import DataError
 from clip_lightning.plugins import remove_stale_temporaries
 from clip_lightning.utils.config import register_resolvers
-from tests.conftest import CONFIG_DIR
-from tests.experiments.conftest import TINY, read_metrics, run_dirs, run_train, train_env
+from tests.helpers import (
+    CONFIG_DIR,
+    TINY_RUN_OVERRIDES,
+    read_metrics,
+    run_dirs,
+    run_train,
+    train_env,
+)
 from tests.test_zeroshot import save_tiny_checkpoint
 
 # 160 images / 8 per step: 20 steps an epoch, long enough for a SIGTERM to land mid-epoch
-LONG_EPOCHS = [*TINY, "dataset.adapter_options.train=160", "dataset.batch_size=8", "test=false"]
+LONG_EPOCHS = [
+    *TINY_RUN_OVERRIDES,
+    "dataset.adapter_options.train=160",
+    "dataset.batch_size=8",
+    "test=false",
+]
 
 
 def dead_pid() -> int:
@@ -125,7 +136,13 @@ def test_disk_full_during_a_save_names_the_folder_and_the_last_good_checkpoint(
 
 @pytest.mark.slow
 def test_runs_started_together_get_their_own_run_directories(tmp_path):
-    command = [sys.executable, "-m", "clip_lightning.train", *TINY, "+trainer.fast_dev_run=true"]
+    command = [
+        sys.executable,
+        "-m",
+        "clip_lightning.train",
+        *TINY_RUN_OVERRIDES,
+        "+trainer.fast_dev_run=true",
+    ]
     procs = [
         subprocess.Popen(
             command,

