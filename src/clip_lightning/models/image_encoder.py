@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import timm
 import torch
@@ -34,6 +34,9 @@ class ImageEncoder(nn.Module):
         model_kwargs: forwarded to ``timm.create_model`` (e.g. ``drop_path_rate``).
     """
 
+    pixel_mean: torch.Tensor
+    pixel_std: torch.Tensor
+
     def __init__(
         self,
         name: str = "resnet50",
@@ -49,12 +52,16 @@ class ImageEncoder(nn.Module):
         super().__init__()
         overlay = {"file": weights_file} if weights_file else None
         try:
-            self.model = timm.create_model(
-                name,
-                pretrained=pretrained,
-                num_classes=0,
-                pretrained_cfg_overlay=overlay,
-                **model_kwargs,
+            # Any, not timm's nn.Module hint: num_features, group_matcher, ... are timm's own
+            self.model = cast(
+                Any,
+                timm.create_model(
+                    name,
+                    pretrained=pretrained,
+                    num_classes=0,
+                    pretrained_cfg_overlay=overlay,
+                    **model_kwargs,
+                ),
             )
         except RuntimeError as exc:
             if "Unknown model" in str(exc):

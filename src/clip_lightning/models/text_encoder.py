@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 
 from clip_lightning.errors import ModelLoadError
 from clip_lightning.models.text_cache import (
@@ -214,7 +214,7 @@ def _has_optional_pooler(model: nn.Module) -> bool:
     return takes_flag and getattr(model, "pooler", None) is not None
 
 
-def _transformer_layers(model: nn.Module) -> nn.ModuleList:
+def _transformer_layers(model: PreTrainedModel) -> nn.ModuleList:
     """The model's stack of transformer layers: the ModuleList as long as its layer count."""
     count = model.config.num_hidden_layers
     for module in model.modules():
