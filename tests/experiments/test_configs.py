@@ -5,18 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 
-from clip_lightning.utils.config import register_resolvers
-from tests.helpers import TINY_MODEL_OVERRIDES, read_metrics, run_dirs, run_train
+from tests.helpers import (
+    CONFIG_DIR,
+    TINY_MODEL_OVERRIDES,
+    compose_train,
+    read_metrics,
+    run_dirs,
+    run_train,
+)
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = Path(CONFIG_DIR)
 # folders of YAML read as files (zero-shot prompt lists), not config groups
 DATA_FOLDERS = {"templates"}
 CLIP_MODULE = "clip_lightning.module.CLIPModule"
-register_resolvers()
 
 
 def group_options() -> list[str]:
@@ -28,11 +32,6 @@ def group_options() -> list[str]:
             continue
         options.append(f"{rel.parent.as_posix()}={rel.stem}")
     return options
-
-
-def compose_train(overrides: list[str], hydra: bool = False):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("train", overrides=overrides, return_hydra_config=hydra)
 
 
 @pytest.mark.parametrize("override", group_options())
