@@ -14,6 +14,9 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.core.optimizer import LightningOptimizer
+from lightning.pytorch.utilities.types import OptimizerConfig, OptimizerLRSchedulerConfig
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
@@ -108,21 +111,21 @@ class CLIPModule(L.LightningModule):
         )
         # GradCache runs several backward passes per step, which needs manual optimization.
         self.automatic_optimization = grad_cache_chunk_size is None
-        self.image_encoder = build(self.hparams.image_encoder, "model.image_encoder")
-        self.text_encoder = build(self.hparams.text_encoder, "model.text_encoder")
+        self.image_encoder = build(self.hparams["image_encoder"], "model.image_encoder")
+        self.text_encoder = build(self.hparams["text_encoder"], "model.text_encoder")
         self.image_head = build(
-            self.hparams.head,
+            self.hparams["head"],
             "model.head",
             in_features=self.image_encoder.num_features,
             embed_dim=embed_dim,
         )
         self.text_head = build(
-            self.hparams.head,
+            self.hparams["head"],
             "model.head",
             in_features=self.text_encoder.num_features,
             embed_dim=embed_dim,
         )
-        self.loss = build(self.hparams.loss, "model.loss")
+        self.loss = build(self.hparams["loss"], "model.loss")
         self._init_loss_from_towers()
         if grad_checkpointing:
             for tower in (self.image_encoder, self.text_encoder):
@@ -223,7 +226,7 @@ class CLIPModule(L.LightningModule):
     def _last_saved_checkpoint(self) -> Path | None:
         """The newest checkpoint the trainer's checkpoint callback has on disk, if any."""
         callback = self._trainer.checkpoint_callback if self._trainer is not None else None
-        if callback is None:
+        if not isinstance(callback, ModelCheckpoint):
             return None
         candidates = [callback.last_model_path, callback.best_model_path]
         if callback.dirpath:
@@ -239,6 +242,7 @@ class CLIPModule(L.LightningModule):
                 "the contrastive batch already grows with the number of devices"
             )
         optimizer = self.optimizers()
+        assert isinstance(optimizer, LightningOptimizer)  # configure_optimizers returns one
         optimizer.zero_grad()
         loss = grad_cache_backward(
             self.embed_images,
@@ -246,15 +250,18 @@ class CLIPModule(L.LightningModule):
             self.loss,
             batch["images"],
             {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]},
-            chunk_size=self.hparams.grad_cache_chunk_size,
+            chunk_size=self.hparams["grad_cache_chunk_size"],
             backward=self.manual_backward,
         )
         self._raise_if_not_finite(loss)
-        if self.hparams.clip_grad_norm:
-            self.clip_gradients(optimizer, gradient_clip_val=self.hparams.clip_grad_norm)
+        if self.hparams["clip_grad_norm"]:
+            self.clip_gradients(
+                optimizer.optimizer, gradient_clip_val=self.hparams["clip_grad_norm"]
+            )
         optimizer.step()
         scheduler = self.lr_schedulers()
         if scheduler is not None:
+            assert not isinstance(scheduler, list)  # configure_optimizers returns at most one
             scheduler.step()
         return loss
 
@@ -264,7 +271,9 @@ class CLIPModule(L.LightningModule):
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str | None = None,
     ) -> None:
-        clip = gradient_clip_val if gradient_clip_val is not None else self.hparams.clip_grad_norm
+        clip = (
+            gradient_clip_val if gradient_clip_val is not None else self.hparams["clip_grad_norm"]
+        )
         if clip:
             self.clip_gradients(optimizer, clip, gradient_clip_algorithm or "norm")
 
@@ -296,20 +305,20 @@ class CLIPModule(L.LightningModule):
         self._log_retrieval(self.test_retrieval, "test")
 
     # ---------------------------------------------------------------- optimizer
-    def configure_optimizers(self) -> dict[str, Any]:
-        factory = build(self.hparams.optimizer, "model.optimizer")
+    def configure_optimizers(self) -> OptimizerConfig | OptimizerLRSchedulerConfig:
+        factory = build(self.hparams["optimizer"], "model.optimizer")
         keywords = getattr(factory, "keywords", {})
         groups = param_groups(
             towers={"image_encoder": self.image_encoder, "text_encoder": self.text_encoder},
             rest=self,
-            tower_lr=self.hparams.tower_lr,
+            tower_lr=self.hparams["tower_lr"],
             lr=keywords.get("lr", 1e-3),
             weight_decay=keywords.get("weight_decay", 0.0),
         )
         optimizer = factory(groups)
-        if self.hparams.scheduler is None:
+        if self.hparams["scheduler"] is None:
             return {"optimizer": optimizer}
-        scheduler = build(self.hparams.scheduler, "model.scheduler")(
+        scheduler = build(self.hparams["scheduler"], "model.scheduler")(
             optimizer=optimizer, num_training_steps=int(self.trainer.estimated_stepping_batches)
         )
         return {
