@@ -27,6 +27,7 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff format --check src tests
 	$(BIN)/ruff check src tests
+	$(BIN)/mypy
 
 format: $(STAMP)
 	$(BIN)/ruff format src tests
