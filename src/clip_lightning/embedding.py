@@ -38,7 +38,7 @@ class _TransformedImages(Dataset):
         self.transform = transform
 
     def __len__(self) -> int:
-        return len(self.items)  # type: ignore[arg-type]
+        return len(self.items)  # type: ignore[arg-type]  # map-style: sized, unlike torch's hint
 
     def __getitem__(self, index: int) -> torch.Tensor:
         item = self.items[index]

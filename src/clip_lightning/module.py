@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -39,7 +39,7 @@ Config = Mapping[str, Any]
 def _plain(config: Config | None) -> dict[str, Any] | None:
     """Resolve a DictConfig into plain containers so checkpoints do not pickle OmegaConf."""
     if isinstance(config, DictConfig):
-        return OmegaConf.to_container(config, resolve=True)  # type: ignore[return-value]
+        return cast(dict[str, Any], OmegaConf.to_container(config, resolve=True))
     return None if config is None else dict(config)
 
 
@@ -328,7 +328,7 @@ class CLIPModule(L.LightningModule):
 
     # --------------------------------------------------------------- checkpoints
     @classmethod
-    def load_from_checkpoint(  # type: ignore[override]
+    def load_from_checkpoint(  # type: ignore[override]  # same call; weights_only defaults True
         cls, checkpoint_path: str | Path, *args: Any, **kwargs: Any
     ) -> CLIPModule:
         """Lightning's loader, unpickling tensors and plain data only (``weights_only=True``, so

@@ -402,8 +402,8 @@ def _example(spec: dataclasses.Field) -> Any:
 def _section_schema(expected: Any) -> type | None:
     """The dataclass behind ``Section`` or ``Section | None``, else None."""
     options = typing.get_args(expected) if _is_union(expected) else (expected,)
-    sections = [t for t in options if dataclasses.is_dataclass(t)]
-    return sections[0] if sections else None  # type: ignore[return-value]
+    sections = [t for t in options if isinstance(t, type) and dataclasses.is_dataclass(t)]
+    return sections[0] if sections else None
 
 
 def _is_union(expected: Any) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any, cast
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
@@ -65,14 +66,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if trainer.is_global_zero:  # a kill -9 mid-save leaves a checkpoint-sized temporary
         folders = {
             Path(c.dirpath)
-            for c in trainer.callbacks  # type: ignore[attr-defined]
+            for c in trainer.callbacks  # type: ignore[attr-defined]  # set at runtime, not hinted
             if isinstance(c, ModelCheckpoint) and c.dirpath
         }
         folders |= {ckpt_path.parent} if ckpt_path else set()
         for stale in remove_stale_temporaries(folders):
             log.warning("removed %s, left by a checkpoint save that was killed", stale)
     for logger in trainer.loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+        logger.log_hyperparams(cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True)))
     if trainer.is_global_zero:
         remember_wandb_run(trainer.loggers, run_dir)
 

@@ -558,6 +558,7 @@ class WebDataModule(L.LightningDataModule):
             return trainer.current_epoch, 0
         # restored from the checkpoint, before Lightning's own restart bookkeeping
         progress = fit_loop.epoch_loop.batch_progress.current
+        # a _ProcessedTracker; Lightning hints the field as its base class
         return trainer.current_epoch, progress.processed  # type: ignore[attr-defined]
 
     def _require(self, part: Any, argument: str) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import OmegaConf
 
@@ -77,7 +77,7 @@ def _run_config(run_dir: Path | None) -> dict | None:
     path = run_dir / ".hydra" / "config.yaml" if run_dir else None
     if path is None or not path.is_file():
         return None
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)  # type: ignore[return-value]
+    return cast(dict, OmegaConf.to_container(OmegaConf.load(path), resolve=False))
 
 
 def _readable(hparams: dict[str, Any]) -> dict[str, Any]:

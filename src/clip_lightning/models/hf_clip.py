@@ -98,7 +98,7 @@ def _build(source: str, pretrained: bool) -> PretrainedParts:
     return PretrainedParts(
         towers={"image": image, "text": text},
         embed_dim=embed_dim(config),
-        logit_scale=scalar(model.logit_scale),  # type: ignore[arg-type]
+        logit_scale=scalar(model.logit_scale),
         logit_bias=scalar(getattr(model, "logit_bias", None)),
         config=config,
     )

@@ -87,7 +87,7 @@ def _build(arch: str, pretrained: str | None, model_kwargs: dict[str, Any]) -> P
     return PretrainedParts(
         towers={"visual": model.visual, "text": model.text},
         embed_dim=int(config["embed_dim"]),
-        logit_scale=scalar(model.logit_scale),  # type: ignore[arg-type]
+        logit_scale=scalar(model.logit_scale),
         logit_bias=scalar(getattr(model, "logit_bias", None)),
     )
 

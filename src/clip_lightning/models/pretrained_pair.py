@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -62,6 +62,10 @@ def take_tower(
     return tower, entry
 
 
+@overload
+def scalar(parameter: torch.Tensor) -> float: ...
+@overload
+def scalar(parameter: None) -> None: ...
 def scalar(parameter: torch.Tensor | None) -> float | None:
     """A logit scale/bias parameter (shape ``[]`` or ``[1]``) as a float."""
     return None if parameter is None else float(parameter.detach().reshape(-1)[0])

@@ -14,10 +14,10 @@ from rich.table import Table
 RECALL_COLUMNS = ("r1", "r5", "r10")
 
 
-def to_floats(metrics: Mapping[str, object]) -> dict[str, float]:
+def to_floats(metrics: Mapping[str, torch.Tensor | float]) -> dict[str, float]:
     """Tensors and numbers -> plain floats, sorted by key."""
     return {
-        key: float(value.item() if isinstance(value, torch.Tensor) else value)  # type: ignore[arg-type]
+        key: float(value.item() if isinstance(value, torch.Tensor) else value)
         for key, value in sorted(metrics.items())
     }
 

@@ -14,7 +14,7 @@ import functools
 import math
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -171,7 +171,7 @@ def config_differences(hparams: Mapping[str, Any], cfg: DictConfig) -> list[str]
     Keys present on one side only are skipped: config groups gain keys over time, and a
     changed class already shows as a changed ``_target_``.
     """
-    requested: dict[str, Any] = OmegaConf.to_container(cfg.model, resolve=True)  # type: ignore[assignment]
+    requested = cast(dict[str, Any], OmegaConf.to_container(cfg.model, resolve=True))
     differences = []
     for name in sorted(hparams.keys() & requested.keys()):
         key = name if name in TOP_LEVEL_GROUPS else f"model.{name}"

@@ -208,8 +208,9 @@ def _records_of(
                 pixels, image_col, row, f"{where}[{image_id}]", image_dir, version
             )
         else:
+            assert image_dir is not None  # path columns require it (checked above)
             folder = str(meta[folder_col][row]) if folder_col else ""
-            source = FileImage(image_dir / folder / meta[image_col][row])  # type: ignore[operator]
+            source = FileImage(image_dir / folder / meta[image_col][row])
             image_id = image_id if id_col else str(Path(folder) / meta[image_col][row])
         split = normalise_split(meta[split_col][row]) if split_col else default_split
         rows.append((image_id, source, _captions(meta[caption_col][row]), split))
