@@ -134,6 +134,29 @@ def test_disk_full_during_a_save_names_the_folder_and_the_last_good_checkpoint(
     assert state["epoch"] == 0 and state["global_step"] > 0
 
 
+def test_disk_full_writing_results_names_the_file_and_keeps_the_checkpoints(
+    tiny_cfg, tmp_path, monkeypatch, caplog
+):
+    real_write_text = Path.write_text
+
+    def full_for_metrics(path: Path, *args, **kwargs):
+        if path.name == "metrics.json":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full_for_metrics)
+    with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as exit_info:
+        run_task(train, tiny_cfg, "train")
+
+    assert exit_info.value.code == 1
+    (message,) = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    checkpoints = tmp_path / "checkpoints"
+    assert message.startswith(f"no space left on {tmp_path} (writing metrics.json)")
+    assert "last good checkpoint: " in message and str(checkpoints) in message
+    state = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)
+    assert state["global_step"] > 0  # the trained weights are on disk, whole
+
+
 @pytest.mark.slow
 def test_runs_started_together_get_their_own_run_directories(tmp_path):
     command = [
