@@ -12,8 +12,10 @@ import torch
 import yaml
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.plugins.precision import MixedPrecision
 from omegaconf import open_dict
 from PIL import Image
+from torch.amp import GradScaler
 
 from clip_lightning.cli.loading import build_datamodule
 from clip_lightning.embedding import embed_images, embed_texts
@@ -122,12 +124,11 @@ def test_optimizer_groups_have_tower_learning_rates_and_no_decay_on_norms(tiny_c
     assert grouped == sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def _one_sgd_step(overrides: list[str], tmp_path) -> dict[str, torch.Tensor]:
+def _one_sgd_step(overrides: list[str], tmp_path, **trainer_options) -> dict[str, torch.Tensor]:
     """Parameter deltas after one SGD step (delta = -lr * grad) on the first training batch."""
     cfg = compose_train(
         [
             *TINY_TRAIN_OVERRIDES,
-            *overrides,
             "+model.image_encoder.img_size=32",
             "model.image_encoder.name=vit_tiny_patch16_224",
             "model.image_encoder.image_size=32",
@@ -143,13 +144,14 @@ def _one_sgd_step(overrides: list[str], tmp_path) -> dict[str, torch.Tensor]:
             "++trainer.max_steps=1",
             "++trainer.limit_val_batches=0",
             "++trainer.logger=false",
+            *overrides,  # last, so a test can change the settings above
         ],
         output_dir=tmp_path,
     )
     L.seed_everything(0)
     model, datamodule = build(cfg)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    trainer = quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0)
+    trainer = quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0, **trainer_options)
     L.seed_everything(0)
     trainer.fit(model, datamodule=datamodule)
     return {n: p.detach() - before[n] for n, p in model.named_parameters()}
@@ -161,6 +163,27 @@ def test_grad_cache_step_equals_full_batch_step(tmp_path):
     assert any(d.abs().max() > 0 for d in full.values())
     for name, delta in full.items():
         torch.testing.assert_close(chunked[name], delta, atol=2e-5, rtol=1e-4, msg=name)
+
+
+def test_grad_cache_clips_unscaled_gradients_under_16_mixed(tmp_path):
+    """Clipped at loss scale, a 16-mixed GradCache step would be ``scale`` times too small."""
+
+    def fp16_amp() -> MixedPrecision:
+        # fp16 autocast with a loss scaler, on the CPU; a modest initial scale, since CPU fp16
+        # kernels overflow at the default 65536 on this tiny ViT and the scaler skips the step
+        return MixedPrecision("16-mixed", "cpu", GradScaler("cpu", init_scale=256.0))
+
+    def step_norm(deltas: dict[str, torch.Tensor]) -> float:
+        return math.sqrt(sum(float(d.float().square().sum()) for d in deltas.values()))
+
+    # SGD at lr=1 without weight decay: a clipped step has norm 0.5
+    clip = ["model.clip_grad_norm=0.5", "optimizer.weight_decay=0.0"]
+    full = _one_sgd_step(clip, tmp_path / "full", plugins=[fp16_amp()])
+    chunked = _one_sgd_step(
+        [*clip, "+model.grad_cache_chunk_size=4"], tmp_path / "chunked", plugins=[fp16_amp()]
+    )
+    assert step_norm(full) == pytest.approx(0.5, rel=1e-3)
+    assert step_norm(chunked) == pytest.approx(0.5, rel=1e-3)
 
 
 def test_checkpoint_reloads_without_arguments_and_inference_api(tiny_cfg, tmp_path):

@@ -254,16 +254,19 @@ class CLIPModule(L.LightningModule):
             backward=self.manual_backward,
         )
         self._raise_if_not_finite(loss)
-        if self.hparams["clip_grad_norm"]:
-            self.clip_gradients(
-                optimizer.optimizer, gradient_clip_val=self.hparams["clip_grad_norm"]
-            )
-        optimizer.step()
+        optimizer.step()  # clips in on_before_optimizer_step
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             assert not isinstance(scheduler, list)  # configure_optimizers returns at most one
             scheduler.step()
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Lightning clips automatic steps itself (configure_gradient_clipping). A manual
+        # (GradCache) step clips here: under 16-mixed the gradients are unscaled only now;
+        # clipped before optimizer.step() they would be clipped at loss scale (~65536x).
+        if not self.automatic_optimization and self.hparams["clip_grad_norm"]:
+            self.clip_gradients(optimizer, gradient_clip_val=self.hparams["clip_grad_norm"])
 
     def configure_gradient_clipping(
         self,
