@@ -10,8 +10,8 @@ Preprocessing and tokenization are open_clip's own, translated into the data pip
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, cast
 
 import open_clip
 import torch
@@ -35,11 +35,11 @@ from clip_lightning.module import CLIPModule
 
 
 def open_clip_module(
-    arch: str, pretrained: str | None, model_kwargs: dict[str, Any] | None = None, **module: Any
+    arch: str, pretrained: str | None, model_kwargs: Mapping[str, Any] | None = None, **module: Any
 ) -> CLIPModule:
     """``model=open_clip``: both towers from the open_clip model ``arch`` / ``pretrained``."""
     if isinstance(model_kwargs, DictConfig):
-        model_kwargs = OmegaConf.to_container(model_kwargs, resolve=True)
+        model_kwargs = cast(dict[str, Any], OmegaConf.to_container(model_kwargs, resolve=True))
     shared = {"arch": arch, "pretrained": pretrained, "model_kwargs": dict(model_kwargs or {})}
     return pretrained_pair_module(shared, _model_config(arch)["embed_dim"], **module)
 
