@@ -12,10 +12,18 @@ import pytest
 import torch
 
 from clip_lightning.cli.task import PREEMPTED_EXIT_CODE
-from tests.helpers import TINY_RUN_OVERRIDES, read_metrics, run_dirs, run_train, train_env
+from tests.helpers import (
+    REPO_ROOT,
+    TINY_RUN_OVERRIDES,
+    read_metrics,
+    run_dirs,
+    run_train,
+    step_marker_overrides,
+    train_env,
+)
 
 # 160 train images / 8 per step = 20 steps per epoch, 2 epochs; no test pass, no early stop.
-# Epochs are long enough that a SIGTERM one second into epoch 2 lands well inside it.
+# The job is stopped two steps into epoch 2, read from a step marker the run writes.
 RESUME = [
     *TINY_RUN_OVERRIDES,
     "dataset.adapter_options.train=160",
@@ -35,19 +43,18 @@ def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(tmp_path: Path) -> 
 
     interrupted = tmp_path / "interrupted"
     interrupted.mkdir()
+    marker = interrupted / "global_step"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "clip_lightning.train", *RESUME],
+        [sys.executable, "-m", "clip_lightning.train", *RESUME, *step_marker_overrides(marker)],
         cwd=interrupted,
-        env=train_env(interrupted),
+        env=train_env(interrupted, PYTHONPATH=str(REPO_ROOT)),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    # the first epoch's checkpoint marks the start of epoch 2: stop the job a moment later
     deadline = time.monotonic() + 240
-    while not list(interrupted.glob("logs/*/runs/*/checkpoints/epoch_000.ckpt")):
-        assert proc.poll() is None and time.monotonic() < deadline, "run ended before epoch 1"
-        time.sleep(0.1)
-    time.sleep(1.0)
+    while not marker.is_file() or int(marker.read_text() or 0) < STEPS_PER_EPOCH + 2:
+        assert proc.poll() is None and time.monotonic() < deadline, "run ended before epoch 2"
+        time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == PREEMPTED_EXIT_CODE  # a preempted job is not a success
     (first,) = run_dirs(interrupted)

@@ -140,3 +140,25 @@ def run_dirs(tmp_path: Path, task: str = "quickstart") -> list[Path]:
 
 def read_metrics(run_dir: Path) -> dict[str, float]:
     return json.loads((run_dir / "metrics.json").read_text())
+
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class StepMarker(L.Callback):
+    """Writes the global step to ``path`` after every training batch, so a test driving a
+    subprocess run can act at a given step instead of after a guessed delay."""
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        self.path.write_text(str(trainer.global_step))
+
+
+def step_marker_overrides(path: Path) -> list[str]:
+    """Overrides adding a :class:`StepMarker` (the subprocess needs ``REPO_ROOT`` on its path)."""
+    return [
+        "+callbacks.step_marker._target_=tests.helpers.StepMarker",
+        f"+callbacks.step_marker.path={path}",
+    ]
