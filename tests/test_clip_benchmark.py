@@ -101,7 +101,7 @@ def test_layout_names_directions_as_clip_benchmark_does():
     zeroshot = classification_layout(
         {
             "checkpoint": "c.ckpt",
-            "data_dir": "/d/pets",
+            "images": "/d/pets",
             "top1": 50.0,
             "top5": 100.0,
             "per_class": {

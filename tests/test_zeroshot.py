@@ -195,7 +195,7 @@ def test_validate_before_fit_logs_a_step_0_baseline(tmp_path):
         "validate_before_fit=true",
         "test=false",
         "callbacks=[none,zeroshot]",
-        f"callbacks.zeroshot.data_dir={folder}",
+        f"callbacks.zeroshot.images={folder}",
         "callbacks.zeroshot.templates=['a {} square']",
         "callbacks.zeroshot.templates_file=null",
         "++trainer.limit_train_batches=1",

@@ -49,7 +49,7 @@ def classification_layout(results: Mapping[str, Any]) -> dict[str, Any]:
         "acc5": results["top5"] / 100.0 if "top5" in results else math.nan,
         "mean_per_class_recall": sum(per_class) / len(per_class) / 100.0,
     }
-    dataset = Path(str(results["data_dir"])).name
+    dataset = Path(str(results["images"])).name
     return _layout(dataset, results["checkpoint"], "zeroshot_classification", metrics)
 
 

@@ -34,13 +34,13 @@ def _load_image(path: str):
     return load_rgb(FileImage(Path(path)))
 
 
-def image_folder(data_dir: str | Path | None, transform=None) -> ImageFolder:
-    """Open ``data_dir`` as an ImageFolder of at least two classes, or raise :class:`DataError`."""
-    if not data_dir:
-        raise DataError("no image folder given; pass data_dir=DIR with one sub-folder per class")
-    root = Path(data_dir).expanduser()
+def image_folder(images: str | Path | None, transform=None) -> ImageFolder:
+    """Open ``images`` as an ImageFolder of at least two classes, or raise :class:`DataError`."""
+    if not images:
+        raise DataError("no image folder given; pass images=DIR with one sub-folder per class")
+    root = Path(images).expanduser()
     if not root.is_dir():
-        raise DataError(f"image folder {str(root)!r} does not exist; pass data_dir=DIR")
+        raise DataError(f"image folder {str(root)!r} does not exist; pass images=DIR")
     try:
         dataset = ImageFolder(str(root), transform=transform, loader=_load_image)
     except FileNotFoundError as exc:
@@ -170,14 +170,14 @@ def classify(
 
 def zeroshot_classify(
     model: CLIPModule,
-    data_dir: str | Path,
+    images: str | Path,
     templates: Sequence[str],
     ks: Sequence[int] = (1, 5),
     batch_size: int = 64,
     num_workers: int = 0,
     classnames_file: str | Path | None = None,
 ) -> ZeroShotResult:
-    """Classify every image under ``data_dir`` against its class folders' names."""
-    dataset = image_folder(data_dir, transform=model.image_encoder.transform())
+    """Classify every image under ``images`` against its class folders' names."""
+    dataset = image_folder(images, transform=model.image_encoder.transform())
     classnames = folder_classnames(dataset, classnames_file)
     return classify(model, dataset, classnames, templates, ks, batch_size, num_workers)

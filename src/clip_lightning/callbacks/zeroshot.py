@@ -21,10 +21,10 @@ from clip_lightning.zeroshot import classify, folder_classnames, image_folder, r
 
 class ZeroShotClassification(L.Callback):
     """Every ``every_n_epochs`` validation epochs (and in ``trainer.validate``, e.g. the
-    baseline before fitting), classify ``data_dir`` and log ``zeroshot/top{k}`` (percent).
+    baseline before fitting), classify ``images`` and log ``zeroshot/top{k}`` (percent).
 
     Args:
-        data_dir: an ImageFolder, one sub-folder per class.
+        images: an ImageFolder, one sub-folder per class.
         templates: prompts with ``{}`` for the class name ...
         templates_file: ... or a file of them (one per line, or a YAML list).
         classnames_file: class names, one per line in sorted folder order (default: the
@@ -36,7 +36,7 @@ class ZeroShotClassification(L.Callback):
 
     def __init__(
         self,
-        data_dir: str,
+        images: str,
         templates: Sequence[str] | None = None,
         templates_file: str | None = None,
         classnames_file: str | None = None,
@@ -53,7 +53,7 @@ class ZeroShotClassification(L.Callback):
             raise ConfigError(
                 f"callbacks.zeroshot.every_n_epochs must be >= 1, got {every_n_epochs}"
             )
-        self.data_dir = data_dir
+        self.images = images
         self.templates = list(templates) if templates is not None else None
         self.templates_file = templates_file
         self.classnames_file = classnames_file
@@ -67,7 +67,7 @@ class ZeroShotClassification(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # a bad folder or file fails before training starts, not after the first epoch
         assert isinstance(pl_module, CLIPModule)
-        self.dataset = image_folder(self.data_dir, transform=pl_module.image_encoder.transform())
+        self.dataset = image_folder(self.images, transform=pl_module.image_encoder.transform())
         self.classnames = folder_classnames(self.dataset, self.classnames_file)
         if self.templates is None:
             self.templates = read_lines(Path(str(self.templates_file)), "templates")

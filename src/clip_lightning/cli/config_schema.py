@@ -293,9 +293,6 @@ class EvalConfig:
     task: Literal["retrieval", "zeroshot"] = "retrieval"
     split: Literal["val", "test"] = "test"
     images: str | None = "/data/imagenet/val"
-    data_dir: str | None = "/data/imagenet/val"
-    accelerator: str = "cpu"
-    precision: Precision = "32-true"
     zeroshot: ZeroShotSchema | None = field(default_factory=ZeroShotSchema)
     dataset: DatasetSchema = field(default_factory=DatasetSchema)
     trainer: TrainerSchema | None = field(default_factory=TrainerSchema)

@@ -91,7 +91,7 @@ def evaluate_zeroshot(cfg: DictConfig) -> dict[str, Any]:
     return {
         "task": "zeroshot",
         "checkpoint": str(cfg.ckpt_path),
-        "data_dir": str(cfg.images),
+        "images": str(cfg.images),
         "templates": list(options.templates),
         **result.to_dict(),
     }
