@@ -267,6 +267,7 @@ class TrainConfig:
     ckpt_path: str | None = "last"
     resume_dir: str | None = "logs/train/runs/<time>"
     test: bool = True
+    validate_before_fit: bool = True
     optimized_metric: str | None = "val/rsum"
     dataset: DatasetSchema = field(default_factory=DatasetSchema)
     optimizer: OptimizerSchema = field(default_factory=OptimizerSchema)
