@@ -12,6 +12,7 @@ import random
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -83,7 +84,7 @@ def run(
     timed_batches = batches(epoch_captions(records, batch_size, rng))
     hits, misses = cache.hits, cache.misses
 
-    def measure(model: CLIPModule, optimizer, start: int) -> float:
+    def measure(model: CLIPModule, optimizer: torch.optim.Optimizer, start: int) -> float:
         stream = itertools.islice(itertools.cycle(timed_batches), start, None)
 
         def step(batch: Batch) -> None:

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
-from clip_lightning.data.cache import ImageCache, fingerprint
+from clip_lightning.data.cache import CachedImages, ImageCache, fingerprint
 from clip_lightning.data.checks import (
     MEMO_NAME,
     BadRecords,
@@ -206,7 +206,7 @@ class CaptionDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self.load_splits()
 
-    def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
         if self.collate is None:
             raise ValueError("CaptionDataModule needs tokenizer= to build data loaders")
         return DataLoader(
@@ -218,7 +218,7 @@ class CaptionDataModule(L.LightningDataModule):
             **self.loader_options,
         )
 
-    def _image_loader(self, records: list[CaptionRecord]):
+    def _image_loader(self, records: list[CaptionRecord]) -> CachedImages | None:
         return self.image_cache.loader(records) if self.image_cache is not None else None
 
     def _transform(self, transform: Callable | None) -> Callable:

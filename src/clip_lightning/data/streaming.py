@@ -405,7 +405,9 @@ class StreamLoader(DataLoader):
 
     dataset: ShardStream
 
-    def __init__(self, dataset: ShardStream, position: Callable[[], tuple[int, int]], **kwargs):
+    def __init__(
+        self, dataset: ShardStream, position: Callable[[], tuple[int, int]], **kwargs: Any
+    ) -> None:
         super().__init__(dataset, **kwargs)
         self.position = position
 

@@ -55,7 +55,9 @@ def read_table(path: Path, separator: str | None) -> pd.DataFrame:
         ) from exc
 
 
-def _column(table: pd.DataFrame, columns: Mapping[str, str | None], key: str, path: Path):
+def _column(
+    table: pd.DataFrame, columns: Mapping[str, str | None], key: str, path: Path
+) -> str | None:
     name = columns.get(key)
     if name is not None and name not in table.columns:
         raise DataError(

@@ -139,7 +139,9 @@ def _load_local(root: Path, hub_kwargs: Mapping[str, Any]) -> Mapping[str, datas
         ) from exc
 
 
-def _column(columns: Mapping[str, str | None], key: str, dataset: datasets.Dataset, where: str):
+def _column(
+    columns: Mapping[str, str | None], key: str, dataset: datasets.Dataset, where: str
+) -> str | None:
     name = columns.get(key)
     if name is not None and name not in dataset.column_names:
         raise DataError(
