@@ -8,13 +8,14 @@ and every image is assigned the class whose embedding is most similar. The image
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
+from PIL import Image
 from torchmetrics.functional.classification import multiclass_accuracy
 from torchvision.datasets import ImageFolder
 
@@ -29,12 +30,12 @@ def class_name(folder: str) -> str:
     return folder.replace("_", " ").strip()
 
 
-def _load_image(path: str):
+def _load_image(path: str) -> Image.Image:
     # module-level (not a lambda) so DataLoader workers can pickle it
     return load_rgb(FileImage(Path(path)))
 
 
-def image_folder(images: str | Path | None, transform=None) -> ImageFolder:
+def image_folder(images: str | Path | None, transform: Callable | None = None) -> ImageFolder:
     """Open ``images`` as an ImageFolder of at least two classes, or raise :class:`DataError`."""
     if not images:
         raise DataError("no image folder given; pass images=DIR with one sub-folder per class")

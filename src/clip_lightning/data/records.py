@@ -116,7 +116,8 @@ class BadImageError(DataError):
             super().__init__(f"image {key} is {reason}; replace or remove the file")
         self.key, self.reason = key, reason
 
-    def __reduce__(self):  # picklable with its two arguments (process pools, loader workers)
+    def __reduce__(self) -> tuple[type[BadImageError], tuple[str, str | None]]:
+        # picklable with its two arguments (process pools, loader workers)
         return type(self), (self.key, self.reason)
 
 

@@ -48,6 +48,7 @@ import lightning as L
 import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data.dataloader import _BaseDataLoaderIter
 
 from clip_lightning.data.checks import check_policy
 from clip_lightning.data.datamodule import CaptionDataModule
@@ -411,7 +412,7 @@ class StreamLoader(DataLoader):
         super().__init__(dataset, **kwargs)
         self.position = position
 
-    def __iter__(self):
+    def __iter__(self) -> _BaseDataLoaderIter:
         self.dataset.position.set(*self.position())
         return super().__iter__()
 
