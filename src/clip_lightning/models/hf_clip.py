@@ -40,6 +40,7 @@ from clip_lightning.models.pretrained_pair import (
     take_tower,
     text_feature_cache,
 )
+from clip_lightning.models.text_cache import CachedTextTower
 from clip_lightning.module import CLIPModule
 from clip_lightning.tokenization import tokenize
 
@@ -248,7 +249,7 @@ def _timm_data_config(processor: Any) -> dict[str, Any]:
     }
 
 
-class HFTextTower(nn.Module):
+class HFTextTower(CachedTextTower):
     """The text half of a transformers CLIP/SigLIP model with the model's own tokenizer.
 
     SigLIP was trained on captions padded to ``max_length`` and pools the last position, so
@@ -309,19 +310,10 @@ class HFTextTower(nn.Module):
         files = _saved_files(self.pair_config, self.tokenizer)
         return {"pretrained": False, "saved_files": files}
 
-    def save_feature_cache(self) -> bool:
-        """Write the feature cache if it lives in a folder and has new entries; True if written."""
-        return self.feature_cache is not None and self.feature_cache.save()
-
     def train(self, mode: bool = True) -> HFTextTower:
         super().train(mode)
         set_frozen_eval(self.model)
         return self
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        if self.feature_cache is not None:
-            return self.feature_cache(self.encode, input_ids, attention_mask)
-        return self.encode(input_ids, attention_mask)
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Projected features (never cached)."""

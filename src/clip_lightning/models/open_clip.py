@@ -31,6 +31,7 @@ from clip_lightning.models.pretrained_pair import (
     take_tower,
     text_feature_cache,
 )
+from clip_lightning.models.text_cache import CachedTextTower
 from clip_lightning.module import CLIPModule
 
 
@@ -196,7 +197,7 @@ def content_mask(input_ids: torch.Tensor, pad_id: int) -> torch.Tensor:
     return (positions <= last.unsqueeze(1)).long()
 
 
-class OpenCLIPTextTower(nn.Module):
+class OpenCLIPTextTower(CachedTextTower):
     """open_clip's text tower (projection included) with open_clip's tokenizer.
 
     Args:
@@ -257,19 +258,10 @@ class OpenCLIPTextTower(nn.Module):
         identity = {"arch": arch, "max_length": self.max_length}
         self.feature_cache = text_feature_cache(cache, self.model, self.tokenizer, identity)
 
-    def save_feature_cache(self) -> bool:
-        """Write the feature cache if it lives in a folder and has new entries; True if written."""
-        return self.feature_cache is not None and self.feature_cache.save()
-
     def train(self, mode: bool = True) -> OpenCLIPTextTower:
         super().train(mode)
         set_frozen_eval(self.model)
         return self
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        if self.feature_cache is not None:
-            return self.feature_cache(self.encode, input_ids, attention_mask)
-        return self.encode(input_ids, attention_mask)
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Projected features; rows trimmed of padding (the feature cache does) are re-padded."""

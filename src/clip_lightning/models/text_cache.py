@@ -162,3 +162,23 @@ class TextFeatureCache:
             tmp.unlink(missing_ok=True)
         self._unsaved = 0
         return True
+
+
+class CachedTextTower(nn.Module):
+    """Base of the text towers: ``forward`` serves a frozen tower's features from its
+    :class:`TextFeatureCache` when it has one, and otherwise runs the subclass's ``encode``."""
+
+    feature_cache: TextFeatureCache | None = None
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The tower's features for a tokenized batch (never cached); subclasses define it."""
+        raise NotImplementedError(f"{type(self).__name__} must define encode()")
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.feature_cache is not None:
+            return self.feature_cache(self.encode, input_ids, attention_mask)
+        return self.encode(input_ids, attention_mask)
+
+    def save_feature_cache(self) -> bool:
+        """Persist the feature cache if it has a folder and new entries; True if written."""
+        return self.feature_cache is not None and self.feature_cache.save()

@@ -13,6 +13,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 
 from clip_lightning.errors import ModelLoadError
 from clip_lightning.models.text_cache import (
+    CachedTextTower,
     TextFeatureCache,
     hash_module_weights,
     hash_tokenizer,
@@ -20,7 +21,7 @@ from clip_lightning.models.text_cache import (
 from clip_lightning.tokenization import tokenize
 
 
-class TextEncoder(nn.Module):
+class TextEncoder(CachedTextTower):
     """A HF encoder (DistilBERT, BERT, MiniLM, ...) by hub name or local folder.
 
     Args:
@@ -164,10 +165,6 @@ class TextEncoder(nn.Module):
         else:
             self.model.activation_checkpointing_disable()
 
-    def save_feature_cache(self) -> bool:
-        """Persist the feature cache if it has a folder and new entries; True if written."""
-        return self.feature_cache is not None and self.feature_cache.save()
-
     def train(self, mode: bool = True) -> TextEncoder:
         super().train(mode)
         if self.frozen:  # frozen layers keep dropout off; unfrozen ones follow ``mode``
@@ -175,11 +172,6 @@ class TextEncoder(nn.Module):
             for layer in self.unfrozen_layers:
                 layer.train(mode)
         return self
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        if self.feature_cache is not None:
-            return self.feature_cache(self.encode, input_ids, attention_mask)
-        return self.encode(input_ids, attention_mask)
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Run the tower and pool its last hidden state (never cached)."""
