@@ -118,22 +118,12 @@ class CaptionDataModule(L.LightningDataModule):
         self.cache_size = cache_size
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
-        self.loader_options: dict[str, Any] = {
-            "num_workers": num_workers,
-            "pin_memory": pin_memory,
-            "persistent_workers": persistent_workers and num_workers > 0,
-            "prefetch_factor": prefetch_factor if num_workers > 0 else None,
-        }
-        self.image_config = image_config
-        self.train_transform: Callable | None
-        self.eval_transform: Callable | None
-        self.train_transform, self.eval_transform = (
-            build_image_transforms(image_config, **dict(augment or {}))
-            if image_config
-            else (None, None)
+        self.loader_options = loader_options(
+            num_workers, pin_memory, persistent_workers, prefetch_factor
         )
-        self.collate = (
-            CaptionCollator(tokenizer, max_length, on_bad_image) if tokenizer is not None else None
+        self.image_config = image_config
+        self.train_transform, self.eval_transform, self.collate = model_side(
+            image_config, tokenizer, max_length, augment, on_bad_image
         )
         self.image_cache: ImageCache | None = None
         self.records: list[CaptionRecord] | None = None
@@ -295,3 +285,35 @@ def _check_loader_numbers(**values: Any) -> None:
                 f"dataset.{key} must be an integer >= {minimum}, got {value!r}; "
                 f"fix the override, e.g. dataset.{key}={max(minimum, 2)}"
             )
+
+
+def loader_options(
+    num_workers: int, pin_memory: bool, persistent_workers: bool, prefetch_factor: int | None
+) -> dict[str, Any]:
+    """DataLoader keyword arguments; the worker-only ones are dropped without workers."""
+    return {
+        "num_workers": num_workers,
+        "pin_memory": pin_memory,
+        "persistent_workers": persistent_workers and num_workers > 0,
+        "prefetch_factor": prefetch_factor if num_workers > 0 else None,
+    }
+
+
+def model_side(
+    image_config: Mapping[str, Any] | None,
+    tokenizer: Any,
+    max_length: int,
+    augment: Mapping[str, Any] | None,
+    on_bad_image: str,
+) -> tuple[Callable | None, Callable | None, CaptionCollator | None]:
+    """The train and eval transforms and the collate function built from the model's data
+    facts; None where the model did not provide them (checking data needs no model)."""
+    train, evaluate = (
+        build_image_transforms(image_config, **dict(augment or {}))
+        if image_config
+        else (None, None)
+    )
+    collate = (
+        CaptionCollator(tokenizer, max_length, on_bad_image) if tokenizer is not None else None
+    )
+    return train, evaluate, collate

@@ -51,8 +51,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from torch.utils.data.dataloader import _BaseDataLoaderIter
 
 from clip_lightning.data.checks import check_policy
-from clip_lightning.data.datamodule import CaptionDataModule
-from clip_lightning.data.datasets import CaptionCollator
+from clip_lightning.data.datamodule import CaptionDataModule, loader_options, model_side
 from clip_lightning.data.records import (
     MISSING,
     BadImageError,
@@ -60,7 +59,6 @@ from clip_lightning.data.records import (
     clean_caption,
     load_rgb,
 )
-from clip_lightning.data.transforms import build_image_transforms
 from clip_lightning.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -487,22 +485,12 @@ class WebDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
-        self.loader_options: dict[str, Any] = {
-            "num_workers": num_workers,
-            "pin_memory": pin_memory,
-            "persistent_workers": persistent_workers and num_workers > 0,
-            "prefetch_factor": prefetch_factor if num_workers > 0 else None,
-        }
-        self.image_config = image_config
-        self.train_transform: Callable | None
-        self.eval_transform: Callable | None
-        self.train_transform, self.eval_transform = (
-            build_image_transforms(image_config, **dict(augment or {}))
-            if image_config
-            else (None, None)
+        self.loader_options = loader_options(
+            num_workers, pin_memory, persistent_workers, prefetch_factor
         )
-        self.collate = (
-            CaptionCollator(tokenizer, max_length, on_bad_image) if tokenizer is not None else None
+        self.image_config = image_config
+        self.train_transform, self.eval_transform, self.collate = model_side(
+            image_config, tokenizer, max_length, augment, on_bad_image
         )
         # The eval folder is a map-style dataset: reuse its datamodule, not a copy of it.
         self.eval_data = (
