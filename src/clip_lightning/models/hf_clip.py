@@ -40,7 +40,7 @@ from clip_lightning.models.pretrained_pair import (
     take_tower,
     text_feature_cache,
 )
-from clip_lightning.models.text_cache import CachedTextTower
+from clip_lightning.models.text_cache import CachedTextTower, check_cache_option
 from clip_lightning.module import CLIPModule
 from clip_lightning.tokenization import tokenize
 
@@ -278,12 +278,7 @@ class HFTextTower(CachedTextTower):
         saved_files: dict[str, bytes] | None = None,
     ):
         super().__init__()
-        if cache is not None and (not freeze or unfreeze_last_layers):
-            raise ModelLoadError(
-                "model.text_encoder.cache needs a fully frozen text tower: set "
-                "model.text_encoder.freeze=true and model.text_encoder.unfreeze_last_layers=0, "
-                "or model.text_encoder.cache=null"
-            )
+        check_cache_option(cache, freeze, unfreeze_last_layers)
         self.model: _Half
         with _source(name_or_path, saved_files) as source:
             self.model, built = _take(name_or_path, source, pretrained, "text")

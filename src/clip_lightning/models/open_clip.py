@@ -31,7 +31,7 @@ from clip_lightning.models.pretrained_pair import (
     take_tower,
     text_feature_cache,
 )
-from clip_lightning.models.text_cache import CachedTextTower
+from clip_lightning.models.text_cache import CachedTextTower, check_cache_option
 from clip_lightning.module import CLIPModule
 
 
@@ -221,12 +221,7 @@ class OpenCLIPTextTower(CachedTextTower):
         model_kwargs: dict[str, Any] | None = None,
     ):
         super().__init__()
-        if cache is not None and (not freeze or unfreeze_last_layers):
-            raise ModelLoadError(
-                "model.text_encoder.cache needs a fully frozen text tower: set "
-                "model.text_encoder.freeze=true and model.text_encoder.unfreeze_last_layers=0, "
-                "or model.text_encoder.cache=null"
-            )
+        check_cache_option(cache, freeze, unfreeze_last_layers)
         self.model, built = _take(arch, pretrained, "text", dict(model_kwargs or {}))
         self.num_features = built.embed_dim
         self.init_logit_scale = built.logit_scale if pretrained else None

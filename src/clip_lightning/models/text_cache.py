@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from clip_lightning.errors import ModelLoadError
+
 Encode = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -162,6 +164,17 @@ class TextFeatureCache:
             tmp.unlink(missing_ok=True)
         self._unsaved = 0
         return True
+
+
+def check_cache_option(cache: str | None, freeze: bool, unfreeze_last_layers: int) -> None:
+    """A feature cache is only valid for a fully frozen tower (a learning one gives new
+    features every step); anything else is a configuration error."""
+    if cache is not None and (not freeze or unfreeze_last_layers):
+        raise ModelLoadError(
+            "model.text_encoder.cache needs a fully frozen text tower (a learning one gives new "
+            "features every step): set model.text_encoder.freeze=true and "
+            "model.text_encoder.unfreeze_last_layers=0, or model.text_encoder.cache=null"
+        )
 
 
 class CachedTextTower(nn.Module):

@@ -15,6 +15,7 @@ from clip_lightning.errors import ModelLoadError
 from clip_lightning.models.text_cache import (
     CachedTextTower,
     TextFeatureCache,
+    check_cache_option,
     hash_module_weights,
     hash_tokenizer,
 )
@@ -63,12 +64,7 @@ class TextEncoder(CachedTextTower):
         saved_files: dict[str, bytes] | None = None,
     ):
         super().__init__()
-        if cache is not None and (not freeze or unfreeze_last_layers):
-            raise ModelLoadError(
-                "model.text_encoder.cache needs a fully frozen text tower (a learning one "
-                "gives new features every step): set model.text_encoder.freeze=true and "
-                "unfreeze_last_layers=0, or model.text_encoder.cache=null"
-            )
+        check_cache_option(cache, freeze, unfreeze_last_layers)
         if architecture is not None and pretrained:
             raise ModelLoadError(
                 "model.text_encoder.architecture builds random weights: set "
