@@ -48,14 +48,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def worker(rank: int, port: int, out_file: str) -> None:
+def worker(rank: int, port: int, out_file: str, idle_rank: int | None = None) -> None:
+    """Evaluate this rank's shard; ``idle_rank`` gets no batch and rank 0 gets everything."""
     torch.set_num_threads(1)
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD_SIZE
     )
     try:
         dataset = make_dataset()
-        sampler = DistributedSampler(dataset, WORLD_SIZE, rank, shuffle=True, seed=1)
+        if idle_rank is None:
+            sampler: DistributedSampler | list[int] = DistributedSampler(
+                dataset, WORLD_SIZE, rank, shuffle=True, seed=1
+            )
+        else:
+            sampler = [] if rank == idle_rank else list(range(len(dataset)))
         result = evaluate(DataLoader(dataset, batch_size=6, sampler=sampler))
         if rank == 0:
             torch.save(result, out_file)
@@ -75,5 +81,16 @@ def test_two_process_result_equals_single_process(tmp_path: Path) -> None:
     distributed = torch.load(out_file)
     single = evaluate(DataLoader(dataset, batch_size=6))
     assert distributed.keys() == single.keys()
+    for key in single:
+        assert torch.equal(distributed[key], single[key]), key
+
+
+@pytest.mark.distributed
+def test_a_rank_without_batches_neither_hangs_nor_changes_the_result(tmp_path: Path) -> None:
+    # An iterable eval stream can leave a rank with nothing; its empty states must sync.
+    out_file = tmp_path / "rank0.pt"
+    mp.spawn(worker, args=(free_port(), str(out_file), 1), nprocs=WORLD_SIZE, join=True)
+    distributed = torch.load(out_file)
+    single = evaluate(DataLoader(make_dataset(), batch_size=6))
     for key in single:
         assert torch.equal(distributed[key], single[key]), key

@@ -15,7 +15,7 @@ usual top-k definition (a hit when a correct candidate is among the ``k`` best).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,12 +23,14 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
+from torchmetrics.utilities.distributed import gather_all_tensors
 
 from clip_lightning.errors import NonFiniteEmbeddingError
 
 __all__ = ["RetrievalRecall", "TiedRanks", "recall_at_k", "retrieval_ranks"]
 
-_STATES = ("image_embeddings", "image_ids", "text_embeddings", "text_ids", "text_image_ids")
+_EMBEDDING_STATES = ("image_embeddings", "text_embeddings")
+_ID_STATES = ("image_ids", "text_ids", "text_image_ids")
 # Scores (cosine similarities for unit embeddings) closer than this are ties: well above the
 # float32 noise of one matrix product or of re-padding a caption, well below real differences.
 TIE_TOLERANCE = 1e-6
@@ -198,6 +200,11 @@ def _concat(state: list[Tensor] | Tensor) -> Tensor:
     return dim_zero_cat(state) if len(state) else torch.empty(0)
 
 
+def _unflatten(flat: Tensor, rows: int) -> Tensor:
+    """The ``[rows, D]`` matrix of embeddings stored flat."""
+    return flat.view(rows, flat.numel() // rows if rows else 0)
+
+
 def _first_occurrence(ids: Tensor) -> tuple[Tensor, Tensor]:
     """Sorted unique ids and the index of each one's first occurrence in ``ids``."""
     unique_ids, inverse = torch.unique(ids, return_inverse=True)
@@ -247,7 +254,7 @@ class RetrievalRecall(Metric):
         self.ks = tuple(int(k) for k in ks)
         self.chunk_size = chunk_size
         self.tie_tolerance = tie_tolerance
-        for name in _STATES:
+        for name in (*_EMBEDDING_STATES, *_ID_STATES):
             self.add_state(name, default=[], dist_reduce_fx="cat")
 
     def update(
@@ -277,11 +284,24 @@ class RetrievalRecall(Metric):
             )
         # Float32, so half-precision runs do not accumulate and compare scores in half precision
         # (which would create spurious ties).
-        self.image_embeddings.append(image_embeddings.detach().float())
+        # Stored flat: every state is then 1-D, so a rank without data can send an empty one.
+        self.image_embeddings.append(image_embeddings.detach().float().reshape(-1))
         self.image_ids.append(image_ids.detach().long())
-        self.text_embeddings.append(text_embeddings.detach().float())
+        self.text_embeddings.append(text_embeddings.detach().float().reshape(-1))
         self.text_ids.append(text_ids.detach().long())
         self.text_image_ids.append(text_image_ids.detach().long())
+
+    def _sync_dist(
+        self, dist_sync_fn: Callable = gather_all_tensors, process_group: Any = None
+    ) -> None:
+        # A rank that saw no batch would send torchmetrics' default empty float tensor for every
+        # state; the id states are int64 on the other ranks, and mismatched dtypes hang the
+        # gather. Give such a rank empty states of the right dtypes first.
+        for names, dtype in ((_EMBEDDING_STATES, torch.float32), (_ID_STATES, torch.long)):
+            for name in names:
+                if not getattr(self, name):
+                    setattr(self, name, [torch.empty(0, dtype=dtype, device=self.device)])
+        super()._sync_dist(dist_sync_fn, process_group)
 
     def compute(self) -> dict[str, Tensor]:
         """De-duplicate by id, rank both directions in chunks and summarise."""
@@ -295,8 +315,8 @@ class RetrievalRecall(Metric):
 
         unique_image_ids, image_rows = _first_occurrence(image_ids)
         _, text_rows = _first_occurrence(text_ids)
-        images = _concat(self.image_embeddings)[image_rows]
-        texts = _concat(self.text_embeddings)[text_rows]
+        images = _unflatten(_concat(self.image_embeddings), image_ids.numel())[image_rows]
+        texts = _unflatten(_concat(self.text_embeddings), text_ids.numel())[text_rows]
         text_image_ids = _concat(self.text_image_ids)[text_rows]
 
         text_to_image = torch.searchsorted(unique_image_ids, text_image_ids)
