@@ -31,8 +31,8 @@ from transformers import (
 
 from clip_lightning.data.transforms import build_eval_transform
 from clip_lightning.errors import ModelLoadError
-from clip_lightning.models.freezing import set_frozen_eval
 from clip_lightning.models.pretrained_pair import (
+    PairTower,
     PixelNormalizer,
     PretrainedParts,
     pretrained_pair_module,
@@ -161,7 +161,7 @@ class _Half(nn.Module):
             param.requires_grad_(unlocked)
 
 
-class HFImageTower(nn.Module):
+class HFImageTower(PairTower):
     """The vision half of a transformers CLIP/SigLIP model, normalising uint8 batches.
 
     Args:
@@ -199,11 +199,6 @@ class HFImageTower(nn.Module):
         if freeze:
             self.model.lock(unfreeze_last_blocks)
             self.train(self.training)
-
-    def train(self, mode: bool = True) -> HFImageTower:
-        super().train(mode)
-        set_frozen_eval(self.model)
-        return self
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Projected features of a uint8 batch (normalised here) or a normalised float one."""
@@ -249,7 +244,7 @@ def _timm_data_config(processor: Any) -> dict[str, Any]:
     }
 
 
-class HFTextTower(CachedTextTower):
+class HFTextTower(PairTower, CachedTextTower):
     """The text half of a transformers CLIP/SigLIP model with the model's own tokenizer.
 
     SigLIP was trained on captions padded to ``max_length`` and pools the last position, so
@@ -304,11 +299,6 @@ class HFTextTower(CachedTextTower):
         """Config keys a checkpoint overrides so it rebuilds offline without ``name_or_path``."""
         files = _saved_files(self.pair_config, self.tokenizer)
         return {"pretrained": False, "saved_files": files}
-
-    def train(self, mode: bool = True) -> HFTextTower:
-        super().train(mode)
-        set_frozen_eval(self.model)
-        return self
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Projected features (never cached)."""

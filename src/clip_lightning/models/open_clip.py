@@ -22,8 +22,8 @@ from torch import nn
 
 from clip_lightning.data.transforms import build_eval_transform
 from clip_lightning.errors import ModelLoadError
-from clip_lightning.models.freezing import set_frozen_eval
 from clip_lightning.models.pretrained_pair import (
+    PairTower,
     PixelNormalizer,
     PretrainedParts,
     pretrained_pair_module,
@@ -93,7 +93,7 @@ def _build(arch: str, pretrained: str | None, model_kwargs: dict[str, Any]) -> P
     )
 
 
-class OpenCLIPImageTower(nn.Module):
+class OpenCLIPImageTower(PairTower):
     """open_clip's vision tower (projection included), normalising uint8 batches on its device.
 
     Args:
@@ -124,11 +124,6 @@ class OpenCLIPImageTower(nn.Module):
         if freeze:
             self.model.lock(unlocked_groups=unfreeze_last_blocks, freeze_bn_stats=True)
             self.train(self.training)
-
-    def train(self, mode: bool = True) -> OpenCLIPImageTower:
-        super().train(mode)
-        set_frozen_eval(self.model)
-        return self
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Projected features of a uint8 batch (normalised here) or a normalised float one."""
@@ -197,7 +192,7 @@ def content_mask(input_ids: torch.Tensor, pad_id: int) -> torch.Tensor:
     return (positions <= last.unsqueeze(1)).long()
 
 
-class OpenCLIPTextTower(CachedTextTower):
+class OpenCLIPTextTower(PairTower, CachedTextTower):
     """open_clip's text tower (projection included) with open_clip's tokenizer.
 
     Args:
@@ -252,11 +247,6 @@ class OpenCLIPTextTower(CachedTextTower):
             self.train(self.training)
         identity = {"arch": arch, "max_length": self.max_length}
         self.feature_cache = text_feature_cache(cache, self.model, self.tokenizer, identity)
-
-    def train(self, mode: bool = True) -> OpenCLIPTextTower:
-        super().train(mode)
-        set_frozen_eval(self.model)
-        return self
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Projected features; rows trimmed of padding (the feature cache does) are re-padded."""

@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, overload
+from typing import Any, TypeVar, overload
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from clip_lightning.models.freezing import set_frozen_eval
 from clip_lightning.models.text_cache import TextFeatureCache, hash_module_weights, hash_tokenizer
 from clip_lightning.module import CLIPModule
 
@@ -69,6 +70,22 @@ def scalar(parameter: None) -> None: ...
 def scalar(parameter: torch.Tensor | None) -> float | None:
     """A logit scale/bias parameter (shape ``[]`` or ``[1]``) as a float."""
     return None if parameter is None else float(parameter.detach().reshape(-1)[0])
+
+
+Tower = TypeVar("Tower", bound="PairTower")
+
+
+class PairTower(nn.Module):
+    """Base of the towers cut from a pretrained pair: the parts frozen in ``self.model`` stay in
+    eval mode (no dropout, fixed BatchNorm statistics) whatever mode the tower is put in.
+    Subclasses set ``self.model`` to their half of the pair (typed there)."""
+
+    model: Any
+
+    def train(self: Tower, mode: bool = True) -> Tower:
+        super().train(mode)
+        set_frozen_eval(self.model)
+        return self
 
 
 class PixelNormalizer(nn.Module):
