@@ -15,7 +15,9 @@ from pathlib import Path
 import open_clip
 import torch
 
-from tests.helpers import compose_train
+from clip_lightning.cli.loading import build_datamodule
+from clip_lightning.module import CLIPModule
+from tests.helpers import compose_train, quiet_trainer
 
 TINY_OPEN_CLIP = {
     # CLIP-style: causal text tower pooled at the end-of-text token
@@ -186,3 +188,21 @@ def hf_clip_cfg(tmp_path: Path, kind: str = "clip", extra: list[str] | None = No
     folder = write_hf_clip(tmp_path / f"tiny-{kind}", kind)
     overrides = [*synthetic_overrides(), "model=hf_clip", f"model.name_or_path={folder}"]
     return compose_train([*overrides, *(extra or [])], output_dir=tmp_path)
+
+
+def fit(model: CLIPModule, cfg, tmp_path: Path, steps: int = 1) -> None:
+    """``steps`` training steps on the composed dataset, no validation."""
+    trainer = quiet_trainer(tmp_path, max_steps=steps, limit_val_batches=0)
+    trainer.fit(model, datamodule=build_datamodule(cfg.dataset, model))
+
+
+def assert_one_step_trains_both_towers_and_the_scale(
+    model: CLIPModule, cfg, tmp_path: Path
+) -> None:
+    """One step changes parameters of both towers and the loss's logit scale."""
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    fit(model, cfg, tmp_path)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert any(n.startswith("image_encoder.") for n in changed)
+    assert any(n.startswith("text_encoder.") for n in changed)
+    assert "loss.logit_scale" in changed

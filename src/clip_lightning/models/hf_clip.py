@@ -111,6 +111,15 @@ def _take(
     return take_tower(("hf", name_or_path, pretrained), part, lambda: _build(source, pretrained))
 
 
+def _load_preprocessor(loader: Any, name_or_path: str, source: str) -> Any:
+    """``loader.from_pretrained(source)`` (a tokenizer or image processor class), failures
+    reported in one line naming ``name_or_path``."""
+    try:
+        return loader.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise _load_error(name_or_path, exc) from exc
+
+
 @contextmanager
 def _source(name_or_path: str, saved_files: dict[str, bytes] | None) -> Iterator[str]:
     """Where to load from: ``name_or_path``, or the files a checkpoint inlined, written out."""
@@ -186,14 +195,9 @@ class HFImageTower(PairTower):
         self.model: _Half
         with _source(name_or_path, saved_files) as source:
             self.model, built = _take(name_or_path, source, pretrained, "image")
-            try:
-                self.processor = AutoImageProcessor.from_pretrained(source)
-            except (OSError, ValueError) as exc:
-                raise _load_error(name_or_path, exc) from exc
+            self.processor = _load_preprocessor(AutoImageProcessor, name_or_path, source)
         self.pair_config: PretrainedConfig = built.config
-        self.num_features = built.embed_dim
-        self.init_logit_scale = built.logit_scale if pretrained else None
-        self.init_logit_bias = built.logit_bias if pretrained else None
+        self.adopt(built, pretrained)
         self.data_config = _timm_data_config(self.processor)
         self.normalize = PixelNormalizer(self.data_config["mean"], self.data_config["std"])
         if freeze:
@@ -277,14 +281,9 @@ class HFTextTower(PairTower, CachedTextTower):
         self.model: _Half
         with _source(name_or_path, saved_files) as source:
             self.model, built = _take(name_or_path, source, pretrained, "text")
-            try:
-                self.tokenizer = AutoTokenizer.from_pretrained(source)
-            except (OSError, ValueError) as exc:
-                raise _load_error(name_or_path, exc) from exc
+            self.tokenizer = _load_preprocessor(AutoTokenizer, name_or_path, source)
         self.pair_config: PretrainedConfig = built.config
-        self.num_features = built.embed_dim
-        self.init_logit_scale = built.logit_scale if pretrained else None
-        self.init_logit_bias = built.logit_bias if pretrained else None
+        self.adopt(built, pretrained)
         config = self.model.backbone.config
         self.fixed_length = config.model_type.startswith("siglip")
         self.max_length: int = max_length or config.max_position_embeddings

@@ -115,9 +115,7 @@ class OpenCLIPImageTower(PairTower):
     ):
         super().__init__()
         self.model, built = _take(arch, pretrained, "visual", dict(model_kwargs or {}))
-        self.num_features = built.embed_dim
-        self.init_logit_scale = built.logit_scale if pretrained else None
-        self.init_logit_bias = built.logit_bias if pretrained else None
+        self.adopt(built, pretrained=bool(pretrained))
         self.preprocess_cfg = PreprocessCfg(**self.model.preprocess_cfg)
         self.data_config = _timm_data_config(self.preprocess_cfg)
         self.normalize = PixelNormalizer(self.preprocess_cfg.mean, self.preprocess_cfg.std)
@@ -218,9 +216,7 @@ class OpenCLIPTextTower(PairTower, CachedTextTower):
         super().__init__()
         check_cache_option(cache, freeze, unfreeze_last_layers)
         self.model, built = _take(arch, pretrained, "text", dict(model_kwargs or {}))
-        self.num_features = built.embed_dim
-        self.init_logit_scale = built.logit_scale if pretrained else None
-        self.init_logit_bias = built.logit_bias if pretrained else None
+        self.adopt(built, pretrained=bool(pretrained))
         # what open_clip's tokenizer pads to (an HF text tower's own limit may be larger)
         configured = _model_config(arch)["text_cfg"].get("context_length", 77)
         forced = (model_kwargs or {}).get("force_context_length")

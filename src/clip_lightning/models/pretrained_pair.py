@@ -81,6 +81,16 @@ class PairTower(nn.Module):
     Subclasses set ``self.model`` to their half of the pair (typed there)."""
 
     model: Any
+    num_features: int
+    init_logit_scale: float | None
+    init_logit_bias: float | None
+
+    def adopt(self, parts: PretrainedParts, pretrained: bool) -> None:
+        """Report the pair's joint width and, for pretrained weights only, the temperature (and
+        SigLIP bias) the loss starts from; a rebuilt checkpoint restores its own."""
+        self.num_features = parts.embed_dim
+        self.init_logit_scale = parts.logit_scale if pretrained else None
+        self.init_logit_bias = parts.logit_bias if pretrained else None
 
     def train(self: Tower, mode: bool = True) -> Tower:
         super().train(mode)
