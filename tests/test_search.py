@@ -1,9 +1,11 @@
-"""Text-to-image search: the cached index is reused while the folder is unchanged, results are
-the brute-force cosine ranking, and the export has one row per image."""
+"""Text-to-image search over a folder: the cached embeddings are reused while the folder is
+unchanged and never written inside it, several queries are answered in one call with the
+brute-force cosine ranking, and the export has one row per image."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -14,8 +16,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 from PIL import Image
 
-from clip_lightning.cli.search import build_index, search
+from clip_lightning.cli.search import search
+from clip_lightning.cli.task import run_task
 from clip_lightning.errors import DataError
+from clip_lightning.indexing.folder import build_folder_index
 from clip_lightning.module import CLIPModule
 from clip_lightning.utils.config import register_resolvers
 from tests.helpers import CONFIG_DIR
@@ -49,53 +53,74 @@ class CountingModel:
         return self.original(images)
 
 
-def test_index_is_cached_and_rebuilt_when_the_folder_changes(checkpoint, tmp_path):
+def listing(folder: Path) -> list[tuple[str, int]]:
+    return sorted((str(p), p.stat().st_mtime_ns) for p in folder.rglob("*"))
+
+
+def test_index_is_cached_outside_the_folder_and_rebuilt_when_it_changes(checkpoint, tmp_path):
     model = CLIPModule.load_from_checkpoint(checkpoint).eval()
     counter = CountingModel(model)
     folder = make_images(tmp_path / "images")
-    first = build_index(model, folder, "fp", batch_size=3)
+    before = listing(folder)
+    cache = tmp_path / "cache"
+    first = build_folder_index(model, folder, "fp", cache, batch_size=3)
     assert not first.reused and counter.calls == 7
     assert first.files[0] == "img_1.png" and "sub/img_0.png" in first.files
-    assert (folder / ".clip_lightning_index" / "fp" / "embeddings.npy").is_file()
+    assert listing(folder) == before  # nothing written inside the user's folder
+    (entry,) = cache.iterdir()
+    assert {p.name for p in entry.iterdir()} == {"embeddings.npy", "manifest.json"}
 
-    second = build_index(model, folder, "fp", batch_size=3)
+    second = build_folder_index(model, folder, "fp", cache, batch_size=3)
     assert second.reused and counter.calls == 7
     np.testing.assert_array_equal(second.embeddings, first.embeddings)
 
     Image.new("RGB", (36, 36), "red").save(folder / "new.png")
-    third = build_index(model, folder, "fp", batch_size=3)
+    third = build_folder_index(model, folder, "fp", cache, batch_size=3)
     assert not third.reused and counter.calls == 15 and len(third.files) == 8
-    other_model = build_index(model, folder, "other-ckpt", index_dir=tmp_path / "idx")
-    assert not other_model.reused and (tmp_path / "idx" / "other-ckpt" / "files.json").is_file()
+    assert not build_folder_index(model, folder, "other-ckpt", cache).reused
+    assert len(list(cache.iterdir())) == 2  # one entry per model and folder
+
+    # a damaged or edited manifest is data that does not fit: the folder is embedded again
+    (entry / "manifest.json").write_text('{"fingerprint": 3, "files": "x"}')
+    assert not build_folder_index(model, folder, "fp", cache).reused
 
 
 def test_search_ranks_by_cosine_and_exports_embeddings(checkpoint, tmp_path):
     folder = make_images(tmp_path / "images")
     register_resolvers()
-    query = "two small red circles in the top left corner"
+    queries = ["two small red circles in the top left corner", "a green square", "blue sky"]
+    (tmp_path / "queries.txt").write_text(f"{queries[2]}\n\n")
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         cfg = compose(
             "search",
             [
                 f"ckpt_path={checkpoint}",
                 f"images={folder}",
-                f"query={query}",
+                f"query=[{queries[0]},{queries[1]}]",
+                f"queries_file={tmp_path / 'queries.txt'}",
                 "k=4",
                 f"export={tmp_path / 'out' / 'embeddings.npy'}",
+                f"cache_dir={tmp_path / 'cache'}",
                 "accelerator=cpu",
             ],
         )
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path / "run")
-    hits = search(cfg)
+    results = search(cfg)
 
     model = CLIPModule.load_from_checkpoint(checkpoint).eval()
     files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*.png"))
     images = model.encode_image([Image.open(folder / f) for f in files])
-    scores = torch.nn.functional.cosine_similarity(images, model.encode_text([query]))
-    order = torch.argsort(scores, descending=True)[:4]
-    assert [name for name, _ in hits] == [files[i] for i in order]
-    np.testing.assert_allclose([s for _, s in hits], scores[order].numpy(), atol=1e-5)
+    assert [query for query, _ in results] == queries
+    for query, hits in results:
+        scores = torch.nn.functional.cosine_similarity(images, model.encode_text([query]))
+        order = torch.argsort(scores, descending=True)[:4]
+        assert [hit.image for hit in hits] == [files[i] for i in order]
+        assert [hit.rank for hit in hits] == [1, 2, 3, 4]
+        np.testing.assert_allclose([h.score for h in hits], scores[order].numpy(), atol=1e-5)
+    written = json.loads((tmp_path / "run" / "search_results.json").read_text())
+    assert [r["query"] for r in written["results"]] == queries
+    assert written["results"][2]["hits"][0]["image"] == results[2][1][0].image
 
     exported = np.load(tmp_path / "out" / "embeddings.npy")
     assert exported.shape == (7, model.hparams.embed_dim)
@@ -110,23 +135,58 @@ def test_empty_or_missing_folders_raise_data_errors(checkpoint, tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("text only")
     with pytest.raises(DataError, match="no images in"):
-        build_index(model, tmp_path / "empty", "fp")
+        build_folder_index(model, tmp_path / "empty", "fp", tmp_path / "cache")
     with pytest.raises(DataError, match="does not exist"):
-        build_index(model, tmp_path / "missing", "fp")
-    assert not os.path.exists(tmp_path / "empty" / ".clip_lightning_index")
+        build_folder_index(model, tmp_path / "missing", "fp", tmp_path / "cache")
+    assert not os.path.exists(tmp_path / "cache")
 
 
 def test_an_unreadable_image_is_skipped_and_listed_or_stops_the_build(checkpoint, tmp_path):
     model = CLIPModule.load_from_checkpoint(checkpoint).eval()
     folder = make_images(tmp_path / "images")
     (folder / "broken.jpg").write_text("not a JPEG")
-    index = build_index(model, folder, "fp")
+    cache = tmp_path / "cache"
+    index = build_folder_index(model, folder, "fp", cache)
     assert index.skipped == [("broken.jpg", index.skipped[0][1])]
     assert "broken.jpg" not in index.files and len(index.files) == len(index.embeddings) == 7
-    assert build_index(model, folder, "fp").skipped == index.skipped  # also when reused
+    assert (
+        build_folder_index(model, folder, "fp", cache).skipped == index.skipped
+    )  # also when reused
 
     with pytest.raises(DataError) as error:
-        build_index(model, folder, "fp", on_bad_image="error")
+        build_folder_index(model, folder, "fp", cache, on_bad_image="error")
     message = str(error.value)
     assert "1 of 8 image files are unreadable (broken.jpg: " in message
     assert "on_bad_image=skip" in message and "\n" not in message
+
+
+def test_a_read_only_folder_with_an_unwritable_cache_still_answers_with_one_warning(
+    checkpoint, tmp_path, caplog
+):
+    folder = make_images(tmp_path / "images")
+    before = listing(folder)
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    register_resolvers()
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = compose(
+            "search",
+            [
+                f"ckpt_path={checkpoint}",
+                f"images={folder}",
+                "query=a red square",
+                f"cache_dir={blocker / 'cache'}",
+                "accelerator=cpu",
+            ],
+        )
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "run")
+    with caplog.at_level(logging.WARNING):
+        ((query, hits),) = run_task(search, cfg, "search")
+    assert query == "a red square" and len(hits) == 5
+    assert listing(folder) == before
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert str(blocker / "cache") in warning and "pass cache_dir= a writable folder" in warning
+    assert "\n" not in warning

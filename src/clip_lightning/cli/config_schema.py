@@ -305,10 +305,12 @@ class SearchConfig:
 
     ckpt_path: str | None = "logs/train/runs/<time>/checkpoints/last.ckpt"
     images: str | None = "/data/photos"
-    query: str | None = "a dog running on the beach"
+    query: str | list[str] | None = "a dog running on the beach"
+    queries_file: str | None = "queries.txt"
     k: PositiveInt = 5
     export: str | None = "embeddings.npy"
-    index_dir: str | None = "/tmp/index"
+    cache_dir: str = "/tmp/search-cache"
+    index_dir: str | None = "/tmp/search-cache"
     batch_size: PositiveInt = 64
     num_workers: NonNegativeInt = 0
     on_bad_image: Literal["error", "skip"] = "skip"

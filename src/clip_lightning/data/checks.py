@@ -235,6 +235,7 @@ def apply_policy(
     return [r for r in records if r.image_id not in unusable]
 
 
-def check_policy(policy: str) -> None:
+def check_policy(policy: str, key: str = "dataset.on_bad_image") -> None:
+    """One line naming ``key`` when ``policy`` is not one of :data:`POLICIES`."""
     if policy not in POLICIES:
-        raise DataError(f"dataset.on_bad_image={policy!r}; choose one of {POLICIES}")
+        raise DataError(f"{key}={policy!r}; choose one of {POLICIES}")
