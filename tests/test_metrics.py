@@ -102,13 +102,40 @@ def test_matches_brute_force(seed: int) -> None:
         "i2t_median_rank",
         "t2i_mean_rank",
         "t2i_median_rank",
+        "images",
+        "captions",
     ]
+    assert (result["images"], result["captions"]) == (50, data["text_ids"].numel())
     for key, value in expected.items():
         assert result[key].item() == pytest.approx(value, rel=1e-5), key
         if "rank" not in key:
             assert default[key].item() == pytest.approx(value, rel=1e-5), key
     # Not a degenerate fixture: recalls are neither all 0 nor all 100.
     assert 0 < result["t2i_r1"] < result["t2i_r10"] < 100
+
+
+def test_folds_are_consecutive_images_scored_alone_and_averaged() -> None:
+    # COCO 1K arithmetic on a small scale: 23 images in folds of 5 (the last one holds 3)
+    data = make_data(num_images=23, seed=3)
+    result = run_metric([data], fold_size=5, tie_tolerance=0.0)
+    order = torch.argsort(data["image_ids"])  # folds follow image id order
+    folds = []
+    for start in range(0, 23, 5):
+        fold_ids = data["image_ids"][order[start : start + 5]]
+        images = torch.isin(data["image_ids"], fold_ids)
+        texts = torch.isin(data["text_image_ids"], fold_ids)
+        folds.append(brute_force(take(data, images, texts)))
+    assert len(folds) == 5 and "fold6/rsum" not in result
+    for key in folds[0]:
+        for number, fold in enumerate(folds, start=1):
+            assert result[f"fold{number}/{key}"].item() == pytest.approx(fold[key], rel=1e-5)
+        mean = statistics.mean(fold[key] for fold in folds)
+        assert result[key].item() == pytest.approx(mean, rel=1e-5), key
+    assert (result["images"], result["captions"]) == (23, data["text_ids"].numel())
+    # one fold as large as the set is the plain figure
+    plain = run_metric([data], tie_tolerance=0.0)
+    whole = run_metric([data], fold_size=23, tie_tolerance=0.0)
+    assert whole["rsum"].item() == pytest.approx(plain["rsum"].item())
 
 
 def test_custom_ks() -> None:
@@ -161,7 +188,7 @@ def test_perfect_embeddings_give_100() -> None:
     for key, value in result.items():
         if "rank" in key:
             assert value.item() == 1.0, key
-        elif key != "rsum":
+        elif key not in ("rsum", "images", "captions"):
             assert value.item() == 100.0, key
     assert result["rsum"].item() == 600.0
 

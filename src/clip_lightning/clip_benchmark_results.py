@@ -32,9 +32,7 @@ def retrieval_layout(results: Mapping[str, Any]) -> dict[str, Any]:
             retrieved = "image" if direction == "t2i" else "text"
             metrics[f"{retrieved}_retrieval_recall@{k}"] = value / 100.0
     name = str(results["dataset"])
-    return _layout(
-        DATASET_NAMES.get(name, name), results["checkpoint"], "zeroshot_retrieval", metrics
-    )
+    return _layout(DATASET_NAMES.get(name, name), results, "zeroshot_retrieval", metrics)
 
 
 def classification_layout(results: Mapping[str, Any]) -> dict[str, Any]:
@@ -50,7 +48,7 @@ def classification_layout(results: Mapping[str, Any]) -> dict[str, Any]:
         "mean_per_class_recall": sum(per_class) / len(per_class) / 100.0,
     }
     dataset = Path(str(results["images"])).name
-    return _layout(dataset, results["checkpoint"], "zeroshot_classification", metrics)
+    return _layout(dataset, results, "zeroshot_classification", metrics)
 
 
 def file_name(layout: Mapping[str, Any]) -> str:
@@ -60,11 +58,15 @@ def file_name(layout: Mapping[str, Any]) -> str:
     return FILE_NAME.format(**fields, pretrained=pretrained, task=layout["task"])
 
 
-def _layout(dataset: str, checkpoint: str, task: str, metrics: dict[str, float]) -> dict[str, Any]:
+def _layout(
+    dataset: str, results: Mapping[str, Any], task: str, metrics: dict[str, float]
+) -> dict[str, Any]:
+    """A trained checkpoint is ``model=clip-lightning, pretrained=<checkpoint>``; a pretrained
+    baseline keeps its own names (``model=ViT-B-32, pretrained=laion2b_s34b_b79k``)."""
     return {
         "dataset": dataset,
-        "model": MODEL_TYPE,
-        "pretrained": str(checkpoint),
+        "model": str(results.get("model") or MODEL_TYPE),
+        "pretrained": str(results.get("pretrained") or results["checkpoint"]),
         "task": task,
         "metrics": metrics,
         "language": "en",

@@ -221,10 +221,16 @@ class RetrievalRecall(Metric):
     captions by id first, so the samples a ``DistributedSampler`` repeats to pad its last batch
     are neither counted twice nor offered twice as retrieval candidates.
 
-    ``compute`` returns recalls in percent (``i2t_r{k}``, ``t2i_r{k}``), their sum ``rsum`` and
+    ``compute`` returns recalls in percent (``i2t_r{k}``, ``t2i_r{k}``), their sum ``rsum``,
     the 1-based ``{i2t,t2i}_{mean,median}_rank`` (expected ranks; the median averages the two
-    middle ones when the count is even). The module docstring states the tie rule; a NaN or
-    infinite embedding raises :class:`~clip_lightning.errors.NonFiniteEmbeddingError`.
+    middle ones when the count is even) and the numbers of ``images`` and ``captions`` scored.
+    The module docstring states the tie rule; a NaN or infinite embedding raises
+    :class:`~clip_lightning.errors.NonFiniteEmbeddingError`.
+
+    With ``fold_size`` the images, in id order, are cut into folds of that many consecutive
+    images, each scored against its own captions only (COCO 1K: five folds of the 5K test
+    split). The figures are then the means over folds, and ``fold{n}/<figure>`` gives each
+    fold's own.
     """
 
     is_differentiable = False
@@ -242,9 +248,12 @@ class RetrievalRecall(Metric):
         ks: Sequence[int] = (1, 5, 10),
         chunk_size: int = 256,
         tie_tolerance: float = TIE_TOLERANCE,
+        fold_size: int | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
+        if fold_size is not None and fold_size < 1:
+            raise ValueError(f"fold_size must be positive or None, got {fold_size}")
         if not ks or len(set(ks)) != len(ks) or any(int(k) != k or k < 1 for k in ks):
             raise ValueError(f"ks must be a non-empty sequence of distinct positive ints, got {ks}")
         if chunk_size < 1:
@@ -254,6 +263,7 @@ class RetrievalRecall(Metric):
         self.ks = tuple(int(k) for k in ks)
         self.chunk_size = chunk_size
         self.tie_tolerance = tie_tolerance
+        self.fold_size = fold_size
         for name in (*_EMBEDDING_STATES, *_ID_STATES):
             self.add_state(name, default=[], dist_reduce_fx="cat")
 
@@ -328,6 +338,26 @@ class RetrievalRecall(Metric):
                 f"e.g. {missing[:5].tolist()}"
             )
 
+        counts = {
+            "images": torch.tensor(float(images.shape[0]), device=images.device),
+            "captions": torch.tensor(float(texts.shape[0]), device=images.device),
+        }
+        if self.fold_size is None:
+            return {**self._summarise(images, texts, text_to_image), **counts}
+        folds = []
+        for start in range(0, images.shape[0], self.fold_size):
+            stop = start + self.fold_size
+            in_fold = (text_to_image >= start) & (text_to_image < stop)
+            folds.append(
+                self._summarise(images[start:stop], texts[in_fold], text_to_image[in_fold] - start)
+            )
+        results = {key: torch.stack([fold[key] for fold in folds]).mean() for key in folds[0]}
+        for number, fold in enumerate(folds, start=1):
+            results.update({f"fold{number}/{key}": value for key, value in fold.items()})
+        return {**results, **counts}
+
+    def _summarise(self, images: Tensor, texts: Tensor, text_to_image: Tensor) -> dict[str, Tensor]:
+        """Recall@K, RSUM and expected ranks of one set of images and their captions."""
         i2t, t2i = retrieval_ranks(
             images, texts, text_to_image, self.chunk_size, self.tie_tolerance
         )

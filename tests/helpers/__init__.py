@@ -85,6 +85,16 @@ def compose_train(
     return cfg
 
 
+def compose_eval(overrides: list[str], output_dir: str | os.PathLike) -> DictConfig:
+    """Compose ``conf/eval.yaml`` like the CLI, writing results into ``output_dir``."""
+    register_resolvers()
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = compose("eval", overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+    return cfg
+
+
 def quiet_trainer(root: str | os.PathLike, **overrides) -> L.Trainer:
     """A CPU Trainer with no logger, checkpoints, progress bar or summary unless overridden."""
     options = {

@@ -258,6 +258,17 @@ class TrainerSchema:
     num_sanity_val_steps: Limit = 2
 
 
+ProtocolName = Literal["split", "coco_5k", "coco_1k", "flickr30k_1k"]
+
+
+@dataclass
+class ProtocolSchema:
+    """``protocol``: how the val and test figures are computed (:mod:`clip_lightning.protocols`)."""
+
+    val: ProtocolName = "split"
+    test: ProtocolName = "coco_1k"
+
+
 # ------------------------------------------------------------------------------------- tasks
 @dataclass
 class TrainConfig:
@@ -269,6 +280,7 @@ class TrainConfig:
     test: bool = True
     validate_before_fit: bool = True
     optimized_metric: str | None = "val/rsum"
+    protocol: ProtocolSchema | None = field(default_factory=ProtocolSchema)
     dataset: DatasetSchema = field(default_factory=DatasetSchema)
     optimizer: OptimizerSchema = field(default_factory=OptimizerSchema)
     scheduler: SchedulerSchema | None = field(default_factory=SchedulerSchema)
@@ -293,9 +305,11 @@ class EvalConfig:
     ckpt_path: str | None = "logs/train/runs/<time>/checkpoints/last.ckpt"
     task: Literal["retrieval", "zeroshot"] = "retrieval"
     split: Literal["val", "test"] = "test"
+    protocol: ProtocolName = "coco_5k"
     images: str | None = "/data/imagenet/val"
     zeroshot: ZeroShotSchema | None = field(default_factory=ZeroShotSchema)
     dataset: DatasetSchema = field(default_factory=DatasetSchema)
+    model: ModelSchema | None = field(default_factory=ModelSchema)
     trainer: TrainerSchema | None = field(default_factory=TrainerSchema)
 
 

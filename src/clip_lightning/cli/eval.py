@@ -1,9 +1,11 @@
-"""Evaluate a trained checkpoint: ``python -m clip_lightning.eval ckpt_path=PATH [overrides]``.
+"""Evaluate a trained checkpoint: ``python -m clip_lightning.eval ckpt_path=PATH [overrides]``,
+or a pretrained pair as published: ``model=open_clip model.arch=ARCH model.pretrained=TAG``.
 
-``task=retrieval`` scores image<->text Recall@K on a split of the ``dataset`` group with the
-same Lightning test/validation loop the training run used, so the figures match the ones it
-logged; ``task=zeroshot`` classifies an ImageFolder (:mod:`clip_lightning.zeroshot`). Results
-are printed and written as JSON into the run directory.
+``task=retrieval`` scores image<->text Recall@K on a split of the ``dataset`` group, under an
+evaluation ``protocol`` (:mod:`clip_lightning.protocols`), with the same Lightning
+test/validation loop the training run used, so the figures match the ones it logged;
+``task=zeroshot`` classifies an ImageFolder (:mod:`clip_lightning.zeroshot`). Results are
+printed and written as JSON into the run directory.
 """
 
 from __future__ import annotations
@@ -16,33 +18,44 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from clip_lightning.cli.loading import build_datamodule, load_model, resolve_device
+from clip_lightning.cli.eval_model import EvalModel, load_eval_model
+from clip_lightning.cli.loading import build_datamodule, resolve_device
 from clip_lightning.cli.task import hydra_task, run_dir
 from clip_lightning.clip_benchmark_results import (
     classification_layout,
     file_name,
     retrieval_layout,
 )
-from clip_lightning.errors import ClipLightningError, DataError
+from clip_lightning.errors import ClipLightningError, ConfigError, DataError
+from clip_lightning.protocols import get_protocol, use_protocol
 from clip_lightning.utils.results import print_recall_table, to_floats, write_json
 from clip_lightning.zeroshot import zeroshot_classify
 
 TASKS = ("retrieval", "zeroshot")
 
 
-def evaluate_retrieval(cfg: DictConfig) -> dict[str, Any]:
-    """Recall@K of the checkpoint on ``cfg.split``; metric keys as in training (``test/...``)."""
+def evaluate_retrieval(cfg: DictConfig, candidate: EvalModel | None = None) -> dict[str, Any]:
+    """Recall@K of the model on ``cfg.split`` under ``cfg.protocol``; metric keys as in training
+    (``test/...``). ``candidate`` replaces the model the config names (WiSE-FT passes its own)."""
     split = cfg.split
     if split not in ("val", "test"):
         raise DataError(f"split={split!r} is not supported; use split=val or split=test")
+    protocol = get_protocol(cfg.get("protocol", "split"))
+    if protocol.karpathy is not None and split != "test":
+        raise ConfigError(
+            f"protocol={protocol.name} scores the Karpathy test split; drop split={split} "
+            f"(or use protocol=split split={split})"
+        )
     L.seed_everything(cfg.seed, verbose=False)
-    model = load_model(cfg.ckpt_path)
+    candidate = candidate or load_eval_model(cfg)
+    model = candidate.model
     datamodule = build_datamodule(cfg.dataset, model)
     if not datamodule.load_splits().get(split):
         raise DataError(
             f"dataset {datamodule.name!r} has no {split!r} images; check dataset.split_sizes "
             "or the dataset's own split files"
         )
+    use_protocol(model, datamodule, split, protocol.name)
     # the training run's hardware settings (trainer group), on one device, writing nothing
     trainer: L.Trainer = instantiate(
         cfg.trainer,
@@ -58,22 +71,28 @@ def evaluate_retrieval(cfg: DictConfig) -> dict[str, Any]:
     metrics = {
         k: v for k, v in to_floats(trainer.callback_metrics).items() if k.startswith(f"{split}/")
     }
-    print_recall_table(metrics, split, f"Retrieval recall (%), {datamodule.name} {split}")
+    images, captions = int(metrics[f"{split}/images"]), int(metrics[f"{split}/captions"])
+    scored = protocol.describe(split, images, captions)
+    print_recall_table(metrics, split, f"Retrieval recall (%), {datamodule.name}, {scored}")
     return {
         "task": "retrieval",
-        "checkpoint": str(cfg.ckpt_path),
+        **candidate.source,
         "dataset": datamodule.name,
+        "protocol": protocol.name,
         "split": split,
+        "images": images,
+        "captions": captions,
         "metrics": metrics,
     }
 
 
-def evaluate_zeroshot(cfg: DictConfig) -> dict[str, Any]:
-    """Zero-shot top-k and per-class accuracy of the checkpoint on the ImageFolder ``images``."""
+def evaluate_zeroshot(cfg: DictConfig, candidate: EvalModel | None = None) -> dict[str, Any]:
+    """Zero-shot top-k and per-class accuracy of the model on the ImageFolder ``images``."""
     options = cfg.zeroshot
-    model = load_model(cfg.ckpt_path, resolve_device(cfg.trainer.accelerator))
+    device = resolve_device(cfg.trainer.accelerator)
+    candidate = candidate or load_eval_model(cfg, device)
     result = zeroshot_classify(
-        model,
+        candidate.model.to(device),
         cfg.images,
         list(options.templates),
         ks=list(options.top_k),
@@ -90,7 +109,7 @@ def evaluate_zeroshot(cfg: DictConfig) -> dict[str, Any]:
     Console().print(table)
     return {
         "task": "zeroshot",
-        "checkpoint": str(cfg.ckpt_path),
+        **candidate.source,
         "images": str(cfg.images),
         "templates": list(options.templates),
         **result.to_dict(),

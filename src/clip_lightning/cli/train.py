@@ -20,6 +20,7 @@ from clip_lightning.cli.loading import build_datamodule
 from clip_lightning.cli.task import hydra_task
 from clip_lightning.cli.wandb_run import continue_wandb_run, remember_wandb_run
 from clip_lightning.plugins import remove_stale_temporaries
+from clip_lightning.protocols import PROTOCOLS, use_protocol
 from clip_lightning.utils.config import print_config_tree
 from clip_lightning.utils.instantiate import instantiate_list
 from clip_lightning.utils.results import print_recall_table, to_floats, write_json
@@ -44,6 +45,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     model = instantiate(cfg.model)
     datamodule = build_datamodule(cfg.dataset, model)
     datamodule.load_splits()  # a missing dataset fails here, before the trainer starts
+    protocols = {
+        stage: use_protocol(model, datamodule, stage, name)
+        for stage, name in (cfg.get("protocol") or {}).items()
+    }
     # ckpt_path=last: the newest last.ckpt of this task's earlier runs (or of resume_dir)
     ckpt_path = resolve_ckpt_path(
         cfg.get("ckpt_path"),
@@ -89,7 +94,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics.update(to_floats(trainer.callback_metrics))
     if trainer.is_global_zero:
         write_json(run_dir / "metrics.json", metrics)
-        print_recall_table(metrics, "test" if cfg.get("test") else "val", "Retrieval recall (%)")
+        stage = "test" if cfg.get("test") else "val"
+        scored = protocols.get(stage, PROTOCOLS["split"]).describe(
+            stage, metrics.get(f"{stage}/images", 0), metrics.get(f"{stage}/captions", 0)
+        )
+        print_recall_table(metrics, stage, f"Retrieval recall (%), {scored}")
     return metrics
 
 
