@@ -355,6 +355,31 @@ def test_a_karpathy_entry_without_filename_names_the_record(tmp_path):
     assert "\n" not in text
 
 
+def test_a_karpathy_test_image_listed_again_for_training_is_refused_naming_both_splits(tmp_path):
+    root = BUILDERS["karpathy"](tmp_path / "k")  # images 11-13 are the test split
+    path = root / "dataset_flickr30k.json"
+    data = json.loads(path.read_text())
+    data["images"].append({**data["images"][12], "split": "train"})
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError) as info:
+        flickr(root).load_records()
+    assert str(info.value).startswith("image '1012' appears in splits 'test' and 'train'; ")
+
+
+@pytest.mark.parametrize("entry", [None, "1003.jpg"])
+def test_a_karpathy_entry_that_is_not_an_object_names_the_record(tmp_path, entry):
+    root = BUILDERS["karpathy"](tmp_path / "k")
+    path = root / "dataset_flickr30k.json"
+    data = json.loads(path.read_text())
+    data["images"][3] = entry
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError) as info:
+        flickr(root).load_records()
+    kind = type(entry).__name__
+    assert str(info.value).startswith(f"{path}: images[3] is a {kind}; expected an object like")
+    assert "\n" not in str(info.value)
+
+
 def test_a_dataset_root_that_is_a_file_says_to_use_its_folder(tmp_path):
     root = BUILDERS["karpathy"](tmp_path / "k")
     with pytest.raises(DataError) as info:

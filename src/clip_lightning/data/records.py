@@ -238,8 +238,9 @@ def group_captions(
     """Merge rows of ``(image_id, image, captions, split)`` into one record per image.
 
     Formats that store one caption per row (COCO annotations, the Kaggle CSV, some parquet
-    exports) go through here. The first row's image source wins; an image whose rows disagree
-    on the split is an error, because its captions would otherwise leak across splits.
+    exports) go through here, and Karpathy's JSON, whose entries may list an image twice. The
+    first row's image source wins; an image whose rows disagree on the split is an error,
+    because its captions would otherwise leak across splits.
     """
     images: dict[str, ImageSource] = {}
     captions: dict[str, list[object]] = {}
@@ -251,7 +252,7 @@ def group_captions(
         elif splits[key] != split:
             raise DataError(
                 f"image {key!r} appears in splits {splits[key]!r} and {split!r}; the captions "
-                "of one image must stay in one split -- fix the split column of the data"
+                "of one image must stay in one split -- give all its rows or entries one split"
             )
         captions[key].extend(texts)
     return [make_record(key, images[key], captions[key], splits[key]) for key in images]

@@ -9,7 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from clip_lightning.data.formats.common import malformed, read_json, require, resolve_image_dir
-from clip_lightning.data.records import CaptionRecord, FileImage, make_record, normalise_split
+from clip_lightning.data.records import (
+    CaptionRecord,
+    FileImage,
+    group_captions,
+    normalise_split,
+)
 from clip_lightning.errors import DataError
 
 PATTERN = "dataset_*.json"
@@ -47,7 +52,7 @@ def _captions(entry: dict, path: Path, where: str) -> list[object]:
 def load_karpathy(
     root: Path | None, image_dir: str | Path | None = None, annotation: str | None = None
 ) -> list[CaptionRecord]:
-    """One record per entry of ``images``; ``annotation`` picks the json when there are several."""
+    """One record per image of ``images``; ``annotation`` picks the json when there are several."""
     if root is None:
         raise DataError("dataset.format=karpathy needs dataset.root=DIR (the split json folder)")
     path = root / annotation if annotation else find_split_json(root)
@@ -60,18 +65,23 @@ def load_karpathy(
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise DataError(f"{path} has no 'images' list; is it one of Karpathy's split files?")
     entries = data["images"]
-    relative = [
-        Path(str(entry.get("filepath", "")))
-        / require(entry, "filename", str, path, f"images[{index}]", ENTRY)
+    # checked first: a null or string entry has no fields to read
+    names = [
+        require(entry, "filename", str, path, f"images[{index}]", ENTRY)
         for index, entry in enumerate(entries)
     ]
+    relative = [
+        Path(str(entry.get("filepath", ""))) / name
+        for entry, name in zip(entries, names, strict=True)
+    ]
     base = resolve_image_dir(root, image_dir, relative, IMAGE_FOLDERS)
-    return [
-        make_record(
-            str(entry.get("cocoid", Path(entry["filename"]).stem)),
+    # one record per image: an image listed twice with different splits is refused
+    return group_captions(
+        (
+            str(entry.get("cocoid", Path(name).stem)),
             FileImage(base / rel),
-            _captions(entry, path, f"images[{index}] ({entry['filename']})"),
+            _captions(entry, path, f"images[{index}] ({name})"),
             normalise_split(entry.get("split")),
         )
-        for index, (entry, rel) in enumerate(zip(entries, relative, strict=True))
-    ]
+        for index, (entry, name, rel) in enumerate(zip(entries, names, relative, strict=True))
+    )
