@@ -1,5 +1,9 @@
 """Errors a user can fix. Entry points print them as one clear line instead of a stack trace."""
 
+from typing import TypeVar
+
+Error = TypeVar("Error", bound=BaseException)
+
 
 class ClipLightningError(Exception):
     """Base class: the message names the problem and the fix."""
@@ -35,10 +39,19 @@ def find_user_error(exc: BaseException) -> ClipLightningError | None:
     Hydra's ``instantiate`` wraps errors raised in constructors (once per nesting level), so
     the user-facing error is usually a few ``__cause__`` links down.
     """
+    return find_cause(exc, ClipLightningError)
+
+
+def find_cause(exc: BaseException, kind: type[Error]) -> Error | None:
+    """``exc`` itself or the first ``kind`` among its causes and contexts, if any.
+
+    Libraries re-raise: torch's checkpoint writer turns a full disk (an ``OSError`` in
+    ``write``) into ``RuntimeError: ... unexpected pos``, with the ``OSError`` as its context.
+    """
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
-        if isinstance(current, ClipLightningError):
+        if isinstance(current, kind):
             return current
         seen.add(id(current))
         current = current.__cause__ or current.__context__

@@ -1,4 +1,5 @@
-"""Lightning plugins: checkpoint writing that never leaves a half-written ``last.ckpt`` behind."""
+"""Lightning plugins: checkpoint writing that never leaves a half-written ``last.ckpt`` behind,
+and the hard link that lets ``last.ckpt`` and the best checkpoint share one file."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from clip_lightning.errors import find_cause
 
 # the temporary file of a save: .<name>.tmp-<host>-<pid>, next to the checkpoint
 TMP_MARKER = ".tmp-"
@@ -37,19 +40,46 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError("AtomicCheckpointIO does not take storage_options for local paths")
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}{TMP_MARKER}{socket.gethostname()}-{os.getpid()}")
+        tmp = temporary_path(target)
         try:
             with open(tmp, "wb") as f:
                 torch.save(checkpoint, f)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, target)
-        except OSError as exc:
-            # a failed write() names no file; the task wrapper reports "no space left on <dir>"
-            exc.filename = exc.filename or str(target)
+        except (OSError, RuntimeError) as exc:
+            # a failed write() names no file (and torch re-raises it as a RuntimeError); named,
+            # the task wrapper reports "no space left on <dir>"
+            os_error = find_cause(exc, OSError)
+            if os_error is not None:
+                os_error.filename = os_error.filename or str(target)
             raise
         finally:
             tmp.unlink(missing_ok=True)
+
+
+def temporary_path(target: Path) -> Path:
+    """Where a write to ``target`` goes before its rename: ``.<name>.tmp-<host>-<pid>`` next to it
+    (same filesystem, so the rename is atomic; host and pid tell a dead writer's leftover)."""
+    return target.with_name(f".{target.name}{TMP_MARKER}{socket.gethostname()}-{os.getpid()}")
+
+
+def link_checkpoint(source: Path, target: Path) -> bool:
+    """Make ``target`` a second name of the checkpoint file ``source`` (a hard link), atomically.
+
+    The link is made under a temporary name and renamed over ``target``, so ``target`` is always
+    either its old file or ``source``. Returns False, leaving ``target`` untouched, where the
+    filesystem has no hard links (or ``source`` is a folder, as sharded checkpoints are).
+    """
+    tmp = temporary_path(target)
+    try:
+        os.link(source, tmp)
+        os.replace(tmp, target)
+    except OSError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    return True
 
 
 def _is_alive(pid: int) -> bool:

@@ -5,6 +5,7 @@ checkpoint was lost."""
 from __future__ import annotations
 
 import errno
+import io
 import logging
 import os
 import signal
@@ -30,6 +31,8 @@ from clip_lightning.utils.config import register_resolvers
 from tests.helpers import (
     CONFIG_DIR,
     TINY_RUN_OVERRIDES,
+    TINY_TRAIN_OVERRIDES,
+    compose_train,
     read_metrics,
     run_dirs,
     run_train,
@@ -104,6 +107,26 @@ def test_only_temporaries_of_dead_processes_on_this_host_are_removed(tmp_path):
     )
 
 
+@pytest.mark.parametrize("resume", ["ckpt_path=last", "resume_dir={killed}"])
+def test_a_first_save_killed_outright_is_cleaned_by_the_next_resume(tmp_path, caplog, resume):
+    # kill -9 during the run's first save: an empty temporary and no last.ckpt
+    killed = tmp_path / "runs" / "killed"
+    stale = killed / "checkpoints" / f".epoch_000.ckpt.tmp-{socket.gethostname()}-{dead_pid()}"
+    stale.parent.mkdir(parents=True)
+    stale.touch()
+    cfg = compose_train(
+        [*TINY_TRAIN_OVERRIDES, resume.format(killed=killed)], output_dir=tmp_path / "runs" / "new"
+    )
+    with caplog.at_level(logging.WARNING), pytest.raises(SystemExit) as exit_info:
+        run_task(train, cfg, "train")
+
+    assert exit_info.value.code == 1  # nothing to resume from: one line says so
+    assert not stale.exists()
+    messages = [r.getMessage() for r in caplog.records]
+    assert f"removed {stale}, left by a checkpoint save that was killed" in messages
+    assert "last.ckpt" in messages[-1]
+
+
 def test_disk_full_during_a_save_names_the_folder_and_the_last_good_checkpoint(
     tiny_cfg, tmp_path, monkeypatch, caplog
 ):
@@ -112,10 +135,11 @@ def test_disk_full_during_a_save_names_the_folder_and_the_last_good_checkpoint(
 
     def save_until_the_disk_fills(obj, f, *args, **kwargs):
         saves.append(f.name)
-        if len(saves) <= 2:  # epoch 1: epoch_000.ckpt and last.ckpt fit
+        if len(saves) == 1:  # epoch 1: epoch_000.ckpt fits, last.ckpt is a link to it
             return real_save(obj, f, *args, **kwargs)
-        f.write(b"\0" * 4096)  # part of the file made it to disk
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        # part of the file made it to disk; torch's writer turns the write error into
+        # "RuntimeError: [enforce fail at inline_container.cc] unexpected pos"
+        return real_save(obj, FullDisk(f, room=4096), *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", save_until_the_disk_fills)
     tiny_cfg.trainer.max_epochs = 2
@@ -132,6 +156,23 @@ def test_disk_full_during_a_save_names_the_folder_and_the_last_good_checkpoint(
     assert sorted(p.name for p in checkpoints.iterdir()) == ["epoch_000.ckpt", "last.ckpt"]
     state = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)
     assert state["epoch"] == 0 and state["global_step"] > 0
+
+
+class FullDisk(io.RawIOBase):
+    """A file that takes ``room`` more bytes, then fails like a full disk."""
+
+    def __init__(self, file: io.BufferedIOBase, room: int):
+        self.file, self.room = file, room
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        if len(data) > self.room:
+            self.file.write(bytes(data[: self.room]))
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.file.write(data)
 
 
 def test_disk_full_writing_results_names_the_file_and_keeps_the_checkpoints(

@@ -1,8 +1,15 @@
 """Lightning callbacks shipped with clip-lightning (referenced from ``conf/callbacks``)."""
 
 from clip_lightning.callbacks.alignment_plots import AlignmentPlots
+from clip_lightning.callbacks.checkpoint import BestAndLastCheckpoint
 from clip_lightning.callbacks.preemption import PreemptionCheckpoint
 from clip_lightning.callbacks.rng_state import RNGStateCheckpoint
 from clip_lightning.callbacks.throughput import Throughput
 
-__all__ = ["AlignmentPlots", "PreemptionCheckpoint", "RNGStateCheckpoint", "Throughput"]
+__all__ = [
+    "AlignmentPlots",
+    "BestAndLastCheckpoint",
+    "PreemptionCheckpoint",
+    "RNGStateCheckpoint",
+    "Throughput",
+]

@@ -30,8 +30,9 @@ from omegaconf import DictConfig, OmegaConf
 from clip_lightning.cli.config_schema import check_config
 from clip_lightning.cli.console import quiet_console
 from clip_lightning.cli.wandb_run import finish_wandb
-from clip_lightning.errors import ClipLightningError, find_user_error
+from clip_lightning.errors import ClipLightningError, find_cause, find_user_error
 from clip_lightning.utils.config import register_resolvers
+from clip_lightning.utils.resume import LAST
 
 log = logging.getLogger(__name__)
 Result = TypeVar("Result")
@@ -98,9 +99,10 @@ def one_line_report(exc: BaseException, cfg: DictConfig) -> str | None:
     user_error = find_user_error(exc)
     if user_error is not None:
         return user_message(user_error)
-    if not (isinstance(exc, OSError) and exc.errno == errno.ENOSPC):
+    os_error = find_cause(exc, OSError)  # torch's writer raises a RuntimeError from it
+    if os_error is None or os_error.errno != errno.ENOSPC:
         return None
-    filename = exc.filename  # set by our writers (checkpoints, results)
+    filename = os_error.filename  # set by our writers (checkpoints, results)
     where = f"{Path(filename).parent} (writing {Path(filename).name})" if filename else run_dir(cfg)
     message = f"no space left on {where}"
     if "callbacks" in cfg:  # a training run: say what survived
@@ -113,10 +115,13 @@ def one_line_report(exc: BaseException, cfg: DictConfig) -> str | None:
 
 
 def last_good_checkpoint(cfg: DictConfig) -> Path | None:
-    """The newest complete ``*.ckpt`` of the run (temporaries of a failed save are hidden)."""
+    """The newest complete ``*.ckpt`` of the run (temporaries of a failed save are hidden);
+    ``last.ckpt`` when the best is the same file (a hard link)."""
     folder = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath", default=None)
     folder = Path(folder) if folder else Path(cfg.paths.output_dir) / "checkpoints"
-    return max(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, default=None)
+    return max(
+        folder.glob("*.ckpt"), key=lambda p: (p.stat().st_mtime, p.name == LAST), default=None
+    )
 
 
 def user_message(error: ClipLightningError) -> str:

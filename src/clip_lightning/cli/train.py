@@ -13,6 +13,7 @@ from typing import Any, cast
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
@@ -49,16 +50,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
         stage: use_protocol(model, datamodule, stage, name)
         for stage, name in (cfg.get("protocol") or {}).items()
     }
+    callbacks = instantiate_list(cfg.get("callbacks"))
+    runs_dir = (
+        Path(HydraConfig.get().run.dir).parent if HydraConfig.initialized() else run_dir.parent
+    )
+    # a kill -9 mid-save leaves a temporary up to a checkpoint in size, also when it was the
+    # run's first save (no last.ckpt): clean this run's folders and every one a resume reads
+    remove_stale_saves(
+        {Path(c.dirpath) for c in callbacks if isinstance(c, ModelCheckpoint) and c.dirpath}
+        | resume_folders(cfg.get("ckpt_path"), cfg.get("resume_dir"), runs_dir)
+    )
     # ckpt_path=last: the newest last.ckpt of this task's earlier runs (or of resume_dir)
     ckpt_path = resolve_ckpt_path(
-        cfg.get("ckpt_path"),
-        cfg.get("resume_dir"),
-        runs_dir=Path(HydraConfig.get().run.dir).parent
-        if HydraConfig.initialized()
-        else run_dir.parent,
-        run_dir=run_dir,
+        cfg.get("ckpt_path"), cfg.get("resume_dir"), runs_dir=runs_dir, run_dir=run_dir
     )
-    callbacks = instantiate_list(cfg.get("callbacks"))
     if ckpt_path is not None:
         check_resume(ckpt_path, cfg, model)  # one line for a checkpoint of another run
         callbacks.append(ResumeLearningRates())  # new LRs apply, the LR never rises again
@@ -68,15 +73,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
         callbacks=callbacks,
         logger=instantiate_list(cfg.get("logger")),
     )
-    if trainer.is_global_zero:  # a kill -9 mid-save leaves a checkpoint-sized temporary
-        folders = {
-            Path(c.dirpath)
-            for c in trainer.callbacks  # type: ignore[attr-defined]  # set at runtime, not hinted
-            if isinstance(c, ModelCheckpoint) and c.dirpath
-        }
-        folders |= {ckpt_path.parent} if ckpt_path else set()
-        for stale in remove_stale_temporaries(folders):
-            log.warning("removed %s, left by a checkpoint save that was killed", stale)
     for logger in trainer.loggers:
         logger.log_hyperparams(cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True)))
     if trainer.is_global_zero:
@@ -100,6 +96,21 @@ def train(cfg: DictConfig) -> dict[str, float]:
         )
         print_recall_table(metrics, stage, f"Retrieval recall (%), {scored}")
     return metrics
+
+
+def resume_folders(ckpt_path: str | None, resume_dir: str | None, runs_dir: Path) -> set[Path]:
+    """The checkpoint folders ``ckpt_path`` / ``resume_dir`` make a resume look in."""
+    if resume_dir is not None:
+        return {Path(resume_dir) / "checkpoints"}
+    if ckpt_path == "last":
+        return set(runs_dir.glob("*/checkpoints"))
+    return {Path(ckpt_path).parent} if ckpt_path else set()
+
+
+@rank_zero_only
+def remove_stale_saves(folders: set[Path]) -> None:
+    for stale in remove_stale_temporaries(folders):
+        log.warning("removed %s, left by a checkpoint save that was killed", stale)
 
 
 @hydra_task("train")
