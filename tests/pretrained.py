@@ -14,6 +14,7 @@ from pathlib import Path
 
 import open_clip
 import torch
+from hydra.utils import instantiate
 
 from clip_lightning.cli.loading import build_datamodule
 from clip_lightning.module import CLIPModule
@@ -206,3 +207,14 @@ def assert_one_step_trains_both_towers_and_the_scale(
     assert any(n.startswith("image_encoder.") for n in changed)
     assert any(n.startswith("text_encoder.") for n in changed)
     assert "loss.logit_scale" in changed
+
+
+def finetuned_checkpoint(cfg, tmp_path: Path, steps: int = 2) -> Path:
+    """A checkpoint of ``cfg.model`` after ``steps`` training steps (written by the trainer, so
+    it records the pretrained towers it started from)."""
+    model = instantiate(cfg.model)
+    trainer = quiet_trainer(tmp_path, max_steps=steps, limit_val_batches=0)
+    trainer.fit(model, datamodule=build_datamodule(cfg.dataset, model))
+    path = tmp_path / "finetuned.ckpt"
+    trainer.save_checkpoint(path)
+    return path

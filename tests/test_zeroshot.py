@@ -31,15 +31,8 @@ from clip_lightning.zeroshot import (
     zeroshot_classify,
 )
 from tests.helpers import CONFIG_DIR, TINY_TRAIN_OVERRIDES, compose_train, quiet_trainer
+from tests.helpers.data import COLOURS, make_folder
 
-COLOURS = {
-    "dark_red": (150, 20, 20),
-    "green": (30, 170, 60),
-    "blue": (40, 60, 220),
-    "yellow": (230, 220, 40),
-    "white": (245, 245, 245),
-    "purple": (140, 50, 180),
-}
 TEMPLATES = ["a photo of a {}.", "{} square"]
 
 
@@ -52,16 +45,6 @@ def save_tiny_checkpoint(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.ckpt"
     trainer.save_checkpoint(path)
     return path
-
-
-def make_folder(root: Path, colours: dict[str, tuple[int, int, int]], per_class: int = 3) -> Path:
-    for c, (name, rgb) in enumerate(colours.items()):
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            image = Image.new("RGB", (40, 40), (30, 30, 30))
-            image.paste(Image.new("RGB", (20 + 4 * i, 20 + 4 * i), rgb), (2 * c, 3 * i))
-            image.save(root / name / f"{i}.png")
-    return root
 
 
 @pytest.fixture(scope="module")

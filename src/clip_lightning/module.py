@@ -140,6 +140,9 @@ class CLIPModule(L.LightningModule):
             self.text_encoder.compile()
         self.val_retrieval = RetrievalRecall()
         self.test_retrieval = RetrievalRecall()
+        # the tower configs a checkpoint this model was loaded from started with (see
+        # on_save_checkpoint); None for a model built from its config
+        self.pretrained_start: dict[str, dict[str, Any]] | None = None
 
     def _init_loss_from_towers(self) -> None:
         """Hand the loss a pretrained temperature when a tower carries one (open_clip, HF CLIP).
@@ -359,8 +362,14 @@ class CLIPModule(L.LightningModule):
             hparams[name] = {**hparams[name], **portable}
         # Lightning merges load-time overrides into "hyper_parameters"; this copy stays as saved.
         checkpoint[SETTINGS_KEY] = weight_shaping_settings(self.hparams)
+        # The towers as the run built them (pretrained tag, file or hub id): WiSE-FT rebuilds
+        # its pretrained start from these. A reloaded model passes on what it was loaded with.
+        checkpoint[START_KEY] = self.pretrained_start or {
+            name: self.hparams[name] for name in ("image_encoder", "text_encoder")
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.pretrained_start = checkpoint.get(START_KEY)
         # Runs before the state dict is loaded (also on resume): a mismatch gets one line.
         state = checkpoint.get("state_dict", {})
         own = self.state_dict()
@@ -384,6 +393,7 @@ class CLIPModule(L.LightningModule):
 
 
 SETTINGS_KEY = "clip_lightning_settings"
+START_KEY = "clip_lightning_pretrained_towers"
 
 
 def weight_shaping_settings(hparams: Mapping[str, Any]) -> dict[str, Any]:

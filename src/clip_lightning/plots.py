@@ -232,3 +232,33 @@ def training_curves(
     if any(recalls.values()):
         recall_ax.legend(fontsize=8)
     return _save(fig, path, dpi)
+
+
+def wise_ft_curve(
+    rows: Sequence[Mapping[str, float]],
+    split: str,
+    path: str | Path,
+    figsize: tuple[float, float] = (6.0, 4.5),
+    dpi: int = DPI,
+) -> Path:
+    """Target retrieval R@1 of each WiSE-FT α against its zero-shot top-1 (or against α when
+    no zero-shot images were scored), each point labelled with its α."""
+    fig = Figure(figsize=figsize, layout="constrained")
+    ax = fig.subplots()
+    zeroshot = all("zeroshot/top1" in row for row in rows)
+    xs = [row["zeroshot/top1"] if zeroshot else row["alpha"] for row in rows]
+    for key, label in (("i2t_r1", "image → text R@1"), ("t2i_r1", "text → image R@1")):
+        ys = [row[f"{split}/{key}"] for row in rows]
+        ax.plot(xs, ys, marker="o", label=label)
+        if zeroshot:
+            for x, y, row in zip(xs, ys, rows, strict=True):
+                ax.annotate(f"α={row['alpha']:g}", (x, y), fontsize=7, xytext=(3, 3),
+                            textcoords="offset points")
+    ax.set(
+        title="WiSE-FT: fine-tuned task vs zero-shot" if zeroshot else "WiSE-FT",
+        xlabel="zero-shot top-1 (%)" if zeroshot else "α (0 = pretrained, 1 = fine-tuned)",
+        ylabel=f"{split} retrieval R@1 (%)",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path, dpi)

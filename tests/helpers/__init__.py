@@ -85,14 +85,24 @@ def compose_train(
     return cfg
 
 
-def compose_eval(overrides: list[str], output_dir: str | os.PathLike) -> DictConfig:
-    """Compose ``conf/eval.yaml`` like the CLI, writing results into ``output_dir``."""
+def compose_task(task: str, overrides: list[str], output_dir: str | os.PathLike) -> DictConfig:
+    """Compose ``conf/<task>.yaml`` like the CLI, writing results into ``output_dir``."""
     register_resolvers()
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        cfg = compose("eval", overrides=overrides)
+        cfg = compose(task, overrides=overrides)
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
     return cfg
+
+
+def compose_eval(overrides: list[str], output_dir: str | os.PathLike) -> DictConfig:
+    """The ``eval`` config (:func:`compose_task`)."""
+    return compose_task("eval", overrides, output_dir)
+
+
+def compose_export(overrides: list[str], output_dir: str | os.PathLike) -> DictConfig:
+    """The ``export`` config (:func:`compose_task`)."""
+    return compose_task("export", overrides, output_dir)
 
 
 def quiet_trainer(root: str | os.PathLike, **overrides) -> L.Trainer:

@@ -243,3 +243,25 @@ def compose_data(dataset: str, root: Path | None, tmp_path: Path, *extra: str) -
         cfg.paths.log_dir = str(tmp_path)
         cfg.paths.data_dir = str(tmp_path / "data")
     return cfg
+
+
+# Zero-shot image folders: one class per colour, squares of that colour on grey
+COLOURS = {
+    "dark_red": (150, 20, 20),
+    "green": (30, 170, 60),
+    "blue": (40, 60, 220),
+    "yellow": (230, 220, 40),
+    "white": (245, 245, 245),
+    "purple": (140, 50, 180),
+}
+
+
+def make_folder(root: Path, colours: dict[str, tuple[int, int, int]], per_class: int = 3) -> Path:
+    """An ImageFolder with one sub-folder per colour name, ``per_class`` squares each."""
+    for c, (name, rgb) in enumerate(colours.items()):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            image = Image.new("RGB", (40, 40), (30, 30, 30))
+            image.paste(Image.new("RGB", (20 + 4 * i, 20 + 4 * i), rgb), (2 * c, 3 * i))
+            image.save(root / name / f"{i}.png")
+    return root

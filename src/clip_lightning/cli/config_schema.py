@@ -298,6 +298,15 @@ class ZeroShotSchema:
 
 
 @dataclass
+class WiseFTSchema:
+    """``wise_ft``: interpolation weights of the fine-tuned model (0 = pretrained)."""
+
+    alphas: list[Fraction] | None = field(default_factory=lambda: [0, 0.25, 0.5, 0.75, 1])
+    alpha: Fraction | None = 0.5
+    base: str | None = "logs/train/runs/<time>/checkpoints/base.ckpt"
+
+
+@dataclass
 class EvalConfig:
     """``conf/eval.yaml``."""
 
@@ -306,6 +315,7 @@ class EvalConfig:
     task: Literal["retrieval", "zeroshot"] = "retrieval"
     split: Literal["val", "test"] = "test"
     protocol: ProtocolName = "coco_5k"
+    wise_ft: WiseFTSchema | None = field(default_factory=WiseFTSchema)
     images: str | None = "/data/imagenet/val"
     zeroshot: ZeroShotSchema | None = field(default_factory=ZeroShotSchema)
     dataset: DatasetSchema = field(default_factory=DatasetSchema)
@@ -360,6 +370,7 @@ class ExportConfig:
     out: str | None = "exported/"
     push_to_hub: str | None = "user/my-clip"
     ignore_crop_pct: bool = True
+    wise_ft: WiseFTSchema | None = field(default_factory=WiseFTSchema)
 
 
 TASK_SCHEMAS: dict[str, type] = {

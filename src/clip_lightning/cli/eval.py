@@ -14,7 +14,7 @@ from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
@@ -34,9 +34,12 @@ from clip_lightning.zeroshot import zeroshot_classify
 TASKS = ("retrieval", "zeroshot")
 
 
-def evaluate_retrieval(cfg: DictConfig, candidate: EvalModel | None = None) -> dict[str, Any]:
+def evaluate_retrieval(
+    cfg: DictConfig, candidate: EvalModel | None = None, show: bool = True
+) -> dict[str, Any]:
     """Recall@K of the model on ``cfg.split`` under ``cfg.protocol``; metric keys as in training
-    (``test/...``). ``candidate`` replaces the model the config names (WiSE-FT passes its own)."""
+    (``test/...``). ``candidate`` replaces the model the config names (WiSE-FT passes its own);
+    ``show`` prints the recall table."""
     split = cfg.split
     if split not in ("val", "test"):
         raise DataError(f"split={split!r} is not supported; use split=val or split=test")
@@ -72,8 +75,9 @@ def evaluate_retrieval(cfg: DictConfig, candidate: EvalModel | None = None) -> d
         k: v for k, v in to_floats(trainer.callback_metrics).items() if k.startswith(f"{split}/")
     }
     images, captions = int(metrics[f"{split}/images"]), int(metrics[f"{split}/captions"])
-    scored = protocol.describe(split, images, captions)
-    print_recall_table(metrics, split, f"Retrieval recall (%), {datamodule.name}, {scored}")
+    if show:
+        scored = protocol.describe(split, images, captions)
+        print_recall_table(metrics, split, f"Retrieval recall (%), {datamodule.name}, {scored}")
     return {
         "task": "retrieval",
         **candidate.source,
@@ -86,8 +90,11 @@ def evaluate_retrieval(cfg: DictConfig, candidate: EvalModel | None = None) -> d
     }
 
 
-def evaluate_zeroshot(cfg: DictConfig, candidate: EvalModel | None = None) -> dict[str, Any]:
-    """Zero-shot top-k and per-class accuracy of the model on the ImageFolder ``images``."""
+def evaluate_zeroshot(
+    cfg: DictConfig, candidate: EvalModel | None = None, show: bool = True
+) -> dict[str, Any]:
+    """Zero-shot top-k and per-class accuracy of the model on the ImageFolder ``images``
+    (``candidate`` and ``show`` as for :func:`evaluate_retrieval`)."""
     options = cfg.zeroshot
     device = resolve_device(cfg.trainer.accelerator)
     candidate = candidate or load_eval_model(cfg, device)
@@ -99,14 +106,15 @@ def evaluate_zeroshot(cfg: DictConfig, candidate: EvalModel | None = None) -> di
         batch_size=options.batch_size,
         num_workers=options.num_workers,
     )
-    table = Table(title=f"Zero-shot accuracy (%), {result.num_images} images")
-    table.add_column("class")
-    table.add_column("images", justify="right")
-    table.add_column("top-1", justify="right")
-    for name, (accuracy, count) in result.per_class.items():
-        table.add_row(name, str(count), f"{accuracy:.2f}")
-    table.caption = "  ".join(f"top-{k} {v:.2f}" for k, v in result.top_k.items())
-    Console().print(table)
+    if show:
+        table = Table(title=f"Zero-shot accuracy (%), {result.num_images} images")
+        table.add_column("class")
+        table.add_column("images", justify="right")
+        table.add_column("top-1", justify="right")
+        for name, (accuracy, count) in result.per_class.items():
+            table.add_row(name, str(count), f"{accuracy:.2f}")
+        table.caption = "  ".join(f"top-{k} {v:.2f}" for k, v in result.top_k.items())
+        Console().print(table)
     return {
         "task": "zeroshot",
         **candidate.source,
@@ -120,6 +128,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Run ``cfg.task`` and write its results JSON into the run directory."""
     if cfg.task not in TASKS:
         raise ClipLightningError(f"task={cfg.task!r} is unknown; use one of {', '.join(TASKS)}")
+    if OmegaConf.select(cfg, "wise_ft.alphas"):
+        # imported here: the WiSE-FT sweep scores each model with this module's functions
+        from clip_lightning.cli.wise_ft import evaluate_wise_ft
+
+        return evaluate_wise_ft(cfg)
     results = evaluate_retrieval(cfg) if cfg.task == "retrieval" else evaluate_zeroshot(cfg)
     path = run_dir(cfg) / (
         "eval_results.json" if cfg.task == "retrieval" else "zeroshot_results.json"

@@ -11,23 +11,39 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from clip_lightning.cli.loading import load_model
 from clip_lightning.cli.task import hydra_task
 from clip_lightning.export import ExportError, export_model
 from clip_lightning.utils.resume import checkpoint_run_dir
+from clip_lightning.wise_ft import WeightSpaceEnsemble
 
 
 def export(cfg: DictConfig) -> dict[str, Any]:
-    """Write ``cfg.ckpt_path`` in ``cfg.format`` into ``cfg.out`` (and push it, if asked)."""
+    """Write ``cfg.ckpt_path`` (or its WiSE-FT interpolation at ``cfg.wise_ft.alpha``) in
+    ``cfg.format`` into ``cfg.out`` (and push it, if asked)."""
     if not cfg.get("out"):
         raise ExportError("no output folder given; pass out=DIR (a new folder)")
     model = load_model(cfg.ckpt_path)
+    run_dir: Path | None = checkpoint_run_dir(Path(cfg.ckpt_path).expanduser())
+    notes = []
+    alpha = OmegaConf.select(cfg, "wise_ft.alpha")
+    if alpha is not None:  # WiSE-FT: the interpolated weights instead of the checkpoint's
+        model = WeightSpaceEnsemble(model, cfg.wise_ft.get("base")).at(float(alpha))
+        notes.append(
+            f"WiSE-FT weights: (1 - {alpha:g}) x pretrained + {alpha:g} x {cfg.ckpt_path}; the "
+            "training run's figures describe the fine-tuned checkpoint, not these weights"
+        )
+        run_dir = None
     out = Path(cfg.out).expanduser()
-    run_dir = checkpoint_run_dir(Path(cfg.ckpt_path).expanduser())
     error = export_model(
-        model, out, cfg.format, run_dir=run_dir, ignore_crop_pct=cfg.get("ignore_crop_pct", False)
+        model,
+        out,
+        cfg.format,
+        run_dir=run_dir,
+        ignore_crop_pct=cfg.get("ignore_crop_pct", False),
+        notes=notes,
     )
     print(f"Exported {cfg.format} model to {out} (max embedding difference {error:.1e})")
     result = {"format": cfg.format, "out": str(out), "max_embedding_difference": error}

@@ -8,6 +8,7 @@ Every export is loaded back by its own library and must reproduce this model's e
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from clip_lightning.export.faithful import ExportError, check_faithful
@@ -26,9 +27,11 @@ def export_model(
     format: str = "open_clip",
     run_dir: Path | None = None,
     ignore_crop_pct: bool = False,
+    notes: Sequence[str] = (),
 ) -> float:
     """Write ``model`` into the new folder ``out``; returns the largest embedding difference
-    of the folder loaded back. On any failure the folder is removed again."""
+    of the folder loaded back. On any failure the folder is removed again. ``notes`` go into
+    the model card."""
     if format not in FORMATS:
         raise ExportError(f"format={format!r} is unknown; use format=open_clip or format=hf")
     out = Path(out).expanduser()
@@ -38,13 +41,14 @@ def export_model(
     model = model.cpu().eval()
     try:
         if format == "open_clip":
-            notes = write_open_clip(model, out, ignore_crop_pct)
+            written = write_open_clip(model, out, ignore_crop_pct)
             loaded = load_open_clip(out)
         else:
-            notes = write_hf(model, out)
+            written = write_hf(model, out)
             loaded = load_hf(out, model.text_encoder.max_length)
         error = check_faithful(model, loaded, format)
-        (out / "README.md").write_text(model_card(model, format, out, run_dir, notes))
+        card = model_card(model, format, out, run_dir, [*notes, *written])
+        (out / "README.md").write_text(card)
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         raise
