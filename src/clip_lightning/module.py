@@ -179,6 +179,16 @@ class CLIPModule(L.LightningModule):
         """Inference API: captions -> embeddings, with :func:`~.embedding.embed_texts`."""
         return embedding.embed_texts(self, texts)
 
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        """``trainer.predict``: the embeddings of what the batch holds, ``images`` as ``image``
+        and ``input_ids`` + ``attention_mask`` as ``text`` (``clip_lightning.embed``)."""
+        embeddings = {}
+        if "images" in batch:
+            embeddings["image"] = self.embed_images(batch["images"])
+        if "input_ids" in batch:
+            embeddings["text"] = self.embed_texts(batch["input_ids"], batch["attention_mask"])
+        return embeddings
+
     # ------------------------------------------------------------------ training
     def on_fit_start(self) -> None:
         counts = {

@@ -342,6 +342,24 @@ class SearchConfig:
 
 
 @dataclass
+class EmbedConfig:
+    """``conf/embed.yaml``."""
+
+    ckpt_path: str | None = "logs/train/runs/<time>/checkpoints/last.ckpt"
+    images: str | None = "/data/photos"
+    out: str = "/data/embeddings"
+    fields: list[Literal["image", "text"]] | None = field(default_factory=lambda: ["image"])  # type: ignore[assignment]  # a literal list
+    part_size: PositiveInt = 10000
+    dtype: Literal["float16", "float32"] = "float16"
+    batch_size: PositiveInt = 256
+    num_workers: NonNegativeInt = 4
+    on_bad_image: Literal["error", "skip"] = "skip"
+    dataset: DatasetSchema | None = field(default_factory=DatasetSchema)
+    model: ModelSchema | None = field(default_factory=ModelSchema)
+    trainer: TrainerSchema = field(default_factory=TrainerSchema)
+
+
+@dataclass
 class PrepareConfig:
     """``conf/prepare.yaml``."""
 
@@ -377,6 +395,7 @@ TASK_SCHEMAS: dict[str, type] = {
     "train": TrainConfig,
     "eval": EvalConfig,
     "search": SearchConfig,
+    "embed": EmbedConfig,
     "prepare": PrepareConfig,
     "bench": BenchConfig,
     "export": ExportConfig,

@@ -44,3 +44,8 @@ def quiet_console() -> None:
         message=r"Found \d+ module\(s\) in eval mode at the start of training",
         category=PossibleUserWarning,
     )
+    # embed's loader yields ready batches from an IterableDataset, whose sample indices
+    # Lightning cannot track for its prediction writer; embed's writer does not use them
+    warnings.filterwarnings(
+        "ignore", message=r"Couldn't infer the batch indices fetched from your dataloader"
+    )
