@@ -347,7 +347,6 @@ class EmbedConfig:
 
     ckpt_path: str | None = "logs/train/runs/<time>/checkpoints/last.ckpt"
     images: str | None = "/data/photos"
-    out: str = "/data/embeddings"
     fields: list[Literal["image", "text"]] | None = field(default_factory=lambda: ["image"])  # type: ignore[assignment]  # a literal list
     part_size: PositiveInt = 10000
     dtype: Literal["float16", "float32"] = "float16"

@@ -20,8 +20,10 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from clip_lightning.cli.loading import build_datamodule, load_inference_model
+from clip_lightning.cli.eval_model import load_eval_model, model_identity
+from clip_lightning.cli.loading import build_datamodule
 from clip_lightning.cli.task import hydra_task, run_dir
+from clip_lightning.data.datamodule import CaptionDataModule
 from clip_lightning.data.records import FileImage
 from clip_lightning.data.streaming import WebDataModule, check_local_shards
 from clip_lightning.errors import DataError
@@ -59,10 +61,12 @@ def build_source(cfg: DictConfig, model: CLIPModule) -> Source:
     dataset = cfg.dataset
     if "split_sizes" in dataset:  # every split is embedded: no image is held out for val/test
         dataset = OmegaConf.merge(dataset, {"split_sizes": {"val": 0, "test": 0}})
-    datamodule = build_datamodule(dataset, model)
+    # either datamodule class, whatever build_datamodule's hint says
+    datamodule: L.LightningDataModule = build_datamodule(dataset, model)
     if isinstance(datamodule, WebDataModule):
         check_local_shards(datamodule.shards)
         return ShardSource(datamodule.shards, datamodule.caption_field)
+    assert isinstance(datamodule, CaptionDataModule)  # the only other dataset class
     records = datamodule.load_records()
     return ItemSource(record_items(records), cfg.part_size, datamodule.source)
 
@@ -98,7 +102,8 @@ def summarize(out: Path, manifest: dict[str, Any], reused: int, seconds: float) 
 
 def embed(cfg: DictConfig) -> dict[str, Any]:
     """Embed the source into ``cfg.out``; returns the summary (written to ``summary.json``)."""
-    model, identity = load_inference_model(cfg)
+    model = load_eval_model(cfg).model  # a checkpoint, or a pretrained pair as published
+    identity = model_identity(cfg)
     source = build_source(cfg, model)
     fields = embed_fields(cfg, source)
     out = Path(cfg.out).expanduser().resolve()

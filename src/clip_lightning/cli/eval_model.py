@@ -5,12 +5,15 @@ metric and output."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from clip_lightning.cli.loading import load_model
 from clip_lightning.errors import ConfigError
@@ -80,3 +83,25 @@ def pretrained_source(model_cfg: DictConfig) -> dict[str, Any]:
     if "arch" in model_cfg:
         return {"checkpoint": None, "model": model_cfg.arch, "pretrained": model_cfg.pretrained}
     return {"checkpoint": None, "model": "hf_clip", "pretrained": model_cfg.name_or_path}
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes: the same checkpoint however it was copied or moved."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_identity(cfg: DictConfig) -> dict[str, str]:
+    """What identifies the model of ``cfg`` (``embed`` and ``search index=`` compare it):
+    ``model``, the checkpoint's SHA-256 or a digest of the pretrained pair's config, and the
+    ``checkpoint`` path, which may move."""
+    model_cfg = cfg.get("model")
+    if model_cfg is None:
+        path = Path(cfg.ckpt_path).expanduser().resolve()
+        return {"model": f"sha256:{file_digest(path)}", "checkpoint": str(path)}
+    own = {k: v for k, v in model_cfg.items() if k not in SCORING_PARTS}
+    text = json.dumps(OmegaConf.to_container(OmegaConf.create(own), resolve=True), sort_keys=True)
+    return {"model": f"config:{hashlib.sha256(text.encode()).hexdigest()[:16]}"}

@@ -3,23 +3,18 @@ model, and the device to run on."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from clip_lightning.data.datamodule import CaptionDataModule
-from clip_lightning.data.streaming import WebDataModule
-from clip_lightning.errors import CheckpointError, ConfigError
+from clip_lightning.errors import CheckpointError
 from clip_lightning.module import CLIPModule
 
 
-def build_datamodule(
-    cfg_dataset: DictConfig, model: CLIPModule
-) -> CaptionDataModule | WebDataModule:
+def build_datamodule(cfg_dataset: DictConfig, model: CLIPModule) -> CaptionDataModule:
     """The ``dataset`` config group instantiated with the data-side facts of ``model``, so the
     image transforms and the tokenizer always match the encoders (training and evaluation)."""
     return instantiate(
@@ -50,34 +45,6 @@ def load_model(ckpt_path: str | Path | None, device: torch.device | str = "cpu")
     # the loader itself turns an unreadable or foreign file into a one-line CheckpointError
     model = CLIPModule.load_from_checkpoint(path, map_location="cpu")
     return model.to(device).eval()
-
-
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file's bytes: the same checkpoint however it was copied or moved."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def load_inference_model(cfg: DictConfig) -> tuple[CLIPModule, dict[str, str]]:
-    """The model of ``ckpt_path=`` (a trained checkpoint) or of the ``model`` group (a
-    pretrained pair such as ``model=open_clip``), and what identifies it: ``model`` (the
-    checkpoint's SHA-256, or a digest of the resolved model config) and ``checkpoint``."""
-    if cfg.get("ckpt_path"):
-        model = load_model(cfg.ckpt_path)
-        path = Path(cfg.ckpt_path).expanduser().resolve()
-        return model, {"model": f"sha256:{file_digest(path)}", "checkpoint": str(path)}
-    if cfg.get("model") is None:
-        raise ConfigError(
-            "no model given; pass ckpt_path=CKPT (a trained model) or a pretrained pair, e.g. "
-            "model=open_clip model.arch=ViT-B-32 model.pretrained=laion2b_s34b_b79k"
-        )
-    config = OmegaConf.to_container(cfg.model, resolve=True)
-    text = json.dumps(config, sort_keys=True, default=str)
-    model = instantiate(cfg.model).eval()
-    return model, {"model": f"config:{hashlib.sha256(text.encode()).hexdigest()[:16]}"}
 
 
 def resolve_device(accelerator: str) -> torch.device:
