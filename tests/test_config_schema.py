@@ -67,7 +67,7 @@ def test_open_groups_accept_keys_the_schema_does_not_name() -> None:
             *TINY_TRAIN_OVERRIDES,
             "+model.image_encoder.drop_path_rate=0.1",
             "+optimizer.amsgrad=true",
-            "+trainer.benchmark=true",
+            "trainer.benchmark=true",
             "+dataset.adapter_options.extra=whatever",
         ]
     )

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -18,8 +19,10 @@ from lightning.pytorch.demos.boring_classes import BoringModel
 from omegaconf import DictConfig, open_dict
 from PIL import Image
 
+from clip_lightning import plots
+from clip_lightning.callbacks import AlignmentPlots
 from clip_lightning.cli.eval import evaluate
-from clip_lightning.cli.loading import load_model
+from clip_lightning.cli.loading import build_datamodule, load_model
 from clip_lightning.cli.train import train
 from clip_lightning.errors import CheckpointError
 from clip_lightning.utils.config import register_resolvers
@@ -104,6 +107,7 @@ def test_eval_reproduces_the_training_runs_test_figures(trained, tmp_path):
     written = json.loads((out / "eval_results.json").read_text())
     assert written == results
     assert written["split"] == "test" and written["dataset"] == "synthetic"
+    assert written["trivial"] == []
     for key in RECALL_KEYS:
         assert written["metrics"][f"test/{key}"] == pytest.approx(metrics[f"test/{key}"], abs=1e-4)
 
@@ -163,3 +167,23 @@ def test_eval_entry_point_reports_a_bad_checkpoint_in_one_line_and_exits_1(tmp_p
     assert "Traceback" not in output
     errors = [line for line in output.splitlines() if "does not exist" in line]
     assert len(errors) == 1 and "[ERROR]" in errors[0], output
+
+
+@pytest.mark.slow
+def test_heatmap_title_names_validation_pairs_and_whose_weights(trained, tmp_path, monkeypatch):
+    cfg, _ = trained
+    model = load_model(best_checkpoint(cfg))
+    trainer = SimpleNamespace(
+        datamodule=build_datamodule(cfg.dataset, model), default_root_dir=str(tmp_path)
+    )
+    titles = []
+    monkeypatch.setattr(
+        plots, "similarity_heatmap", lambda *args, title, **kwargs: titles.append(title)
+    )
+    callback = AlignmentPlots(num_samples=4, heatmap_pairs=4, num_queries=2, k=2)
+    callback.draw(trainer, model, "test")
+    callback.draw(trainer, model, "fit")
+    assert titles == [
+        "Similarity of 4 validation pairs, tested weights",
+        "Similarity of 4 validation pairs, weights at the end of fit",
+    ]

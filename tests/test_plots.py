@@ -77,3 +77,13 @@ def test_training_curves(tmp_path):
         dpi=50,
     )
     assert_png(path, (300, 150))
+
+
+def test_one_epoch_curves_have_whole_number_axes() -> None:
+    # a one-epoch run: one validation point, four steps
+    fig = plots.curves_figure([(step, 3.0 - step) for step in range(4)], {"i2t_r1": [(0, 12.5)]})
+    loss_ax, recall_ax = fig.axes
+    assert recall_ax.get_xlim() == (-0.5, 0.5)
+    assert [t for t in recall_ax.get_xticks() if -0.5 <= t <= 0.5] == [0.0]
+    assert loss_ax.get_xlim() == (-0.5, 3.5)
+    assert all(float(t).is_integer() for t in loss_ax.get_xticks())

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 DPI = 100
@@ -208,13 +210,11 @@ def image_to_text_topk(
     return order
 
 
-def training_curves(
+def curves_figure(
     losses: Sequence[tuple[int, float]],
     recalls: Mapping[str, Sequence[tuple[int, float]]],
-    path: str | Path,
     figsize: tuple[float, float] = (11.0, 4.0),
-    dpi: int = DPI,
-) -> Path:
+) -> Figure:
     """Training loss against step (left) and validation recall curves against epoch (right)."""
     fig = Figure(figsize=figsize, layout="constrained")
     loss_ax, recall_ax = fig.subplots(1, 2)
@@ -222,16 +222,37 @@ def training_curves(
         steps, values = zip(*losses, strict=True)
         loss_ax.plot(steps, values, lw=1.2)
     loss_ax.set(title="training loss", xlabel="step", ylabel="loss")
+    _count_axis(loss_ax, [step for step, _ in losses])
     loss_ax.grid(alpha=0.3)
     for name, points in recalls.items():
         if points:
             epochs, values = zip(*points, strict=True)
             recall_ax.plot(epochs, values, marker="o", label=name)
     recall_ax.set(title="validation recall", xlabel="epoch", ylabel="recall (%)")
+    _count_axis(recall_ax, [epoch for points in recalls.values() for epoch, _ in points])
     recall_ax.grid(alpha=0.3)
     if any(recalls.values()):
         recall_ax.legend(fontsize=8)
-    return _save(fig, path, dpi)
+    return fig
+
+
+def _count_axis(ax: Axes, xs: Sequence[int]) -> None:
+    """An x axis of steps or epochs: whole-number ticks, half a unit of room around the data
+    (matplotlib would centre a single point on a -0.04..0.04 axis)."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    if xs:
+        ax.set_xlim(min(xs) - 0.5, max(xs) + 0.5)
+
+
+def training_curves(
+    losses: Sequence[tuple[int, float]],
+    recalls: Mapping[str, Sequence[tuple[int, float]]],
+    path: str | Path,
+    figsize: tuple[float, float] = (11.0, 4.0),
+    dpi: int = DPI,
+) -> Path:
+    """:func:`curves_figure` saved as a PNG."""
+    return _save(curves_figure(losses, recalls, figsize), path, dpi)
 
 
 def wise_ft_curve(
@@ -252,8 +273,13 @@ def wise_ft_curve(
         ax.plot(xs, ys, marker="o", label=label)
         if zeroshot:
             for x, y, row in zip(xs, ys, rows, strict=True):
-                ax.annotate(f"α={row['alpha']:g}", (x, y), fontsize=7, xytext=(3, 3),
-                            textcoords="offset points")
+                ax.annotate(
+                    f"α={row['alpha']:g}",
+                    (x, y),
+                    fontsize=7,
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                )
     ax.set(
         title="WiSE-FT: fine-tuned task vs zero-shot" if zeroshot else "WiSE-FT",
         xlabel="zero-shot top-1 (%)" if zeroshot else "α (0 = pretrained, 1 = fine-tuned)",

@@ -51,7 +51,7 @@ def test_train_runs_through_every_format(kind, tmp_path):
     """`python -m clip_lightning.train experiment=quickstart dataset=coco dataset.root=DIR`."""
     group, extra = TRAIN_CASES[kind]
     root = BUILDERS[kind](tmp_path / kind)
-    cfg = compose_data(group, root, tmp_path / "run", "+trainer.fast_dev_run=2", *extra)
+    cfg = compose_data(group, root, tmp_path / "run", "trainer.fast_dev_run=2", *extra)
     metrics = train(cfg)
     assert 0.0 <= metrics["test/i2t_r1"] <= 100.0
     assert metrics["test/rsum"] > 0

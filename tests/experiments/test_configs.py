@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
+import lightning as L
 import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
@@ -86,6 +88,16 @@ def tower_experiments() -> list[str]:
     for tiny offline ones (open_clip ones train on tiny open_clip models in test_open_clip.py)."""
     names = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
     return [n for n in names if compose_train([f"experiment={n}"]).model._target_ == CLIP_MODULE]
+
+
+def test_every_trainer_argument_overrides_without_plus() -> None:
+    """``trainer.X=...`` works for every argument of Lightning's Trainer (``logger`` and
+    ``callbacks`` are the top-level groups of the same names)."""
+    arguments = set(inspect.signature(L.Trainer.__init__).parameters) - {"self"}
+    keys = set(compose_train([]).trainer) - {"_target_"}
+    assert keys == arguments - {"logger", "callbacks"}
+    cfg = compose_train(["trainer.limit_test_batches=2", "trainer.fast_dev_run=true"])
+    assert (cfg.trainer.limit_test_batches, cfg.trainer.fast_dev_run) == (2, True)
 
 
 @pytest.mark.slow

@@ -205,7 +205,7 @@ def test_runs_started_together_get_their_own_run_directories(tmp_path):
         "-m",
         "clip_lightning.train",
         *TINY_RUN_OVERRIDES,
-        "+trainer.fast_dev_run=true",
+        "trainer.fast_dev_run=true",
     ]
     procs = [
         subprocess.Popen(

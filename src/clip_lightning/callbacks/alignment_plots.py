@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from clip_lightning.module import CLIPModule
 
 _CURVE_KEYS = ("i2t_r1", "t2i_r1", "i2t_r10", "t2i_r10")
+# whose embeddings a stage's plots show (the pairs are validation pairs either way)
+_WEIGHTS = {"fit": "weights at the end of fit", "test": "tested weights"}
 
 
 class AlignmentPlots(L.Callback):
@@ -138,7 +140,7 @@ class AlignmentPlots(L.Callback):
             images[:pairs],
             [captions[t] for t in first[:pairs]],
             out / "similarity_heatmap.png",
-            title=f"Similarity of {pairs} validation pairs ({stage})",
+            title=f"Similarity of {pairs} validation pairs, {_WEIGHTS[stage]}",
         )
         plots.text_to_image_grid(
             [captions[t] for t in first[:queries]],

@@ -255,7 +255,7 @@ class TrainerSchema:
     log_every_n_steps: PositiveInt = 10
     fast_dev_run: bool | NonNegativeInt = True
     deterministic: bool | Literal["warn"] = True
-    num_sanity_val_steps: Limit = 2
+    num_sanity_val_steps: Limit | None = 2
 
 
 ProtocolName = Literal["split", "coco_5k", "coco_1k", "flickr30k_1k"]

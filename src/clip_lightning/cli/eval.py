@@ -28,7 +28,12 @@ from clip_lightning.clip_benchmark_results import (
 )
 from clip_lightning.errors import ClipLightningError, ConfigError, DataError
 from clip_lightning.protocols import get_protocol, use_protocol
-from clip_lightning.utils.results import print_recall_table, to_floats, write_json
+from clip_lightning.utils.results import (
+    print_recall_table,
+    to_floats,
+    trivial_recalls,
+    write_json,
+)
 from clip_lightning.zeroshot import zeroshot_classify
 
 TASKS = ("retrieval", "zeroshot")
@@ -86,6 +91,7 @@ def evaluate_retrieval(
         "split": split,
         "images": images,
         "captions": captions,
+        "trivial": trivial_recalls(metrics, split),
         "metrics": metrics,
     }
 
