@@ -166,11 +166,15 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class StepMarker(L.Callback):
-    """Writes the global step to ``path`` after every training batch, so a test driving a
-    subprocess run can act at a given step instead of after a guessed delay."""
+    """Writes the global step to ``path`` when training starts and after every training batch,
+    so a test driving a subprocess run can act at a given step instead of after a guessed
+    delay."""
 
     def __init__(self, path: str):
         self.path = Path(path)
+
+    def on_train_start(self, trainer: L.Trainer, *args: object) -> None:
+        self.path.write_text(str(trainer.global_step))
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
         self.path.write_text(str(trainer.global_step))

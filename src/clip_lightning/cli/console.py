@@ -17,13 +17,17 @@ from transformers.utils import logging as transformers_logging
 
 # Lightning's INFO lines through its rank-zero loggers that are not about the run: the
 # advertisements for its hosted services ("💡 Tip: For seamless cloud uploads ...", "... try
-# installing litlogger ..."), and its note that it keeps the configured callbacks.ModelSummary
-# instead of adding its own
+# installing litlogger ..."), its note that it keeps the configured callbacks.ModelSummary
+# instead of adding its own, and its Ctrl-C notice (the task wrapper reports Ctrl-C itself)
 _RANK_ZERO_LOGGERS = (
     "lightning.pytorch.utilities.rank_zero",
     "lightning.fabric.utilities.rank_zero",
 )
-_DROPPED_PREFIXES = ("💡 Tip:", "Trainer already configured with model summary callbacks")
+_DROPPED_PREFIXES = (
+    "💡 Tip:",
+    "Trainer already configured with model summary callbacks",
+    "\nDetected KeyboardInterrupt",
+)
 # transformers' per-tensor progress bar while it copies weights into a model (~1 s)
 _WEIGHT_LOADING_BAR = "Loading weights"
 

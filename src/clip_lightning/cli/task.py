@@ -6,7 +6,8 @@ the same files from any working directory). Around the task it sets up the envir
 quiet console (:mod:`clip_lightning.cli.console`), registers the OmegaConf resolvers, checks the
 composed config against the task's schema (:func:`~clip_lightning.cli.config_schema.check_config`),
 reports a user error as one line with exit status 1, exits with :data:`PREEMPTED_EXIT_CODE` after
-a SIGTERM, closes the W&B run either way, and prints the run directory last.
+a SIGTERM and :data:`INTERRUPTED_EXIT_CODE` after Ctrl-C, closes the W&B run either way, and
+prints the run directory last.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ USER_ERROR_EXIT_CODE = 1
 # 128 + SIGTERM, what a shell reports for a process killed by SIGTERM: a preempted run that
 # saved last.ckpt must not look successful to `train && next-step` or a requeue script.
 PREEMPTED_EXIT_CODE = 143
+# 128 + SIGINT: Ctrl-C, with or without a last.ckpt saved
+INTERRUPTED_EXIT_CODE = 130
 
 
 def hydra_task(config_name: str) -> Callable[[Callable[[DictConfig], Result]], Callable[[], None]]:
@@ -73,9 +76,19 @@ def run_task(task: Callable[[DictConfig], Result], cfg: DictConfig, name: str) -
     try:
         check_config(cfg, name)
         result = task(cfg)
-    except SIGTERMException:
-        finish_wandb(exit_code=PREEMPTED_EXIT_CODE)
-        sys.exit(PREEMPTED_EXIT_CODE)
+    except SIGTERMException as exc:  # PreemptionCheckpoint saved last.ckpt and set the code
+        code = exc.code if isinstance(exc.code, int) else PREEMPTED_EXIT_CODE
+        finish_wandb(exit_code=code)
+        sys.exit(code)
+    except (KeyboardInterrupt, SystemExit) as exc:
+        # Ctrl-C outside the training loop; Lightning turns one inside fit/test into exit(1)
+        if not (
+            isinstance(exc, KeyboardInterrupt) or isinstance(exc.__context__, KeyboardInterrupt)
+        ):
+            raise
+        finish_wandb(exit_code=INTERRUPTED_EXIT_CODE)
+        log.error("stopped by Ctrl-C (SIGINT)%s", what_was_kept(cfg))
+        sys.exit(INTERRUPTED_EXIT_CODE)
     except Exception as exc:
         finish_wandb(exit_code=USER_ERROR_EXIT_CODE)  # a failed sweep job must not leave it open
         message = one_line_report(exc, cfg)
@@ -104,14 +117,18 @@ def one_line_report(exc: BaseException, cfg: DictConfig) -> str | None:
         return None
     filename = os_error.filename  # set by our writers (checkpoints, results)
     where = f"{Path(filename).parent} (writing {Path(filename).name})" if filename else run_dir(cfg)
-    message = f"no space left on {where}"
-    if "callbacks" in cfg:  # a training run: say what survived
-        last = last_good_checkpoint(cfg)
-        message += f"; last good checkpoint: {last}" if last else "; no checkpoint was saved yet"
-        message += "; free space there and resume with ckpt_path=last"
-    else:
-        message += "; free space there and run again"
-    return message
+    message = f"no space left on {where}{what_was_kept(cfg)}"
+    if "callbacks" in cfg:
+        return message + "; free space there and resume with ckpt_path=last"
+    return message + "; free space there and run again"
+
+
+def what_was_kept(cfg: DictConfig) -> str:
+    """For a training run, ``"; last good checkpoint: <file>"`` (or that there is none yet)."""
+    if "callbacks" not in cfg:
+        return ""
+    last = last_good_checkpoint(cfg)
+    return f"; last good checkpoint: {last}" if last else "; no checkpoint was saved yet"
 
 
 def last_good_checkpoint(cfg: DictConfig) -> Path | None:

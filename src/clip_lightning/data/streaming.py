@@ -38,7 +38,8 @@ import logging
 import multiprocessing
 import os
 import random
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import tarfile
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -103,13 +104,33 @@ def _is_local(url: str) -> bool:
 
 
 def check_local_shards(shards: Sequence[str]) -> None:
-    """Fail at start-up when local shard files are missing (remote ones are opened lazily)."""
-    missing = [url for url in shards if _is_local(url) and not Path(url).is_file()]
+    """Fail at start-up when local shard files are missing or hold no samples (remote ones are
+    opened lazily): a stream over empty shards would look for samples forever."""
+    local = [url for url in shards if _is_local(url)]
+    missing = [url for url in local if not Path(url).is_file()]
     if missing:
         raise DataError(
             f"{len(missing)} of {len(shards)} shards do not exist (first: {missing[0]}); check "
             "dataset.urls (brace ranges such as {00000..00331} must match the file names)"
         )
+    empty = [url for url in local if _holds_no_files(Path(url))]
+    if empty:
+        others = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
+        raise DataError(
+            f"shard {empty[0]}{others} holds no samples (an empty tar); remove it from "
+            "dataset.urls or write it again"
+        )
+
+
+def _holds_no_files(path: Path) -> bool:
+    """An empty file or a tar without members (reads the first header only)."""
+    if path.stat().st_size == 0:
+        return True
+    try:
+        with tarfile.open(path) as tar:
+            return tar.next() is None
+    except tarfile.TarError:
+        return False  # not a tar: reported as an unreadable shard when it is read
 
 
 def count_samples(shards: Sequence[str]) -> int | None:
@@ -327,8 +348,8 @@ class ShardStream(IterableDataset):
             stages.append(wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng))
         # a worker whose shards run out reads them again (shuffled anew) to fill its share;
         # the shuffle buffer empties at the end of each pass, so one pass is one exact epoch
-        samples = wds.DataPipeline(shards, *stages).repeat()
-        return islice(iter(samples), skip, None)
+        samples = _passes(wds.DataPipeline(shards, *stages), f"worker {worker} of rank {rank}")
+        return islice(samples, skip, None)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         epoch, consumed = self.position.get()
@@ -365,6 +386,21 @@ class ShardStream(IterableDataset):
             if served == budget:
                 policy.report(epoch)
                 return
+
+
+def _passes(samples: Iterable[dict[str, Any]], reader: str) -> Iterator[dict[str, Any]]:
+    """The samples of pass after pass over ``samples``; a pass that yields none is an error,
+    as repeating it would never yield one (remote shards are not checked at start-up)."""
+    while True:
+        empty = True
+        for sample in samples:
+            empty = False
+            yield sample
+        if empty:
+            raise DataError(
+                f"the shards of {reader} hold no samples (empty or unreadable tars); check "
+                "the shards of dataset.urls"
+            )
 
 
 class EvalShardStream(IterableDataset):
