@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from clip_lightning.data.records import FileImage, load_rgb
+from clip_lightning.data.records import FileImage, load_rgb, to_rgb
 
 if TYPE_CHECKING:  # the module's inference API calls these helpers
     from clip_lightning.module import CLIPModule
@@ -47,7 +47,7 @@ class _TransformedImages(Dataset):
         if isinstance(item, str | Path):
             item = load_rgb(FileImage(Path(item)))
         if isinstance(item, Image.Image):
-            return self.transform(item.convert("RGB"))
+            return self.transform(to_rgb(item))
         return item
 
 

@@ -19,6 +19,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
+from clip_lightning.data.records import to_rgb
+
 DPI = 100
 _HIT = "#1a9641"  # a correct match
 _THUMB_PX = 96
@@ -26,7 +28,7 @@ _THUMB_PX = 96
 
 def _thumb(image: Image.Image) -> np.ndarray:
     """A small RGB copy for drawing: full-size images make large, slow PNGs."""
-    copy = image.convert("RGB")
+    copy = to_rgb(image).copy()
     copy.thumbnail((_THUMB_PX, _THUMB_PX))
     return np.asarray(copy)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+import numpy as np
 from PIL import Image
 
 from clip_lightning.errors import DataError
@@ -122,11 +123,8 @@ class BadImageError(DataError):
 
 
 def load_rgb(source: ImageSource) -> Image.Image:
-    """Decode ``source`` fully and convert it to RGB, or raise :class:`BadImageError`.
-
-    Grayscale, CMYK and palette images are converted; transparent pixels (RGBA, LA, palette with
-    a transparency key) are composited onto white so they do not turn black.
-    """
+    """Decode ``source`` fully and convert it to 8-bit RGB (:func:`to_rgb`), or raise
+    :class:`BadImageError`."""
     try:
         image = source.open()
         image.load()
@@ -134,13 +132,49 @@ def load_rgb(source: ImageSource) -> Image.Image:
         raise BadImageError(source.key, MISSING) from exc
     except Exception as exc:  # PIL raises OSError, SyntaxError, struct.error, ... on bad bytes
         raise BadImageError(source.key, unreadable(exc)) from exc
+    return to_rgb(image, source.key)
+
+
+def to_rgb(image: Image.Image, key: str = "given as a PIL image") -> Image.Image:
+    """``image`` as 8-bit RGB: the one conversion every image goes through before a model.
+
+    * Grayscale, CMYK and palette images are converted by PIL.
+    * Transparent pixels (RGBA, LA, PA, palette with a transparency key) are composited onto
+      white so they do not turn black.
+    * 16-bit images (``I;16``: 16-bit PNG and TIFF) are scaled, 65535 -> 255; PIL's own
+      conversion clips them, turning almost every pixel white.
+    * ``I`` (32-bit integers) and ``F`` (32-bit floats) do not record their bit depth, so their
+      values tell it: ``I`` within 0..255 is 8-bit, within 0..65535 16-bit; ``F`` within
+      0..1 is scaled by 255, within 0..255 kept. Other ranges (negative, HDR, depth maps) have
+      no 8-bit reading and raise :class:`BadImageError`.
+
+    ``key`` names the image in that error.
+    """
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        image = _to_8_bit(image, key)
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA"):
         background = Image.new("RGB", image.size, (255, 255, 255))
-        background.paste(image, mask=image.getchannel("A"))
+        background.paste(image.convert("RGBA"), mask=image.getchannel("A"))
         return background
     return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def _to_8_bit(image: Image.Image, key: str) -> Image.Image:
+    """An ``L`` image from a single-channel 16-bit, 32-bit integer or float image."""
+    values = np.asarray(image, dtype=np.float64)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if image.mode.startswith("I;16") or (image.mode == "I" and 255 < high <= 65535 and low >= 0):
+        values = values / 257
+    elif image.mode == "F" and low >= 0 and high <= 1:
+        values = values * 255
+    elif not (low >= 0 and high <= 255):  # also NaN
+        kind = "float" if image.mode == "F" else "32-bit integer"
+        raise BadImageError(
+            key, f"a {kind} image with values from {low:g} to {high:g}, which has no 8-bit reading"
+        )
+    return Image.fromarray(np.round(values).astype(np.uint8))
 
 
 _WHITESPACE = re.compile(r"\s+")

@@ -29,6 +29,7 @@ from transformers import (
     SiglipModel,
 )
 
+from clip_lightning.data.records import to_rgb
 from clip_lightning.data.transforms import build_eval_transform
 from clip_lightning.errors import ModelLoadError
 from clip_lightning.models.pretrained_pair import (
@@ -224,7 +225,7 @@ class HFImageTower(PairTower):
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         transform = self.transform()
-        return torch.stack([transform(image.convert("RGB")) for image in images])
+        return torch.stack([transform(to_rgb(image)) for image in images])
 
 
 def _timm_data_config(processor: Any) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from timm.data import resolve_model_data_config
 from timm.models import group_parameters
 from torch import nn
 
+from clip_lightning.data.records import to_rgb
 from clip_lightning.data.transforms import build_eval_transform
 from clip_lightning.errors import ModelLoadError
 from clip_lightning.models.freezing import set_frozen_eval
@@ -128,9 +129,9 @@ class ImageEncoder(nn.Module):
         return build_eval_transform(self.data_config)
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        """Turn PIL images into a uint8 batch, converting each to RGB first."""
+        """Turn PIL images into a uint8 batch, each converted to 8-bit RGB first (``to_rgb``)."""
         transform = self.transform()
-        return torch.stack([transform(image.convert("RGB")) for image in images])
+        return torch.stack([transform(to_rgb(image)) for image in images])
 
 
 def _weights_error(name: str, exc: BaseException) -> ModelLoadError:

@@ -20,6 +20,7 @@ from open_clip.transform import PreprocessCfg
 from PIL import Image
 from torch import nn
 
+from clip_lightning.data.records import to_rgb
 from clip_lightning.data.transforms import build_eval_transform
 from clip_lightning.errors import ModelLoadError
 from clip_lightning.models.pretrained_pair import (
@@ -137,7 +138,7 @@ class OpenCLIPImageTower(PairTower):
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         transform = self.transform()
-        return torch.stack([transform(image.convert("RGB")) for image in images])
+        return torch.stack([transform(to_rgb(image)) for image in images])
 
 
 def _timm_data_config(cfg: PreprocessCfg) -> dict[str, Any]:
