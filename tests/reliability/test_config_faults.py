@@ -21,6 +21,7 @@ def error_lines(output: str, needle: str) -> list[str]:
         ("model.image_encoder.image_size=0", "model.image_encoder.image_size=0 must be an integer"),
         ("model.embed_dim=0", "model.embed_dim=0 must be an integer >= 1"),
         ("trainer.devices=abc", "trainer.devices='abc' must be a device count"),
+        ("init_from=missing.ckpt", "init_from=missing.ckpt does not exist; pass init_from="),
     ],
 )
 def test_bad_value_exits_1_with_one_line(tmp_path: Path, override: str, line: str) -> None:

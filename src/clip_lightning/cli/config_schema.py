@@ -277,6 +277,7 @@ class TrainConfig:
     seed: Seed = 12345
     ckpt_path: str | None = "last"
     resume_dir: str | None = "logs/train/runs/<time>"
+    init_from: str | None = "logs/train/runs/<time>/checkpoints/last.ckpt"
     test: bool = True
     validate_before_fit: bool = True
     optimized_metric: str | None = "val/rsum"

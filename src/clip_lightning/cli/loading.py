@@ -1,5 +1,5 @@
-"""What the tasks load: a trained model from its checkpoint, the datamodule that matches a
-model, and the device to run on."""
+"""What the tasks load: a trained model from its checkpoint (or only its weights into a new
+model), the datamodule that matches a model, and the device to run on."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from clip_lightning.data.datamodule import CaptionDataModule
 from clip_lightning.errors import CheckpointError
-from clip_lightning.module import CLIPModule
+from clip_lightning.module import CLIPModule, describe_mismatch, weight_shaping_settings
 
 
 def build_datamodule(cfg_dataset: DictConfig, model: CLIPModule) -> CaptionDataModule:
@@ -45,6 +45,33 @@ def load_model(ckpt_path: str | Path | None, device: torch.device | str = "cpu")
     # the loader itself turns an unreadable or foreign file into a one-line CheckpointError
     model = CLIPModule.load_from_checkpoint(path, map_location="cpu")
     return model.to(device).eval()
+
+
+def load_weights(model: CLIPModule, ckpt_path: str | Path) -> None:
+    """Copy the weights of the checkpoint ``ckpt_path`` into ``model`` (``init_from=``): only
+    the weights, so optimizer, schedule and step count start afresh.
+
+    The checkpoint is read by :func:`load_model`; weights that do not fit ``model`` are one
+    :class:`CheckpointError` naming the first setting that differs.
+    """
+    if not Path(ckpt_path).expanduser().is_file():
+        raise CheckpointError(
+            f"init_from={ckpt_path} does not exist; pass init_from= a .ckpt from the "
+            "checkpoints/ folder of a `clip_lightning.train` run"
+        )
+    source = load_model(ckpt_path)
+    problem = describe_mismatch(
+        weight_shaping_settings(source.hparams),
+        weight_shaping_settings(model.hparams),
+        source.state_dict(),
+        model.state_dict(),
+    )
+    if problem is not None:
+        raise CheckpointError(
+            f"init_from={ckpt_path} does not fit this model: {problem}; set the model options "
+            "of the checkpoint's run (its .hydra/config.yaml), or drop init_from"
+        )
+    model.load_state_dict(source.state_dict())
 
 
 def resolve_device(accelerator: str) -> torch.device:

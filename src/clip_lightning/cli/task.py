@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from clip_lightning.cli.config_schema import check_config
 from clip_lightning.cli.console import quiet_console
+from clip_lightning.cli.sweep import FailedJob
 from clip_lightning.cli.wandb_run import finish_wandb
 from clip_lightning.errors import ClipLightningError, find_cause, find_user_error
 from clip_lightning.utils.config import register_resolvers
@@ -96,7 +97,7 @@ def run_task(task: Callable[[DictConfig], Result], cfg: DictConfig, name: str) -
             raise
         log.error("%s", message)
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # the sweeper records the failed job and goes on
+            raise FailedJob(message) from exc  # the sweeper records it and goes on
         sys.exit(USER_ERROR_EXIT_CODE)
     finish_wandb()
     rank_zero_only(print)(f"Run directory: {run_dir(cfg)}")

@@ -17,9 +17,10 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from clip_lightning.cli.loading import build_datamodule
+from clip_lightning.cli.loading import build_datamodule, load_weights
 from clip_lightning.cli.task import hydra_task
 from clip_lightning.cli.wandb_run import continue_wandb_run, remember_wandb_run
+from clip_lightning.errors import ConfigError
 from clip_lightning.plugins import remove_stale_temporaries
 from clip_lightning.protocols import PROTOCOLS, use_protocol
 from clip_lightning.utils.config import print_config_tree
@@ -31,6 +32,7 @@ from clip_lightning.utils.resume import (
     checkpoint_run_dir,
     read_wandb_id,
     resolve_ckpt_path,
+    same_model_and_data,
 )
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
         print_config_tree(cfg)
     L.seed_everything(cfg.seed, workers=True)
 
+    if cfg.get("init_from") and (cfg.get("ckpt_path") or cfg.get("resume_dir")):
+        raise ConfigError(
+            "init_from starts a new run from a checkpoint's weights, ckpt_path/resume_dir "
+            "continue one: pass only one of them"
+        )
     model = instantiate(cfg.model)
+    if cfg.get("init_from"):
+        load_weights(model, cfg.init_from)
     datamodule = build_datamodule(cfg.dataset, model)
     datamodule.load_splits()  # a missing dataset fails here, before the trainer starts
     protocols = {
@@ -60,9 +69,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
         {Path(c.dirpath) for c in callbacks if isinstance(c, ModelCheckpoint) and c.dirpath}
         | resume_folders(cfg.get("ckpt_path"), cfg.get("resume_dir"), runs_dir)
     )
-    # ckpt_path=last: the newest last.ckpt of this task's earlier runs (or of resume_dir)
+    # ckpt_path=last: the newest last.ckpt of this task's earlier runs of the same model and
+    # data (or of resume_dir)
     ckpt_path = resolve_ckpt_path(
-        cfg.get("ckpt_path"), cfg.get("resume_dir"), runs_dir=runs_dir, run_dir=run_dir
+        cfg.get("ckpt_path"),
+        cfg.get("resume_dir"),
+        runs_dir=runs_dir,
+        run_dir=run_dir,
+        prefer=same_model_and_data(cfg),
     )
     if ckpt_path is not None:
         check_resume(ckpt_path, cfg, model)  # one line for a checkpoint of another run

@@ -3,8 +3,9 @@ the resume rule to the learning rates, and find the W&B run to continue.
 
 Every run gets a fresh Hydra run directory; a resumed run reads its checkpoint from an earlier
 one. ``ckpt_path=last`` picks ``checkpoints/last.ckpt`` of the most recent run of the same
-``task_name`` (newest ``last.ckpt`` under ``<log_dir>/<task_name>/runs/``), or of ``resume_dir``
-when given. Any other value is used as a checkpoint path.
+``task_name`` (newest ``last.ckpt`` under ``<log_dir>/<task_name>/runs/``) that trained the same
+model on the same data (the newest run at all if none did), or of ``resume_dir`` when given.
+Any other value is used as a checkpoint path.
 """
 
 from __future__ import annotations
@@ -12,38 +13,89 @@ from __future__ import annotations
 import fnmatch
 import functools
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, cast
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.optim.lr_scheduler import LambdaLR
 
 from clip_lightning.errors import CheckpointError
 
 LAST = "last.ckpt"
 WANDB_ID_FILE = "wandb_run_id"
+# a test of an earlier run's directory
+RunFilter = Callable[[Path], bool]
 
 
-def find_last_checkpoint(runs_dir: Path, exclude: Path | None = None) -> Path | None:
-    """The most recently written ``*/checkpoints/last.ckpt`` under ``runs_dir``."""
-    candidates = [
-        ckpt
-        for ckpt in runs_dir.glob(f"*/checkpoints/{LAST}")
-        if exclude is None or ckpt.parents[1].resolve() != exclude.resolve()
-    ]
-    return max(candidates, key=lambda p: p.stat().st_mtime, default=None)
+def find_last_checkpoint(
+    runs_dir: Path, exclude: Path | None = None, prefer: RunFilter | None = None
+) -> Path | None:
+    """The most recently written ``*/checkpoints/last.ckpt`` under ``runs_dir``: of the newest
+    run ``prefer`` accepts, if it accepts one, else of the newest run."""
+    candidates = sorted(
+        (
+            ckpt
+            for ckpt in runs_dir.glob(f"*/checkpoints/{LAST}")
+            if exclude is None or ckpt.parents[1].resolve() != exclude.resolve()
+        ),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    preferred = (c for c in candidates if prefer is not None and prefer(c.parents[1]))
+    return next(preferred, candidates[0] if candidates else None)
+
+
+# the dataset keys that say which data a run trains on (loader and cache settings may change)
+DATASET_IDENTITY = (
+    "_target_", "name", "format", "root", "hub_id", "image_dir", "columns", "adapter_options",
+    "split_sizes", "split_seed",
+)  # fmt: skip
+
+
+def same_model_and_data(cfg: DictConfig) -> RunFilter:
+    """Whether an earlier run (by the config Hydra saved in ``<run>/.hydra/config.yaml``)
+    trained the model ``cfg`` asks for (no difference the resume rule refuses) on the same
+    data. A run without a readable saved config does not match."""
+    dataset = _identity(cfg.dataset)
+
+    def matches(run_dir: Path) -> bool:
+        try:
+            saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+            assert isinstance(saved, DictConfig)
+            saved_model = cast(dict[str, Any], OmegaConf.to_container(saved.model, resolve=True))
+            saved_dataset = _identity(saved.dataset)
+        except Exception:  # missing, unreadable or unresolvable: not a run to prefer
+            return False
+        return saved_dataset == dataset and not config_differences(saved_model, cfg)
+
+    return matches
+
+
+def _identity(dataset: DictConfig) -> dict[str, Any]:
+    return {
+        key: OmegaConf.to_container(value, resolve=True)
+        if isinstance(value, DictConfig | ListConfig)
+        else value
+        for key in DATASET_IDENTITY
+        if (value := OmegaConf.select(dataset, key, default=None)) is not None
+    }
 
 
 def resolve_ckpt_path(
-    ckpt_path: str | None, resume_dir: str | None, runs_dir: Path, run_dir: Path
+    ckpt_path: str | None,
+    resume_dir: str | None,
+    runs_dir: Path,
+    run_dir: Path,
+    prefer: RunFilter | None = None,
 ) -> Path | None:
     """Turn the ``ckpt_path`` / ``resume_dir`` settings into an existing checkpoint file.
 
-    ``resume_dir`` alone means ``ckpt_path=last`` inside that run directory.
+    ``resume_dir`` alone means ``ckpt_path=last`` inside that run directory; ``ckpt_path=last``
+    takes the newest run ``prefer`` accepts (:func:`same_model_and_data`), else the newest.
     """
     if ckpt_path is None and resume_dir is None:
         return None
@@ -56,7 +108,7 @@ def resolve_ckpt_path(
                     "directory (the one holding checkpoints/), or pass ckpt_path=<file>"
                 )
             return found
-        newest = find_last_checkpoint(runs_dir, exclude=run_dir)
+        newest = find_last_checkpoint(runs_dir, exclude=run_dir, prefer=prefer)
         if newest is None:
             raise CheckpointError(
                 f"ckpt_path=last found no earlier run with checkpoints/{LAST} under {runs_dir}; "
