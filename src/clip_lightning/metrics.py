@@ -89,29 +89,22 @@ def _rank_queries(
     pair_candidate: Tensor,
     rows: int,
     tie_tolerance: float,
+    buffers: tuple[Tensor, Tensor],
 ) -> TiedRanks:
     """Rank every query against all candidates, ``rows`` queries per block.
 
     The correct (query, candidate) pairs are given as index lists sorted by query. Their scores
     are read from the same block product as the competitors', so rounding cannot favour either.
-
-    Every block is computed into the same two block-sized buffers, allocated once. A fresh
-    block-sized tensor per block (and the int64 copy that summing a boolean mask makes) leaves
-    the C allocator's heap fragmented: at COCO-5k scale that held more memory than the whole
-    similarity matrix.
+    Each block is computed in ``buffers`` (flat scores and 0/1 flags, at least a block each).
     """
     num_candidates = candidates.shape[0]
-    scores = queries.new_empty(min(rows, queries.shape[0]), num_candidates)
-    # 0/1 flags summed in floating point count exactly while a count stays below 2**24
-    flag_dtype = torch.float32 if num_candidates < 2**24 else torch.float64
-    flags = torch.empty_like(scores, dtype=flag_dtype)
     block_starts = torch.arange(0, queries.shape[0] + rows, rows, device=queries.device)
     pair_bounds = torch.searchsorted(pair_query, block_starts).tolist()
     better, tied, correct = [], [], []
     for block, start in enumerate(range(0, queries.shape[0], rows)):
         block_queries = queries[start : start + rows]
         size = block_queries.shape[0]
-        sims = torch.mm(block_queries, candidates.T, out=scores[:size])  # [rows, Nc]
+        sims = torch.mm(block_queries, candidates.T, out=_block(buffers[0], size, num_candidates))
         pairs = slice(pair_bounds[block], pair_bounds[block + 1])
         row, col = pair_query[pairs] - start, pair_candidate[pairs]
         pair_scores = sims[row, col]
@@ -121,8 +114,9 @@ def _rank_queries(
         gap = sims.sub_(best[:, None])
         # No correct candidate lies above the best correct score, so every one counted above is
         # wrong; the correct ones near it are counted separately and taken out of the ties.
-        above = torch.gt(gap, tolerance, out=flags[:size]).sum(dim=1).long()
-        at_least = torch.ge(gap, -tolerance, out=flags[:size]).sum(dim=1).long()
+        flags = _block(buffers[1], size, num_candidates)
+        above = torch.gt(gap, tolerance, out=flags).sum(dim=1).long()
+        at_least = torch.ge(gap, -tolerance, out=flags).sum(dim=1).long()
         correct_near = torch.zeros_like(above).scatter_add_(
             0, row, ((pair_scores - best[row]).abs() <= tolerance[row, 0]).long()
         )
@@ -130,6 +124,11 @@ def _rank_queries(
         tied.append(at_least - above - correct_near)
         correct.append(correct_near)
     return TiedRanks(torch.cat(better), torch.cat(tied), torch.cat(correct))
+
+
+def _block(buffer: Tensor, rows: int, columns: int) -> Tensor:
+    """The first ``rows × columns`` elements of a flat buffer as a matrix."""
+    return buffer[: rows * columns].view(rows, columns)
 
 
 def retrieval_ranks(
@@ -147,8 +146,8 @@ def retrieval_ranks(
         text_embeddings: ``[Nt, D]`` caption embeddings.
         text_to_image: ``[Nt]`` row index into ``image_embeddings`` of each caption's image.
         chunk_size: captions scored per step; bounds memory at two buffers of
-            ``chunk_size × Ni`` (the image→text pass uses blocks of the same size). The default keeps a COCO-5k
-            block (256 × 5,000 floats, 5 MB) cache-resident.
+            ``chunk_size × Ni`` (the image→text pass uses blocks of the same size). The default
+            keeps a COCO-5k block (256 × 5,000 floats, 5 MB) cache-resident.
         tie_tolerance: scores closer than this (relative above 1) to a query's best correct
             score are ties.
 
@@ -197,8 +196,17 @@ def retrieval_ranks(
     text_index = torch.arange(num_texts, device=image.device)
     by_image = torch.argsort(text_to_image, stable=True)
     image_rows = max(1, chunk_size * num_images // num_texts)  # blocks of the same size
-    i2t = _rank_queries(image, text, text_to_image[by_image], by_image, image_rows, tie_tolerance)
-    t2i = _rank_queries(text, image, text_index, text_to_image, chunk_size, tie_tolerance)
+    # Both directions compute every block in the same two buffers, allocated once: a fresh
+    # block-sized tensor per block (and the int64 copy that summing a boolean mask makes)
+    # fragments the C allocator's heap, which then held more than the whole similarity matrix.
+    block = max(min(image_rows, num_images) * num_texts, min(chunk_size, num_texts) * num_images)
+    # 0/1 flags summed in floating point count exactly while a count stays below 2**24
+    flag_dtype = torch.float32 if max(num_images, num_texts) < 2**24 else torch.float64
+    buffers = (image.new_empty(block), image.new_empty(block, dtype=flag_dtype))
+    i2t = _rank_queries(
+        image, text, text_to_image[by_image], by_image, image_rows, tie_tolerance, buffers
+    )
+    t2i = _rank_queries(text, image, text_index, text_to_image, chunk_size, tie_tolerance, buffers)
     return i2t, t2i
 
 
@@ -208,7 +216,10 @@ def recall_at_k(ranks: TiedRanks, k: int) -> Tensor:
 
 
 def _concat(state: list[Tensor] | Tensor) -> Tensor:
-    """A list state as one tensor; a distributed sync has already concatenated it."""
+    """A list state as one tensor (a single batch is not copied); a distributed sync has
+    already concatenated it."""
+    if isinstance(state, list) and len(state) == 1:
+        return state[0]
     return dim_zero_cat(state) if len(state) else torch.empty(0)
 
 
@@ -224,6 +235,15 @@ def _first_occurrence(ids: Tensor) -> tuple[Tensor, Tensor]:
     first = torch.full_like(unique_ids, ids.numel())
     first.scatter_reduce_(0, inverse, positions, reduce="amin")
     return unique_ids, first
+
+
+def _take_rows(matrix: Tensor, rows: Tensor) -> Tensor:
+    """``matrix[rows]``, without a copy when ``rows`` is every row in order (ids seen once, in
+    ascending order: the usual evaluation set)."""
+    every_row = torch.arange(matrix.shape[0], device=rows.device)
+    if rows.shape == every_row.shape and bool((rows == every_row).all()):
+        return matrix
+    return matrix[rows]
 
 
 class RetrievalRecall(Metric):
@@ -337,9 +357,11 @@ class RetrievalRecall(Metric):
 
         unique_image_ids, image_rows = _first_occurrence(image_ids)
         _, text_rows = _first_occurrence(text_ids)
-        images = _unflatten(_concat(self.image_embeddings), image_ids.numel())[image_rows]
-        texts = _unflatten(_concat(self.text_embeddings), text_ids.numel())[text_rows]
-        text_image_ids = _concat(self.text_image_ids)[text_rows]
+        images = _take_rows(
+            _unflatten(_concat(self.image_embeddings), image_ids.numel()), image_rows
+        )
+        texts = _take_rows(_unflatten(_concat(self.text_embeddings), text_ids.numel()), text_rows)
+        text_image_ids = _take_rows(_concat(self.text_image_ids), text_rows)
 
         text_to_image = torch.searchsorted(unique_image_ids, text_image_ids)
         found = unique_image_ids[text_to_image.clamp(max=unique_image_ids.numel() - 1)]
