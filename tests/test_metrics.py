@@ -438,7 +438,7 @@ def test_peak_memory_is_bounded_by_the_block_not_the_similarity_matrix() -> None
     """The module's promise, measured like ``bench only=[retrieval]`` (VmHWM growth in a fresh
     process after a warm-up): 2,000 images x 10,000 captions in blocks of 1,024 captions stay
     within a few blocks (a block is 1,024 x 2,000 floats, 7.8 MiB), far below the 76 MiB
-    similarity matrix. A new block-sized tensor per block fragmented the heap to 223 MiB."""
+    similarity matrix (a fresh block-sized tensor per block fragments the heap to ~220 MiB)."""
     from clip_lightning.benchmarks.retrieval import run
 
     figures = run(num_images=2000, captions_per_image=5, dim=32, chunk_size=1024, repeats=1)
