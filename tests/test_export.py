@@ -5,8 +5,11 @@ cannot represent are refused with one line; the model card carries the run's rec
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from pathlib import Path
 
+import huggingface_hub
 import open_clip
 import pytest
 import torch
@@ -45,8 +48,11 @@ def reloaded(model: CLIPModule, tmp_path) -> CLIPModule:
 
 
 def assert_open_clip_round_trip(model: CLIPModule, out) -> None:
-    loaded, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{out}")
-    tokenizer = open_clip.get_tokenizer(f"local-dir:{out}")
+    """The folder ``out`` (or an ``hf-hub:`` name) loaded by open_clip gives ``model``'s
+    embeddings."""
+    name = out if str(out).startswith("hf-hub:") else f"local-dir:{out}"
+    loaded, _, preprocess = open_clip.create_model_and_transforms(name)
+    tokenizer = open_clip.get_tokenizer(name)
     loaded.eval()
     pixels = torch.stack([preprocess(image) for image in IMAGES])
     with torch.no_grad():
@@ -90,7 +96,7 @@ def test_timm_and_hf_text_model_round_trips_as_custom_text_clip(tmp_path):
 
 def test_mlp_head_is_refused_in_one_line(tmp_path):
     model = instantiate(compose_train(TINY_TRAIN_OVERRIDES, output_dir=tmp_path).model)
-    with pytest.raises(ExportError, match="the image head is a MLPHead") as err:
+    with pytest.raises(ExportError, match="the image head is a MLPHead, which open_clip") as err:
         export_model(model, tmp_path / "out", "open_clip")
     assert "\n" not in str(err.value)
     with pytest.raises(ExportError, match="use format=open_clip"):
@@ -155,3 +161,71 @@ def test_export_entry_writes_a_model_card_with_the_runs_recall_table(tmp_path):
     assert 'create_model_and_transforms("local-dir:' in card
     with pytest.raises(ExportError, match="exists and is not empty"):
         export(export_cfg)
+
+
+def fake_hub_repo(cache: Path, repo_id: str, files: Path) -> None:
+    """``repo_id`` as the hub cache of a machine that downloaded it holds it: the files of the
+    folder ``files`` in a snapshot that ``refs/main`` names (what offline loading reads)."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    commit = "0" * 40
+    shutil.copytree(files, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+
+
+def hub_text_model(tmp_path: Path, monkeypatch) -> Path:
+    """A hub cache under ``tmp_path`` (made the process's) holding ``clip-lightning/tiny-bert``:
+    the offline MiniLM's tokenizer with a one-layer config."""
+    cache = tmp_path / "hub"
+    files = tmp_path / "tiny-bert"
+    minilm = Path(compose_train(["experiment=quickstart"]).model.text_encoder.name_or_path)
+    files.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(minilm / name, files / name)
+    config = json.loads((minilm / "config.json").read_text())
+    (files / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 1}))
+    fake_hub_repo(cache, "clip-lightning/tiny-bert", files)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def test_open_clip_export_of_a_hub_text_tower_loads_after_moving(tmp_path, monkeypatch):
+    hub_text_model(tmp_path, monkeypatch)
+    overrides = [o for o in TINY_TRAIN_OVERRIDES if "config_overrides" not in o]
+    cfg = compose_train(
+        [
+            *overrides,
+            "model/head=linear",
+            "model.text_encoder.name_or_path=clip-lightning/tiny-bert",
+            "model.text_encoder.pretrained=false",
+        ]
+    )
+    model = instantiate(cfg.model).eval()
+    export_model(model, tmp_path / "out", "open_clip", ignore_crop_pct=True)
+    text_cfg = json.loads((tmp_path / "out" / "open_clip_config.json").read_text())["model_cfg"]
+    assert text_cfg["text_cfg"]["hf_model_name"] == "clip-lightning/tiny-bert"
+    moved = shutil.move(tmp_path / "out", tmp_path / "elsewhere" / "my-clip")
+    assert str(tmp_path / "out") not in "".join(p.read_text() for p in moved.glob("*.json"))
+    assert_open_clip_round_trip(model, moved)
+    # every file as readable as any new file (safetensors writes its own owner-only)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {p.name: p.stat().st_mode & 0o777 for p in moved.iterdir()} == {
+        p.name: 0o666 & ~umask for p in moved.iterdir()
+    }
+
+
+def test_open_clip_export_of_a_local_text_tower_loads_from_its_hub_repository(
+    tmp_path, monkeypatch
+):
+    cache = hub_text_model(tmp_path, monkeypatch)  # the hub cache an upload lands in
+    cfg = compose_train([*TINY_TRAIN_OVERRIDES, "model/head=linear"])  # a local one-layer MiniLM
+    model = instantiate(cfg.model).eval()
+    export_model(model, tmp_path / "out", "open_clip", ignore_crop_pct=True, hub_repo="me/my-clip")
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert 'create_model_and_transforms("hf-hub:me/my-clip")' in card
+    assert "loads anywhere as hf-hub:me/my-clip" in card
+    # uploaded (as push_to_hub does), the folder alone serves the model from the hub
+    fake_hub_repo(cache, "me/my-clip", tmp_path / "out")
+    shutil.rmtree(tmp_path / "out")
+    assert_open_clip_round_trip(model, "hf-hub:me/my-clip")

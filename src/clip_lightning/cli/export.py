@@ -44,6 +44,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         run_dir=run_dir,
         ignore_crop_pct=cfg.get("ignore_crop_pct", False),
         notes=notes,
+        hub_repo=cfg.get("push_to_hub"),
     )
     print(f"Exported {cfg.format} model to {out} (max embedding difference {error:.1e})")
     result = {"format": cfg.format, "out": str(out), "max_embedding_difference": error}

@@ -16,22 +16,35 @@ LOAD = {
     "open_clip": """```python
 import open_clip
 
-model, _, preprocess = open_clip.create_model_and_transforms("local-dir:{out}")
-tokenizer = open_clip.get_tokenizer("local-dir:{out}")
+model, _, preprocess = open_clip.create_model_and_transforms("{source}")
+tokenizer = open_clip.get_tokenizer("{source}")
 ```""",
     "hf": """```python
 from transformers import AutoModel, AutoProcessor
 
-model = AutoModel.from_pretrained("{out}")
-processor = AutoProcessor.from_pretrained("{out}")
+model = AutoModel.from_pretrained("{source}")
+processor = AutoProcessor.from_pretrained("{source}")
 ```""",
 }
 
 
 def model_card(
-    model: CLIPModule, format: str, out: Path, run_dir: Path | None, notes: list[str]
+    model: CLIPModule,
+    format: str,
+    out: Path,
+    run_dir: Path | None,
+    notes: list[str],
+    hub_repo: str | None = None,
 ) -> str:
-    """Markdown: loading snippet, data, recall table (from ``metrics.json``), training config."""
+    """Markdown: loading snippet, data, recall table (from ``metrics.json``), training config.
+
+    The snippet loads the hub repository ``hub_repo`` if the folder is uploaded there, else the
+    folder by its name (relative to where it lies, so the card stays right when it moves).
+    """
+    if format == "open_clip":
+        source = f"hf-hub:{hub_repo}" if hub_repo else f"local-dir:{out.name}"
+    else:
+        source = hub_repo or out.name
     run_config = _run_config(run_dir)
     library = "open_clip" if format == "open_clip" else "transformers"
     sections = [
@@ -39,7 +52,7 @@ def model_card(
         "tags: [clip, clip-lightning, zero-shot-image-classification]\n---",
         f"# {out.name}",
         "A CLIP-style image-text dual encoder trained with clip-lightning.",
-        "## Load\n\n" + LOAD[format].format(out=out),
+        "## Load\n\n" + LOAD[format].format(source=source),
     ]
     if notes:
         sections.append("## Notes\n\n" + "\n".join(f"- {note}" for note in notes))

@@ -82,6 +82,35 @@ def write_open_clip(model: CLIPModule, out: Path, ignore_crop_pct: bool = False)
     return notes
 
 
+def name_text_config_source(out: Path, hub_repo: str | None) -> list[str]:
+    """Point ``text_cfg.hf_model_name`` of a folder whose HF text tower is not a hub model at
+    where the folder will be loaded from; returns the model card's note.
+
+    open_clip reads an HF text tower's architecture from ``hf_model_name``: a hub id, or a
+    folder path. A tower built locally (a local folder, ``config_overrides``) has no hub id,
+    so the export names a hub repository it is uploaded to (``hub_repo``, which holds this
+    folder's ``config.json``), or else this folder's absolute path.
+    """
+    path = out / "open_clip_config.json"
+    config = json.loads(path.read_text())
+    text = config["model_cfg"].get("text_cfg", {})
+    name = text.get("hf_model_name")
+    if name is None or name != str(out.resolve()):
+        return []  # an open_clip text tower, or a hub model: the folder loads from anywhere
+    if hub_repo is None:
+        return [
+            f"The text tower is not a hub model: open_clip reads its architecture from {name} "
+            "(text_cfg.hf_model_name, this folder). Moved elsewhere, set that key to the new "
+            "path; exported with push_to_hub=user/repo it loads anywhere as hf-hub:user/repo."
+        ]
+    text["hf_model_name"] = text["hf_tokenizer_name"] = hub_repo
+    path.write_text(json.dumps(config, indent=2) + "\n")
+    return [
+        f"The text tower's architecture is read from the hub repository {hub_repo} (its "
+        "config.json), so the model loads anywhere as hf-hub:" + hub_repo + "."
+    ]
+
+
 def load_open_clip(out: Path) -> Encoders:
     """The exported folder loaded back through open_clip, as (image, text) encoders."""
     loaded, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{out}")
@@ -135,9 +164,10 @@ def _timm_hf_config(
     for name, head in (("image", model.image_head), ("text", model.text_head)):
         if not isinstance(head, LinearHead):
             raise ExportError(
-                f"the {name} head is a {type(head).__name__}; open_clip's towers end in a "
-                "bias-free linear projection (or its own, different MLP), so only "
-                "model/head=linear exports to format=open_clip"
+                f"the {name} head is a {type(head).__name__}, which open_clip cannot rebuild: "
+                "its towers end in a bias-free linear projection or in its own MLP, without "
+                "this head's residual and LayerNorm; a model trained with model/head=linear "
+                "exports to format=open_clip (the quickstart's MLP heads do not)"
             )
     image_args = model.hparams["image_encoder"]
     extra = set(image_args) - IMAGE_ENCODER_ARGS
@@ -170,18 +200,16 @@ def _timm_hf_config(
             "preprocessing centre-crops the full resized image (crop_pct 1.0)."
         )
     # open_clip rebuilds the text model from hf_model_name: a hub id when the tower is exactly
-    # that hub model, else this folder (its config.json is written here)
+    # that hub model, else this folder (its config.json is written here; see
+    # name_text_config_source for where it points once the folder leaves this place)
     tower = model.hparams["text_encoder"]
     source = str(tower["name_or_path"])
-    portable = not Path(source).exists() and not tower.get("config_overrides")
-    hf_name = source if portable and not tower.get("architecture") else str(out.resolve())
+    hub_model = not (
+        Path(source).exists() or tower.get("config_overrides") or tower.get("architecture")
+    )
+    hf_name = source if hub_model else str(out.resolve())
     text.model.config.save_pretrained(out)
     text.tokenizer.save_pretrained(out)
-    if not portable:
-        notes.append(
-            f"The text tower's config is read from {hf_name} (text_cfg.hf_model_name); "
-            "edit that path in open_clip_config.json if you move this folder."
-        )
     height, width = data["input_size"][1:]
     config = {
         "embed_dim": model.hparams["embed_dim"],
