@@ -330,6 +330,7 @@ class SearchConfig:
 
     ckpt_path: str | None = "logs/train/runs/<time>/checkpoints/last.ckpt"
     images: str | None = "/data/photos"
+    index: str | None = "/data/index"
     query: str | list[str] | None = "a dog running on the beach"
     queries_file: str | None = "queries.txt"
     k: PositiveInt = 5
@@ -357,6 +358,28 @@ class EmbedConfig:
     dataset: DatasetSchema | None = field(default_factory=DatasetSchema)
     model: ModelSchema | None = field(default_factory=ModelSchema)
     trainer: TrainerSchema = field(default_factory=TrainerSchema)
+
+
+@dataclass
+class IndexOptionsSchema:
+    fields: list[Literal["image", "text"]] = field(default_factory=lambda: ["image"])
+    kind: Literal["auto", "flat", "ivfpq"] = "auto"
+    flat_below: NonNegativeInt = 1000000
+    max_memory: str | PositiveInt = "4G"
+    nlist: PositiveInt | None = 1024
+    k: PositiveInt = 10
+    recall_queries: PositiveInt = 1000
+    target_recall: Fraction = 0.9
+    seed: Seed = 0
+
+
+@dataclass
+class IndexConfig:
+    """``conf/index.yaml``."""
+
+    embeddings: str | None = "/data/embeddings"
+    out: str | None = "/data/index"
+    index: IndexOptionsSchema = field(default_factory=IndexOptionsSchema)
 
 
 @dataclass
@@ -396,6 +419,7 @@ TASK_SCHEMAS: dict[str, type] = {
     "eval": EvalConfig,
     "search": SearchConfig,
     "embed": EmbedConfig,
+    "index": IndexConfig,
     "prepare": PrepareConfig,
     "bench": BenchConfig,
     "export": ExportConfig,

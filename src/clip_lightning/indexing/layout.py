@@ -202,7 +202,13 @@ def load_embeddings(out: Path, field_name: str, names: Sequence[str]) -> np.ndar
 
 def load_metadata(out: Path, names: Sequence[str]) -> pa.Table:
     """The metadata rows of all parts, in part order (row ``i`` belongs to embedding ``i``)."""
-    return pa.concat_tables([pq.read_table(metadata_file(out, n)) for n in names])
+    return concat_parquet([metadata_file(out, name) for name in names])
+
+
+def concat_parquet(paths: Sequence[Path]) -> pa.Table:
+    """The rows of parquet files, in the given order (an empty part adds none)."""
+    tables = [pq.read_table(path) for path in paths]
+    return pa.concat_tables(tables, promote_options="permissive")
 
 
 def read_summary(out: Path) -> dict[str, Any]:

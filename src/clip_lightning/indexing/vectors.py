@@ -1,0 +1,220 @@
+"""faiss indexes over L2-normalised embeddings (inner product = cosine), and their recall.
+
+``kind=auto`` keeps every vector (``IndexFlatIP``, exact) below ``flat_below`` vectors, where an
+exact scan is still fast, and above it builds an ``IVF{nlist},PQ{m}`` index sized to fit
+``max_memory``: ``nlist`` inverted lists (about ``2·sqrt(N)``, a power of two) and ``m`` bytes
+per vector, the most the budget allows. A query then scans ``nprobe`` of the lists; ``nprobe``
+is chosen on held-out queries as the smallest that reaches ``target_recall``, where recall@k is
+the share of the exact top-k (a brute-force scan) that the index returns in its top-k.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import faiss
+import numpy as np
+
+from clip_lightning.errors import DataError
+
+KINDS = ("auto", "flat", "ivfpq")
+# bytes an IVF list entry stores besides its code: the vector's 64-bit id
+ID_BYTES = 8
+# k-means training points per inverted list (faiss warns below 39)
+TRAIN_PER_LIST = 64
+MAX_NPROBE = 1024
+# PQ learns 256 centroids per sub-vector; faiss wants ~39 training points per centroid
+MIN_IVFPQ_VECTORS = 39 * 256
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_memory(text: str | int) -> int:
+    """``"4G"``, ``"512M"``, ``"1.5G"`` or a byte count, in bytes."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)B?\s*", str(text).upper())
+    if not match:
+        raise DataError(f"index.max_memory={text!r} is not a size; write e.g. 4G or 512M")
+    return int(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+@dataclass(frozen=True)
+class IndexShape:
+    """What was built: ``kind`` (flat or ivfpq), the vectors, and the IVF-PQ sizes."""
+
+    kind: str
+    ntotal: int
+    dim: int
+    nlist: int = 0
+    m: int = 0
+    nprobe: int = 0
+
+    def bytes(self) -> int:
+        """The index's memory: its codes and ids, plus the coarse centroids and codebooks."""
+        if self.kind == "flat":
+            return self.ntotal * self.dim * 4
+        return self.ntotal * (self.m + ID_BYTES) + (self.nlist + 256) * self.dim * 4
+
+
+def ivfpq_shape(ntotal: int, dim: int, max_memory: int, nlist: int | None = None) -> IndexShape:
+    """The IVF-PQ sizes for ``ntotal`` vectors: ``nlist`` lists and the largest ``m`` (a
+    divisor of ``dim``, at most ``dim / 2``) whose index fits ``max_memory``."""
+    if ntotal < MIN_IVFPQ_VECTORS:
+        raise DataError(
+            f"IVF-PQ needs at least {MIN_IVFPQ_VECTORS} vectors to train on, these are {ntotal}; "
+            "use index.kind=flat (exact, and fast at this size) or index.kind=auto"
+        )
+    if nlist is None:
+        nlist = 2 ** round(math.log2(max(1.0, 2 * math.sqrt(ntotal))))
+    nlist = max(1, min(nlist, ntotal // TRAIN_PER_LIST or 1))
+    for m in sorted((m for m in range(1, dim // 2 + 1) if dim % m == 0), reverse=True):
+        shape = IndexShape("ivfpq", ntotal, dim, nlist=nlist, m=m)
+        if shape.bytes() <= max_memory:
+            return shape
+    smallest = IndexShape("ivfpq", ntotal, dim, nlist=nlist, m=1).bytes()
+    raise DataError(
+        f"{ntotal} vectors of dimension {dim} need at least {smallest / 2**20:.0f} MiB as IVF-PQ; "
+        f"raise index.max_memory (now {max_memory / 2**20:.0f} MiB)"
+    )
+
+
+def choose_shape(
+    ntotal: int,
+    dim: int,
+    kind: str = "auto",
+    flat_below: int = 1_000_000,
+    max_memory: int = 4 * 2**30,
+    nlist: int | None = None,
+) -> IndexShape:
+    """``kind`` resolved for ``ntotal`` vectors (see the module docstring)."""
+    if kind not in KINDS:
+        raise DataError(f"index.kind={kind!r}; choose one of {', '.join(KINDS)}")
+    if kind == "flat" or (kind == "auto" and ntotal < flat_below):
+        return IndexShape("flat", ntotal, dim)
+    return ivfpq_shape(ntotal, dim, max_memory, nlist)
+
+
+def build(vectors: np.ndarray, shape: IndexShape, seed: int = 0) -> faiss.Index:
+    """The index of ``shape`` over ``vectors`` (float32 ``[N, D]``), trained and filled."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    index: faiss.Index
+    if shape.kind == "flat":
+        index = faiss.IndexFlatIP(shape.dim)
+    else:
+        # "np": no polysemous training (a Hamming pre-filter this search does not use, and
+        # most of the training time)
+        index = faiss.index_factory(
+            shape.dim, f"IVF{shape.nlist},PQ{shape.m}np", faiss.METRIC_INNER_PRODUCT
+        )
+        count = min(len(vectors), max(TRAIN_PER_LIST * shape.nlist, MIN_IVFPQ_VECTORS))
+        sample = np.random.default_rng(seed).choice(len(vectors), count, replace=False)
+        index.train(vectors[np.sort(sample)])
+    index.add(vectors)
+    return index
+
+
+def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
+    """Mean share of each query's exact top-k ids that ``found`` (its top-k) contains."""
+    k = exact.shape[1]
+    hits = [len(set(f.tolist()) & set(e.tolist())) for f, e in zip(found, exact, strict=True)]
+    return float(np.mean(hits) / k) if hits else 1.0
+
+
+def set_nprobe(index: faiss.Index, nprobe: int) -> None:
+    if nprobe:
+        faiss.extract_index_ivf(index).nprobe = nprobe
+
+
+def tune_nprobe(
+    index: faiss.Index, queries: np.ndarray, exact: np.ndarray, target: float
+) -> tuple[int, float, dict[int, float]]:
+    """The smallest power-of-two ``nprobe`` whose recall reaches ``target`` (else the one with
+    the best recall), that recall, and the recall of every ``nprobe`` tried."""
+    nlist = faiss.extract_index_ivf(index).nlist
+    k = exact.shape[1]
+    tried: dict[int, float] = {}
+    nprobe = 1
+    while nprobe <= min(nlist, MAX_NPROBE):
+        set_nprobe(index, nprobe)
+        tried[nprobe] = recall_at_k(index.search(queries, k)[1], exact)
+        if tried[nprobe] >= target:
+            break
+        nprobe *= 2
+    best = next((p for p, r in tried.items() if r >= target), max(tried, key=tried.__getitem__))
+    set_nprobe(index, best)
+    return best, tried[best], tried
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Recall@``k`` of an index against exact search on ``queries`` held-out queries, its build
+    time, and the mean query latency (one query at a time) of the index and of an exact scan."""
+
+    build_seconds: float
+    k: int
+    queries: int
+    recall: float
+    query_source: str
+    index_ms_per_query: float
+    exact_ms_per_query: float
+    nprobe_recalls: dict[int, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["nprobe_recalls"] = {str(p): r for p, r in self.nprobe_recalls.items()}
+        return data
+
+
+def per_query_ms(index: faiss.Index, queries: np.ndarray, k: int) -> float:
+    """Mean milliseconds of one query searched alone (the latency a user sees)."""
+    start = time.perf_counter()
+    for row in queries:
+        index.search(row[None], k)
+    return 1000 * (time.perf_counter() - start) / max(1, len(queries))
+
+
+def build_and_measure(
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    shape: IndexShape,
+    k: int = 10,
+    target_recall: float = 0.9,
+    query_source: str = "held-out queries",
+    latency_queries: int = 200,
+    seed: int = 0,
+) -> tuple[faiss.Index, IndexShape, Measurement]:
+    """Build the index of ``shape``, tune ``nprobe`` (IVF-PQ), and measure recall@``k``
+    against an exact scan on ``queries`` and the latency of both."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    k = min(k, len(vectors))
+    start = time.perf_counter()
+    index = build(vectors, shape, seed)
+    build_seconds = time.perf_counter() - start
+    exact_index = (
+        index if shape.kind == "flat" else build(vectors, IndexShape("flat", *shape_of(vectors)))
+    )
+    exact = exact_index.search(queries, k)[1]
+    if shape.kind == "ivfpq":
+        nprobe, recall, tried = tune_nprobe(index, queries, exact, target_recall)
+        shape = IndexShape(shape.kind, shape.ntotal, shape.dim, shape.nlist, shape.m, nprobe)
+    else:
+        recall, tried = recall_at_k(index.search(queries, k)[1], exact), {}
+    timed = queries[:latency_queries]
+    measured = Measurement(
+        build_seconds=build_seconds,
+        k=k,
+        queries=len(queries),
+        recall=recall,
+        query_source=query_source,
+        index_ms_per_query=per_query_ms(index, timed, k),
+        exact_ms_per_query=per_query_ms(exact_index, timed, k),
+        nprobe_recalls=tried,
+    )
+    return index, shape, measured
+
+
+def shape_of(vectors: np.ndarray) -> tuple[int, int]:
+    return int(vectors.shape[0]), int(vectors.shape[1])

@@ -1,0 +1,128 @@
+"""embed -> index -> search on a captioned folder: the index folder is self-contained and
+states its recall, ``search index=`` answers several queries with the brute-force ranking and
+the captions, takes the model embed used, and refuses another model or a damaged manifest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
+
+from clip_lightning.cli.embed import embed
+from clip_lightning.cli.index import index
+from clip_lightning.cli.search import search
+from clip_lightning.errors import ClipLightningError, DataError
+from clip_lightning.indexing import layout
+from clip_lightning.indexing.store import IndexFolder
+from clip_lightning.module import CLIPModule
+from clip_lightning.utils.config import register_resolvers
+from tests.helpers import CONFIG_DIR
+from tests.helpers.data import write_image
+
+
+def compose_task(task: str, tmp_path: Path, *overrides: str):
+    register_resolvers()
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = compose(task, list(overrides))
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / f"{task}-run")
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def built(tiny_checkpoint, tmp_path_factory) -> dict:
+    tmp = tmp_path_factory.mktemp("index")
+    rows = ["filepath,title"]
+    for i in range(12):
+        write_image(tmp / "photos" / f"{i}.jpg", i)
+        rows.append(f"{i}.jpg,photo number {i}")
+    (tmp / "photos" / "pairs.csv").write_text("\n".join(rows) + "\n")
+    embed(
+        compose_task(
+            "embed",
+            tmp,
+            f"ckpt_path={tiny_checkpoint}",
+            "dataset=csv",
+            f"dataset.root={tmp / 'photos'}",
+            f"out={tmp / 'embeddings'}",
+            "part_size=5",
+            "num_workers=0",
+            "dtype=float32",
+            "trainer.accelerator=cpu",
+        )
+    )
+    report = index(
+        compose_task("index", tmp, f"embeddings={tmp / 'embeddings'}", f"out={tmp / 'index'}")
+    )
+    return {"tmp": tmp, "report": report}
+
+
+def test_the_index_folder_holds_its_metadata_and_recall(built):
+    folder = built["tmp"] / "index"
+    assert sorted(p.name for p in (folder / "metadata").iterdir()) == [
+        "metadata_0.parquet",
+        "metadata_1.parquet",
+        "metadata_2.parquet",
+    ]
+    recall = json.loads((folder / "recall.json").read_text())["image"]
+    assert recall == built["report"]["image"]
+    # flat below the threshold: exact, on the 12 caption embeddings as queries
+    assert recall["recall"] == 1.0 and recall["k"] == 10 and recall["queries"] == 12
+    assert recall["query_source"] == "text embeddings"
+    manifest = json.loads((folder / "index.json").read_text())
+    assert manifest["indexes"]["image"]["kind"] == "flat" and manifest["rows"] == 12
+
+
+def test_search_an_index_ranks_like_a_brute_force_scan(built, tiny_checkpoint):
+    tmp = built["tmp"]
+    queries = ["photo number 3", "a bright red square"]
+    cfg = compose_task(
+        "search",
+        tmp,
+        f"index={tmp / 'index'}",
+        f"query=[{queries[0]},{queries[1]}]",
+        "k=4",
+        "accelerator=cpu",
+    )
+    results = search(cfg)  # no ckpt_path: the checkpoint embed used
+    embeddings = tmp / "embeddings"
+    names = layout.check_complete(embeddings, layout.read_manifest(embeddings))
+    vectors = layout.load_embeddings(embeddings, "image", names)
+    metadata = layout.load_metadata(embeddings, names).to_pydict()
+    model = CLIPModule.load_from_checkpoint(tiny_checkpoint).eval()
+    for (query, hits), text in zip(results, model.encode_text(queries).numpy(), strict=True):
+        scores = vectors @ text
+        order = np.argsort(-scores, kind="stable")[:4]
+        assert [h.image for h in hits] == [metadata["image_path"][i] for i in order], query
+        assert [h.caption for h in hits] == [metadata["caption"][i] for i in order]
+        np.testing.assert_allclose([h.score for h in hits], scores[order], atol=1e-5)
+    written = json.loads((Path(cfg.paths.output_dir) / "search_results.json").read_text())
+    assert written["index"] == str(tmp / "index") and len(written["results"]) == 2
+    assert (Path(cfg.paths.output_dir) / "search_results.png").is_file()  # files on disk
+
+
+def test_another_model_or_a_damaged_manifest_is_refused_in_one_line(built, tmp_path):
+    folder = built["tmp"] / "index"
+    damaged = tmp_path / "index"
+    damaged.mkdir()
+    for path in folder.iterdir():
+        if path.is_file():
+            (damaged / path.name).write_bytes(path.read_bytes())
+    (damaged / "metadata").symlink_to(folder / "metadata")
+    manifest = json.loads((folder / "index.json").read_text())
+    (damaged / "index.json").write_text(json.dumps({**manifest, "model": "sha256:another"}))
+    cfg = compose_task("search", tmp_path, f"index={damaged}", "query=a dog", "accelerator=cpu")
+    with pytest.raises(ClipLightningError, match="holds embeddings of another model") as error:
+        search(cfg)
+    assert "\n" not in str(error.value)
+
+    (damaged / "index.json").write_text(json.dumps({**manifest, "indexes": ["image"]}))
+    with pytest.raises(DataError, match="is not an index manifest of this version"):
+        IndexFolder.load(damaged)
+    (damaged / "index.json").write_text("{not json")
+    with pytest.raises(DataError, match="is not valid JSON"):
+        IndexFolder.load(damaged)
