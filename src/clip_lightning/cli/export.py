@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from clip_lightning.cli.loading import load_model
 from clip_lightning.cli.task import hydra_task
-from clip_lightning.export import ExportError, export_model
+from clip_lightning.export import ExportError, check_out_folder, export_model
 from clip_lightning.utils.resume import checkpoint_run_dir
 from clip_lightning.wise_ft import WeightSpaceEnsemble
 
@@ -25,6 +25,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     ``cfg.format`` into ``cfg.out`` (and push it, if asked)."""
     if not cfg.get("out"):
         raise ExportError("no output folder given; pass out=DIR (a new folder)")
+    out = check_out_folder(cfg.out)  # before the checkpoint is loaded
     model = load_model(cfg.ckpt_path)
     run_dir: Path | None = checkpoint_run_dir(Path(cfg.ckpt_path).expanduser())
     notes = []
@@ -36,7 +37,6 @@ def export(cfg: DictConfig) -> dict[str, Any]:
             "training run's figures describe the fine-tuned checkpoint, not these weights"
         )
         run_dir = None
-    out = Path(cfg.out).expanduser()
     error = export_model(
         model,
         out,

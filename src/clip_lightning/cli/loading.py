@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from clip_lightning.data.datamodule import CaptionDataModule
 from clip_lightning.errors import CheckpointError
 from clip_lightning.module import CLIPModule, describe_mismatch, weight_shaping_settings
+from clip_lightning.utils.paths import require_checkpoint_file
 
 
 def build_datamodule(cfg_dataset: DictConfig, model: CLIPModule) -> CaptionDataModule:
@@ -36,12 +37,7 @@ def load_model(ckpt_path: str | Path | None, device: torch.device | str = "cpu")
             "no checkpoint given; pass ckpt_path=PATH, e.g. a .ckpt from the checkpoints/ "
             "folder of a `clip_lightning.train` run"
         )
-    path = Path(ckpt_path).expanduser()
-    if not path.is_file():
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} does not exist; pass ckpt_path= a .ckpt from the "
-            "checkpoints/ folder of a `clip_lightning.train` run"
-        )
+    path = require_checkpoint_file(Path(ckpt_path).expanduser())
     # the loader itself turns an unreadable or foreign file into a one-line CheckpointError
     model = CLIPModule.load_from_checkpoint(path, map_location="cpu")
     return model.to(device).eval()
@@ -54,11 +50,7 @@ def load_weights(model: CLIPModule, ckpt_path: str | Path) -> None:
     The checkpoint is read by :func:`load_model`; weights that do not fit ``model`` are one
     :class:`CheckpointError` naming the first setting that differs.
     """
-    if not Path(ckpt_path).expanduser().is_file():
-        raise CheckpointError(
-            f"init_from={ckpt_path} does not exist; pass init_from= a .ckpt from the "
-            "checkpoints/ folder of a `clip_lightning.train` run"
-        )
+    require_checkpoint_file(Path(ckpt_path).expanduser(), key="init_from")
     source = load_model(ckpt_path)
     problem = describe_mismatch(
         weight_shaping_settings(source.hparams),

@@ -27,6 +27,7 @@ from hydra.types import RunMode
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from clip_lightning.cli.config_schema import check_config
 from clip_lightning.cli.console import quiet_console
@@ -107,12 +108,16 @@ def run_task(task: Callable[[DictConfig], Result], cfg: DictConfig, name: str) -
 def one_line_report(exc: BaseException, cfg: DictConfig) -> str | None:
     """The one line a user sees for ``exc``, or None for a bug (which keeps its traceback).
 
-    User errors (also wrapped by Hydra's ``instantiate``) give their message; a full disk gives
-    where it ran out and where the last good checkpoint is.
+    User errors (also wrapped by Hydra's ``instantiate``) give their message, a config value
+    that cannot be resolved names its key, a full disk gives where it ran out and where the last
+    good checkpoint is.
     """
     user_error = find_user_error(exc)
     if user_error is not None:
         return user_message(user_error)
+    unresolved = find_cause(exc, InterpolationResolutionError)
+    if unresolved is not None:
+        return unresolved_message(unresolved)
     os_error = find_cause(exc, OSError)  # torch's writer raises a RuntimeError from it
     if os_error is None or os_error.errno != errno.ENOSPC:
         return None
@@ -122,6 +127,16 @@ def one_line_report(exc: BaseException, cfg: DictConfig) -> str | None:
     if "callbacks" in cfg:
         return message + "; free space there and resume with ckpt_path=last"
     return message + "; free space there and run again"
+
+
+def unresolved_message(error: InterpolationResolutionError) -> str:
+    """``${oc.env:NAME}`` of an unset variable, ``${a.key}`` that does not exist, ..."""
+    detail = (str(error.msg).splitlines() or ["cannot be resolved"])[0]
+    detail = detail.rpartition(" raised while resolving interpolation: ")[2].strip("'\"")
+    return (
+        f"cannot resolve {error.full_key}: {detail}; set what it refers to (the environment "
+        f"variable, the key), or give {error.full_key} a plain value"
+    )
 
 
 def what_was_kept(cfg: DictConfig) -> str:

@@ -23,7 +23,17 @@ from clip_lightning.export.open_clip_format import (
 from clip_lightning.module import CLIPModule
 
 FORMATS = ("open_clip", "hf")
-__all__ = ["FORMATS", "ExportError", "export_model"]
+__all__ = ["FORMATS", "ExportError", "check_out_folder", "export_model"]
+
+
+def check_out_folder(out: str | Path) -> Path:
+    """``out`` as a path, if it can become the export: a new or empty folder."""
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"out={str(out)!r} is a file; pass a new folder")
+    if out.exists() and any(out.iterdir()):
+        raise ExportError(f"out={str(out)!r} exists and is not empty; pass a new folder")
+    return out
 
 
 def export_model(
@@ -41,9 +51,7 @@ def export_model(
     which the folder then names as its own source (open_clip's ``hf-hub:`` loading)."""
     if format not in FORMATS:
         raise ExportError(f"format={format!r} is unknown; use format=open_clip or format=hf")
-    out = Path(out).expanduser()
-    if out.exists() and any(out.iterdir()):
-        raise ExportError(f"out={str(out)!r} exists and is not empty; pass a new folder")
+    out = check_out_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
     try:

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.optim.lr_scheduler import LambdaLR
 
 from clip_lightning.errors import CheckpointError
+from clip_lightning.utils.paths import require_checkpoint_file
 
 LAST = "last.ckpt"
 WANDB_ID_FILE = "wandb_run_id"
@@ -116,10 +117,7 @@ def resolve_ckpt_path(
                 "resume_dir=<run dir> or ckpt_path=<file>"
             )
         return newest
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise CheckpointError(f"ckpt_path={ckpt_path} does not exist; pass an existing .ckpt file")
-    return path
+    return require_checkpoint_file(Path(ckpt_path))
 
 
 def checkpoint_run_dir(ckpt: Path) -> Path:

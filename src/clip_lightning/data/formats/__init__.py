@@ -21,6 +21,7 @@ from clip_lightning.data.formats.karpathy import find_split_json, load_karpathy
 from clip_lightning.data.formats.synthetic import load_synthetic
 from clip_lightning.data.records import CaptionRecord
 from clip_lightning.errors import DataError
+from clip_lightning.utils.paths import MISSING, path_problem
 
 FORMATS: dict[str, Callable[..., list[CaptionRecord]]] = {
     "synthetic": load_synthetic,
@@ -85,6 +86,9 @@ def resolve_format(
             "(the folder that holds it and the images)"
         )
     if root is not None and format != "synthetic" and not root.is_dir():
+        problem = path_problem(root)
+        if problem != MISSING:  # a broken link: its own fix, not a download
+            raise DataError(f"dataset.root={root} {problem}")
         raise missing_data_error(name, root, f"dataset.root={root} does not exist")
     if format != "auto":
         return format
