@@ -45,6 +45,6 @@ def require_checkpoint_file(path: Path, key: str = "ckpt_path") -> Path:
             f"{key}={path} is a folder, not a checkpoint file; pass a .ckpt file ({fix})"
         )
     raise CheckpointError(
-        f"{key}={path} {path_problem(path)}; pass a .ckpt file from the checkpoints/ folder of "
-        "a `clip_lightning.train` run"
+        f"{key}={path} {path_problem(path)}; pass {key}= a .ckpt file from the checkpoints/ "
+        "folder of a `clip_lightning.train` run"
     )
