@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from omegaconf import DictConfig
@@ -20,3 +21,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def tiny_cfg(tmp_path) -> DictConfig:
     """The tiny quickstart config with outputs under ``tmp_path``."""
     return compose_train(TINY_TRAIN_OVERRIDES, output_dir=tmp_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint of the tiny quickstart model after one step, shared by the whole session."""
+    from tests.test_zeroshot import save_tiny_checkpoint
+
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny_checkpoint"))

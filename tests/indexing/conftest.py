@@ -1,18 +1,11 @@
-"""One tiny checkpoint and one set of shards for every embed, index and search test."""
+"""One set of shards for the embed, index and search tests (the checkpoint is the session's
+``tiny_checkpoint``)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 
 from tests.helpers.embedding import write_shards
-from tests.test_zeroshot import save_tiny_checkpoint
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,8 @@ from clip_lightning.clip_benchmark_results import (
     file_name,
     retrieval_layout,
 )
+from clip_lightning.data.datamodule import CaptionDataModule
+from clip_lightning.data.streaming import WebDataModule
 from clip_lightning.errors import ClipLightningError, ConfigError, DataError
 from clip_lightning.protocols import get_protocol, use_protocol
 from clip_lightning.utils.results import (
@@ -57,13 +59,26 @@ def evaluate_retrieval(
     L.seed_everything(cfg.seed, verbose=False)
     candidate = candidate or load_eval_model(cfg)
     model = candidate.model
-    datamodule = build_datamodule(cfg.dataset, model)
-    if not datamodule.load_splits().get(split):
+    datamodule: L.LightningDataModule = build_datamodule(cfg.dataset, model)
+    checked: CaptionDataModule | None  # the data a protocol checks; None: eval shards
+    if isinstance(datamodule, WebDataModule):  # eval shards (or an eval folder), no training
+        checked = datamodule.eval_data
+        if checked is None and protocol.karpathy is not None:
+            raise DataError(
+                f"protocol={protocol.name} needs Karpathy's split file, which eval shards do not "
+                "carry; pass dataset.eval_root= the dataset folder instead, or protocol=split"
+            )
+        found = datamodule.has_eval_data(split)
+    else:
+        assert isinstance(datamodule, CaptionDataModule)  # the only other dataset class
+        checked, found = datamodule, bool(datamodule.load_splits().get(split))
+    if not found:
         raise DataError(
             f"dataset {datamodule.name!r} has no {split!r} images; check dataset.split_sizes "
             "or the dataset's own split files"
         )
-    use_protocol(model, datamodule, split, protocol.name)
+    if checked is not None:  # eval shards keep the model's plain RetrievalRecall (split)
+        use_protocol(model, checked, split, protocol.name)
     # the training run's hardware settings (trainer group), on one device, writing nothing
     trainer: L.Trainer = instantiate(
         cfg.trainer,

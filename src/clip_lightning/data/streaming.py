@@ -512,12 +512,6 @@ class WebDataModule(L.LightningDataModule):
     ):
         super().__init__()
         check_policy(on_bad_image)
-        if urls is None:
-            raise DataError(
-                "dataset=webdataset needs shard URLs, e.g. "
-                "'dataset.urls=\"/data/cc3m/{00000..00331}.tar\"' (write shards with "
-                "`python -m clip_lightning.prepare ... shards=DIR`)"
-            )
         if weights is not None and not resampled:
             raise DataError(
                 "dataset.weights needs dataset.resampled=true (sources are mixed by drawing "
@@ -526,7 +520,8 @@ class WebDataModule(L.LightningDataModule):
         if eval_root is not None and (val_urls or test_urls):
             raise DataError("set dataset.eval_root or dataset.val_urls/test_urls, not both")
         self.name = name
-        self.shards, self.shard_weights = expand_sources(urls, weights)
+        # training shards; evaluating on eval shards needs none
+        self.shards, self.shard_weights = expand_sources(urls, weights) if urls else ([], None)
         self.train_num_samples = train_num_samples
         self.resampled, self.shuffle_buffer, self.seed = resampled, shuffle_buffer, seed
         self.caption_field, self.on_bad_image = caption_field, on_bad_image
@@ -578,15 +573,33 @@ class WebDataModule(L.LightningDataModule):
     def load_splits(self) -> dict[str, list[CaptionRecord]]:
         """Check the shards (and load the eval folder) up front, so a bad path fails before
         training; returns the eval folder's records by split (none for eval shards)."""
+        if not self.shards:
+            raise DataError(
+                "dataset=webdataset needs shard URLs, e.g. "
+                "'dataset.urls=\"/data/cc3m/{00000..00331}.tar\"' (write shards with "
+                "`python -m clip_lightning.prepare ... shards=DIR`)"
+            )
         check_local_shards(self.shards)
+        self.num_samples()
+        return self.load_eval_data()
+
+    def load_eval_data(self) -> dict[str, list[CaptionRecord]]:
+        """Check the eval shards, or load the eval folder's records by split (returned)."""
         for urls in self.eval_urls.values():
             if urls:
                 check_local_shards(expand_sources(urls)[0])
-        self.num_samples()
         return self.eval_data.load_splits() if self.eval_data is not None else {}
 
+    def has_eval_data(self, split: str) -> bool:
+        """Whether ``split`` (val or test) has eval shards or eval-folder images."""
+        return bool(self.eval_urls[split] or self.load_eval_data().get(split))
+
     def setup(self, stage: str | None = None) -> None:
-        self.load_splits()
+        # validating or testing alone (eval) reads the eval data only
+        if stage in (None, "fit"):
+            self.load_splits()
+        else:
+            self.load_eval_data()
 
     def stream_position(self) -> tuple[int, int]:
         """(epoch, batches of it already trained): non-zero only when resuming mid-epoch."""
