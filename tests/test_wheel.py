@@ -1,5 +1,6 @@
-"""The built wheel works on its own: configs ship inside it and the entry points find them from
-any working directory, with the installed copy (not this checkout) doing the work."""
+"""The built wheel works on its own: configs ship inside it and the entry points (console scripts
+and ``python -m``) find them from any working directory, with the installed copy (not this
+checkout) doing the work."""
 
 from __future__ import annotations
 
@@ -63,8 +64,14 @@ def test_the_installed_wheel_trains_from_an_unrelated_directory(installed, tmp_p
     )
     assert Path(where.stdout.strip()).is_relative_to(installed)
 
-    job = run([sys.executable, "-m", "clip_lightning.train", "--cfg", "job"], tmp_path, env)
+    # the console script (pip puts it in <target>/bin) and Hydra's tab completion through it
+    script = str(installed / "bin" / "clip-lightning-train")
+    job = run([script, "--cfg", "job"], tmp_path, env)
     assert "_target_: clip_lightning.module.CLIPModule" in job.stdout
+    completion = run([script, "-sc", "install=bash"], tmp_path, env)
+    assert "complete -o nospace -o default -F hydra_bash_completion clip-lightning-train" in (
+        completion.stdout
+    )
 
     run([sys.executable, "-m", "clip_lightning.train", *TINY_RUN_OVERRIDES], tmp_path, env)
     (metrics_file,) = tmp_path.glob("logs/quickstart/runs/*/metrics.json")

@@ -1,0 +1,75 @@
+"""The command line: one console script per task, and a --help that lists each task's main keys
+(keys that exist, with a line each) above its config groups."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from setuptools.config.pyprojecttoml import read_configuration
+
+from clip_lightning.utils.config import register_resolvers
+from tests.helpers import CONFIG_DIR, REPO_ROOT
+
+TASKS = sorted(path.stem for path in Path(CONFIG_DIR).glob("*.yaml"))
+# "  key=VALUE   description" lines of a --help header
+KEY_LINE = re.compile(r"^  ([\w./]+)=\S*\s+(\S.*)$")
+
+
+def has_key(tree: object, dotted: str) -> bool:
+    for part in dotted.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return False
+        tree = tree[part]
+    return True
+
+
+def test_every_task_has_a_console_script() -> None:
+    scripts = read_configuration(REPO_ROOT / "pyproject.toml")["project"]["scripts"]
+    # a new conf/<task>.yaml with a clip_lightning.cli.<task>.main needs its line in
+    # [project.scripts]: clip-lightning-<task> = "clip_lightning.cli.<task>:main"
+    assert scripts == {
+        f"clip-lightning-{task}": f"clip_lightning.cli.{task}:main" for task in TASKS
+    }
+    for target in scripts.values():
+        module, _, function = target.partition(":")
+        assert callable(getattr(importlib.import_module(module), function)), target
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_help_names_the_task_and_existing_main_keys(task: str) -> None:
+    register_resolvers()
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = compose(task, return_hydra_config=True)
+    help_cfg = cfg.hydra.help
+    assert help_cfg.app_name == f"clip-lightning-{task}"
+    header = OmegaConf.to_container(help_cfg, resolve=False)["header"]
+    assert header.startswith(f"clip-lightning-{task}: ")
+    keys = [match[1] for line in header.splitlines() if (match := KEY_LINE.match(line))]
+    assert len(keys) >= 3, header
+    tree = OmegaConf.to_container(cfg, resolve=False)
+    for key in keys:  # a config group (dataset=NAME, model/head=...) or a key of the config
+        assert Path(CONFIG_DIR, key).is_dir() or has_key(tree, key), f"{task}: {key}"
+
+
+def test_train_help_prints_main_keys_groups_and_completion(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "clip_lightning.train", "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "init_from=FILE                  start a new run from a checkpoint's weights" in (
+        proc.stdout
+    )
+    assert "experiment: coco_openclip_vitb32," in proc.stdout  # the config groups
+    assert 'eval "$(clip-lightning-train -sc install=bash)"' in proc.stdout
+    assert "_target_" not in proc.stdout  # not the raw config
