@@ -79,6 +79,12 @@ def job_name() -> str:
     return f"{hydra.job.num}_{name}" if name else str(hydra.job.num)
 
 
+def register_job_name_resolver() -> None:
+    """``${sweep_job_name:}``, used by ``hydra.sweep.subdir`` (conf/hydra/default.yaml)."""
+    if not OmegaConf.has_resolver("sweep_job_name"):
+        OmegaConf.register_new_resolver("sweep_job_name", job_name)
+
+
 class SweepSummary(Callback):
     """Writes each job's outcome into its folder and the sweep's table into the sweep folder."""
 
@@ -155,9 +161,9 @@ def print_summary(rows: list[dict[str, Any]]) -> None:
     table = Table(title=f"Sweep: {len(rows)} jobs")
     columns = [c for c in _columns(rows, [*SHOWN_FIGURES]) if c not in ("error", "run_dir")]
     for column in columns:
-        table.add_column(
-            "#" if column == "job" else column, justify="right" if "/" in column else "left"
-        )
+        label = {"job": "#"}.get(column, column.replace("/", " ").replace("_r1", " R@1"))
+        # a long override list folds onto more lines instead of being cut
+        table.add_column(label, justify="right" if "/" in column else "left", overflow="fold")
     for row in rows:
         number = row["job"].partition("_")[0]
         table.add_row(number, *(_cell(row[c]) for c in columns[1:]))

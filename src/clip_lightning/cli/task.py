@@ -31,7 +31,7 @@ from omegaconf.errors import InterpolationResolutionError
 
 from clip_lightning.cli.config_schema import check_config
 from clip_lightning.cli.console import quiet_console
-from clip_lightning.cli.sweep import FailedJob
+from clip_lightning.cli.sweep import FailedJob, register_job_name_resolver
 from clip_lightning.cli.wandb_run import finish_wandb
 from clip_lightning.errors import ClipLightningError, find_cause, find_user_error
 from clip_lightning.utils.config import register_resolvers
@@ -56,6 +56,7 @@ def hydra_task(config_name: str) -> Callable[[Callable[[DictConfig], Result]], C
     Hydra (a sweeper optimises it).
     """
     register_resolvers()  # before Hydra composes: configs use ${package_path:...}
+    register_job_name_resolver()
 
     def decorate(task: Callable[[DictConfig], Result]) -> Callable[[], None]:
         @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)

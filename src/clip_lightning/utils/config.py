@@ -12,8 +12,6 @@ import rich.syntax
 import rich.tree
 from omegaconf import DictConfig, OmegaConf
 
-from clip_lightning.cli.sweep import job_name
-
 
 def package_path(spec: str) -> str:
     """``${package_path:pkg/sub/dir}``: a folder shipped inside an installed Python package.
@@ -29,16 +27,13 @@ def package_path(spec: str) -> str:
 
 
 def register_resolvers() -> None:
-    """``${package_path:...}``, ``${pid:}`` (this process's id: with a microsecond time it
-    keeps run directories of jobs started together apart) and ``${sweep_job_name:}`` (a sweep
-    job's folder, :func:`clip_lightning.cli.sweep.job_name`)."""
+    """``${package_path:...}``, and ``${pid:}`` (this process's id: with a microsecond time it
+    keeps run directories of jobs started together apart)."""
     if not OmegaConf.has_resolver("package_path"):
         OmegaConf.register_new_resolver("package_path", package_path)
     if not OmegaConf.has_resolver("pid"):
         # cached in the config like Hydra's ${now:}: a job launched elsewhere keeps the value
         OmegaConf.register_new_resolver("pid", lambda: str(os.getpid()), use_cache=True)
-    if not OmegaConf.has_resolver("sweep_job_name"):
-        OmegaConf.register_new_resolver("sweep_job_name", job_name)
 
 
 PRINT_ORDER = ("dataset", "model", "loss", "optimizer", "scheduler", "trainer", "callbacks")
