@@ -13,17 +13,23 @@ easier negatives. GradCache keeps the full-batch loss with the memory of one chu
 
 The random state is replayed in step 3 so that dropout (or any random augmentation inside the
 towers) draws the same masks as in step 1; otherwise the cached gradients would belong to
-different features. Caveats: the towers run twice (about 1/3 more compute), BatchNorm sees
-per-chunk statistics and updates its running statistics twice, and under DDP the repeated
-backward calls should be wrapped in ``no_sync`` except for the last one to avoid redundant
-all-reduces.
+different features. Caveats: the towers run twice (about 1/3 more compute), and BatchNorm sees
+per-chunk statistics and updates its running statistics twice.
+
+Under DDP the loss gathers the cached features of every rank itself (:mod:`clip_lightning.losses`),
+so step 2 is the loss on the *global* batch, and the feature gradients it returns are those of
+the global loss, exactly as in a plain DDP step on the same batch; the chunked backward then runs
+over this rank's share. DDP must all-reduce the parameter gradients once, after every chunk has
+contributed, and its reducer expects that one backward to reach every trainable parameter: all
+chunk backward passes but the last run under ``no_sync``, and the last one back-propagates the
+loss together with the last image and text chunk.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from typing import TypeVar
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -80,13 +86,16 @@ def grad_cache_backward(
     text_inputs: dict[str, Tensor],
     chunk_size: int,
     backward: Callable[[Tensor], None] = Tensor.backward,
+    no_sync: Callable[[], AbstractContextManager[object]] = nullcontext,
 ) -> Tensor:
     """Accumulate into ``.grad`` the gradient of ``loss_fn`` on the full batch, chunk by chunk.
 
     ``embed_image``/``embed_text`` map a chunk to its (normalised) features; ``text_inputs``
     holds tensors batched along their first dimension (e.g. ``input_ids`` and
-    ``attention_mask``). ``backward`` is called once for the loss and once per chunk and tower;
-    a LightningModule passes ``self.manual_backward`` so precision scaling and strategies apply.
+    ``attention_mask``). ``backward`` is called once per chunk and tower but the last ones, and
+    then once for the loss with the last image and text chunk; a LightningModule passes
+    ``self.manual_backward`` so precision scaling and strategies apply, and under DDP its
+    strategy's ``block_backward_sync`` as ``no_sync`` (see the module docstring).
     Returns the detached full-batch loss.
     """
     if chunk_size < 1:
@@ -101,16 +110,27 @@ def grad_cache_backward(
     text_cache.requires_grad_(True)
     loss = loss_fn(image_cache, text_cache)
     # Unscaled feature gradients: a loss-scaling ``backward`` then scales the tower gradients in
-    # step 3 exactly once, like the loss parameters' gradients here.
+    # step 3 exactly once, like the loss parameters' gradients.
     image_grad, text_grad = torch.autograd.grad(loss, (image_cache, text_cache), retain_graph=True)
-    backward(loss)
 
-    for embed, chunks, snapshots, grads in (
+    # one (embed, chunks, snapshots, feature gradients) per tower; chunks are tensors or dicts
+    towers: list[
+        tuple[Callable[[Any], Tensor], Sequence[Any], list[_RngSnapshot], Sequence[Tensor]]
+    ]
+    towers = [
         (embed_image, image_chunks, image_rng, image_grad.split(chunk_size)),
         (embed_text, text_chunks, text_rng, text_grad.split(chunk_size)),
-    ):
-        for chunk, snapshot, grad in zip(chunks, snapshots, grads, strict=True):
-            with snapshot.replay():
-                features = embed(chunk)
-            backward(torch.dot(features.flatten(), grad.flatten()))
+    ]
+    with no_sync():
+        for embed, chunks, snapshots, grads in towers:
+            for chunk, snapshot, grad in list(zip(chunks, snapshots, grads, strict=True))[:-1]:
+                with snapshot.replay():
+                    features = embed(chunk)
+                backward(torch.dot(features.flatten(), grad.flatten()))
+    last = loss
+    for embed, chunks, snapshots, grads in towers:
+        with snapshots[-1].replay():
+            features = embed(chunks[-1])
+        last = last + torch.dot(features.flatten(), grads[-1].flatten())
+    backward(last)
     return loss.detach()

@@ -7,6 +7,7 @@ the checkpoint alone -- no Hydra, no extra arguments.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.core.optimizer import LightningOptimizer
+from lightning.pytorch.strategies import ParallelStrategy
 from lightning.pytorch.utilities.types import OptimizerConfig, OptimizerLRSchedulerConfig
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
@@ -248,12 +250,9 @@ class CLIPModule(L.LightningModule):
         return max(existing, key=lambda p: p.stat().st_mtime) if existing else None
 
     def _grad_cache_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """One optimizer step over the whole batch, embedded chunk by chunk (GradCache)."""
-        if self.trainer.world_size > 1:
-            raise NotImplementedError(
-                "model.grad_cache_chunk_size is supported on a single device only; under DDP "
-                "the contrastive batch already grows with the number of devices"
-            )
+        """One optimizer step over the whole batch, embedded chunk by chunk (GradCache); under
+        DDP the loss contrasts the global batch and gradients are all-reduced once."""
+        strategy = self.trainer.strategy
         optimizer = self.optimizers()
         assert isinstance(optimizer, LightningOptimizer)  # configure_optimizers returns one
         optimizer.zero_grad()
@@ -265,6 +264,11 @@ class CLIPModule(L.LightningModule):
             {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]},
             chunk_size=self.hparams["grad_cache_chunk_size"],
             backward=self.manual_backward,
+            no_sync=(
+                strategy.block_backward_sync
+                if isinstance(strategy, ParallelStrategy)
+                else contextlib.nullcontext
+            ),
         )
         self._raise_if_not_finite(loss)
         optimizer.step()  # clips in on_before_optimizer_step
