@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
@@ -114,9 +115,14 @@ def test_a_first_save_killed_outright_is_cleaned_by_the_next_resume(tmp_path, ca
     stale = killed / "checkpoints" / f".epoch_000.ckpt.tmp-{socket.gethostname()}-{dead_pid()}"
     stale.parent.mkdir(parents=True)
     stale.touch()
-    cfg = compose_train(
-        [*TINY_TRAIN_OVERRIDES, resume.format(killed=killed)], output_dir=tmp_path / "runs" / "new"
-    )
+    # composed as the CLI does: resuming looks next to Hydra's run directory
+    new = tmp_path / "runs" / "new"
+    cfg = compose_train([*TINY_TRAIN_OVERRIDES, resume.format(killed=killed)], hydra=True)
+    with open_dict(cfg):
+        cfg.hydra.run.dir = str(new)
+        HydraConfig.instance().set_config(cfg)
+        del cfg.hydra
+        cfg.paths.output_dir = cfg.paths.log_dir = str(new)
     with caplog.at_level(logging.WARNING), pytest.raises(SystemExit) as exit_info:
         run_task(train, cfg, "train")
 
