@@ -132,7 +132,7 @@ def test_missing_and_foreign_checkpoints_raise_checkpoint_errors(tmp_path):
         load_model(None)
     not_a_checkpoint = tmp_path / "notes.ckpt"
     not_a_checkpoint.write_text("just some text\n")
-    with pytest.raises(CheckpointError, match="not a clip-lightning CLIPModule checkpoint") as err:
+    with pytest.raises(CheckpointError, match="not a clip-lightning checkpoint") as err:
         load_model(not_a_checkpoint)
     assert "\n" not in str(err.value)
 
@@ -140,7 +140,7 @@ def test_missing_and_foreign_checkpoints_raise_checkpoint_errors(tmp_path):
     trainer.fit(BoringModel())
     foreign = tmp_path / "boring.ckpt"
     trainer.save_checkpoint(foreign)
-    with pytest.raises(CheckpointError, match="not a clip-lightning CLIPModule checkpoint") as err:
+    with pytest.raises(CheckpointError, match="not a clip-lightning checkpoint") as err:
         load_model(foreign)
     assert "\n" not in str(err.value)
 

@@ -12,8 +12,10 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from clip_lightning.checkpoints import read_training_checkpoint
 from clip_lightning.cli.train import train
 from clip_lightning.errors import CheckpointError
+from clip_lightning.module import CLIPModule
 from clip_lightning.utils.resume import check_resume, tensor_mismatches
 from tests.helpers import TINY_TRAIN_OVERRIDES, compose_train
 
@@ -111,8 +113,9 @@ def test_changed_model_optimizer_or_schedule_is_refused_naming_it(
     first_run: Path, overrides: list[str], named: str
 ) -> None:
     cfg = compose_train([*RUN, *overrides])
+    path = first_run / "checkpoints" / "last.ckpt"
     with pytest.raises(CheckpointError) as caught:
-        check_resume(first_run / "checkpoints" / "last.ckpt", cfg, instantiate(cfg.model))
+        check_resume(path, read_training_checkpoint(path, CLIPModule), cfg, instantiate(cfg.model))
     message = str(caught.value)
     assert named in message and "\n" not in message
     assert "start a new run" in message
@@ -143,16 +146,14 @@ def test_truncated_checkpoint_is_one_line(first_run: Path, tmp_path: Path) -> No
     whole = (first_run / "checkpoints" / "last.ckpt").read_bytes()
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes(whole[: len(whole) // 2])
-    cfg = compose_train(RUN)
     with pytest.raises(CheckpointError, match="truncated or not a clip-lightning checkpoint"):
-        check_resume(truncated, cfg, instantiate(cfg.model))
+        read_training_checkpoint(truncated, CLIPModule)
 
 
 def test_weights_only_checkpoint_cannot_be_resumed(first_run: Path, tmp_path: Path) -> None:
     full = torch.load(first_run / "checkpoints" / "last.ckpt", map_location="cpu")
     weights_only = tmp_path / "weights.ckpt"
     torch.save({k: full[k] for k in ("state_dict", "hyper_parameters")}, weights_only)
-    cfg = compose_train(RUN)
     with pytest.raises(CheckpointError, match="has no optimizer_states, loops") as caught:
-        check_resume(weights_only, cfg, instantiate(cfg.model))
+        read_training_checkpoint(weights_only, CLIPModule)
     assert "\n" not in str(caught.value)

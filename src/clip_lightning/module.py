@@ -2,7 +2,8 @@
 
 The module is built from plain config mappings (each with a ``_target_``) rather than from
 ready-made objects, so ``CLIPModule.load_from_checkpoint(path)`` rebuilds the whole model from
-the checkpoint alone -- no Hydra, no extra arguments.
+the checkpoint alone -- no Hydra, no extra arguments -- through the same registry and checks as
+a config (:mod:`clip_lightning.models.targets`, :mod:`clip_lightning.checkpoints`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import lightning as L
 import torch
@@ -19,30 +20,25 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.strategies import ParallelStrategy
 from lightning.pytorch.utilities.types import OptimizerConfig, OptimizerLRSchedulerConfig
-from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from clip_lightning import embedding
+from clip_lightning.checkpoints import model_arguments, read_checkpoint
 from clip_lightning.errors import (
     CheckpointError,
-    ClipLightningError,
     ConfigError,
     NonFiniteLossError,
 )
 from clip_lightning.gradcache import grad_cache_backward
 from clip_lightning.metrics import RetrievalRecall
 from clip_lightning.models.freezing import count_parameters
-from clip_lightning.models.targets import build, check_targets
+from clip_lightning.models.targets import Config, PartialConfig, build, check_arguments, plain
 from clip_lightning.optim import param_groups
 
-Config = Mapping[str, Any]
 
-
-def _plain(config: Config | None) -> dict[str, Any] | None:
-    """Resolve a DictConfig into plain containers so checkpoints do not pickle OmegaConf."""
-    if isinstance(config, DictConfig):
-        return cast(dict[str, Any], OmegaConf.to_container(config, resolve=True))
-    return None if config is None else dict(config)
+def _plain(config: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Plain containers (a DictConfig resolved) so checkpoints do not pickle OmegaConf."""
+    return None if config is None else dict(plain(config))
 
 
 class CLIPModule(L.LightningModule):
@@ -67,8 +63,9 @@ class CLIPModule(L.LightningModule):
             storing them: less memory for more compute. Each tower implements
             ``set_grad_checkpointing(enable)`` (timm's and HF's own switches underneath).
 
-    Every ``_target_`` in these configs must be allowed by :mod:`clip_lightning.models.targets`,
-    so loading a checkpoint never runs code that the checkpoint names.
+    Every ``_target_`` in these configs must be registered in :mod:`~.models.targets`, and
+    every argument has the type the constructor declares, so loading a checkpoint never runs
+    code that the checkpoint names.
     """
 
     def __init__(
@@ -77,8 +74,8 @@ class CLIPModule(L.LightningModule):
         text_encoder: Config,
         head: Config,
         loss: Config,
-        optimizer: Config,
-        scheduler: Config | None = None,
+        optimizer: PartialConfig,
+        scheduler: PartialConfig | None = None,
         embed_dim: int = 256,
         tower_lr: Mapping[str, float] | None = None,
         compile: bool = False,
@@ -95,9 +92,8 @@ class CLIPModule(L.LightningModule):
             "optimizer": _plain(optimizer),
             "scheduler": _plain(scheduler),
         }
-        # Before anything is built: a checkpoint's configs must not name arbitrary callables.
-        for name, part in parts.items():
-            check_targets(part, f"model.{name}")
+        # Before anything is built: only registered classes, with arguments of their types.
+        check_arguments(CLIPModule, parts, "model")
         # Not logged: the train entry point logs the whole run config once.
         self.save_hyperparameters(
             {
@@ -326,7 +322,7 @@ class CLIPModule(L.LightningModule):
 
     # ---------------------------------------------------------------- optimizer
     def configure_optimizers(self) -> OptimizerConfig | OptimizerLRSchedulerConfig:
-        factory = build(self.hparams["optimizer"], "model.optimizer")
+        factory = build(self.hparams["optimizer"], "model.optimizer", partial=True)
         keywords = getattr(factory, "keywords", {})
         groups = param_groups(
             towers={"image_encoder": self.image_encoder, "text_encoder": self.text_encoder},
@@ -338,7 +334,7 @@ class CLIPModule(L.LightningModule):
         optimizer = factory(groups)
         if self.hparams["scheduler"] is None:
             return {"optimizer": optimizer}
-        scheduler = build(self.hparams["scheduler"], "model.scheduler")(
+        scheduler = build(self.hparams["scheduler"], "model.scheduler", partial=True)(
             optimizer=optimizer, num_training_steps=int(self.trainer.estimated_stepping_batches)
         )
         return {
@@ -348,23 +344,26 @@ class CLIPModule(L.LightningModule):
 
     # --------------------------------------------------------------- checkpoints
     @classmethod
-    def load_from_checkpoint(  # type: ignore[override]  # same call; weights_only defaults True
-        cls, checkpoint_path: str | Path, *args: Any, **kwargs: Any
+    def load_from_checkpoint(  # type: ignore[override]  # a subset of Lightning's call
+        cls,
+        checkpoint_path: str | Path,
+        map_location: torch.device | str | None = None,
+        **overrides: Any,
     ) -> CLIPModule:
-        """Lightning's loader, unpickling tensors and plain data only (``weights_only=True``, so
-        reading the file runs no code either), with one-line errors for unusable files."""
-        kwargs.setdefault("weights_only", True)
-        try:
-            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
-        except ClipLightningError:
-            raise
-        except Exception as exc:  # unpickling errors come in many types
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"
-            raise CheckpointError(
-                f"{str(checkpoint_path)!r} is not a clip-lightning CLIPModule checkpoint, or "
-                f"it is truncated ({type(exc).__name__}: {detail}); pass a .ckpt written by "
-                "`clip_lightning.train`"
-            ) from exc
+        """Rebuild a model from its checkpoint alone, as data.
+
+        The file is read by :func:`~clip_lightning.checkpoints.read_checkpoint` (tensors and
+        plain data only; an interpolation is refused, never resolved) and its settings are
+        checked by :func:`~clip_lightning.checkpoints.model_arguments` before anything is
+        built. ``overrides`` replace saved settings (``embed_dim=64``); ``map_location`` moves
+        the model (it is read onto the CPU). Unusable files raise a one-line
+        :class:`CheckpointError`.
+        """
+        state = read_checkpoint(checkpoint_path)
+        model = cls(**{**model_arguments(state, checkpoint_path, cls), **overrides})
+        model.on_load_checkpoint(state)
+        model.load_state_dict(state["state_dict"])
+        return model if map_location is None else model.to(map_location)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Rebuild anywhere without downloading or the original model folders: each tower says

@@ -1,5 +1,6 @@
 """Lightning plugins: checkpoint writing that never leaves a half-written ``last.ckpt`` behind,
-and the hard link that lets ``last.ckpt`` and the best checkpoint share one file."""
+the hard link that lets ``last.ckpt`` and the best checkpoint share one file, and reading through
+the project's one checkpoint reader."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from clip_lightning.checkpoints import read_checkpoint
 from clip_lightning.errors import find_cause
 
 # the temporary file of a save: .<name>.tmp-<host>-<pid>, next to the checkpoint
@@ -28,7 +30,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     a shared cluster disk) the final move is a copy, and a kill during it leaves a truncated
     file under the real name. A same-folder temporary plus ``os.replace`` is atomic on POSIX.
     Remote URLs (``s3://``, ...) keep Lightning's behaviour.
+
+    Local checkpoints are read (resuming, ``trainer.test(ckpt_path=...)``) by
+    :func:`~clip_lightning.checkpoints.read_checkpoint`: as data, onto the CPU (Lightning moves
+    the restored states to the device).
     """
+
+    def load_checkpoint(
+        self, path: str | Path, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        if "://" in str(path):
+            return super().load_checkpoint(path, map_location, weights_only=True)
+        return read_checkpoint(path)
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None

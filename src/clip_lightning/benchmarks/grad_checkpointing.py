@@ -21,7 +21,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from clip_lightning.benchmarks.common import (
@@ -35,6 +34,7 @@ from clip_lightning.benchmarks.common import (
     to_device,
     trainer_device,
 )
+from clip_lightning.models.targets import build
 from clip_lightning.module import CLIPModule
 
 VARIANTS = ("plain", "checkpointed")
@@ -51,7 +51,7 @@ def _model(cfg: DictConfig, grad_checkpointing: bool, seed: int) -> CLIPModule:
         },
     )
     L.seed_everything(seed, verbose=False)  # both variants get the same weights
-    return instantiate(model_cfg)
+    return build(model_cfg, "model")
 
 
 def _saved_activation_bytes(model: CLIPModule, batch: Batch, autocast: Callable[[], Any]) -> int:

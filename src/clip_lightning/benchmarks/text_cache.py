@@ -13,7 +13,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from clip_lightning.benchmarks.common import (
@@ -28,6 +27,7 @@ from clip_lightning.benchmarks.common import (
 )
 from clip_lightning.data.formats.synthetic import load_synthetic
 from clip_lightning.data.records import CaptionRecord
+from clip_lightning.models.targets import build
 from clip_lightning.module import CLIPModule
 
 
@@ -50,7 +50,7 @@ def _model(cfg: DictConfig, cache: bool, seed: int) -> CLIPModule:
         {"text_encoder": {"freeze": True, "cache": "memory" if cache else None}},
     )
     L.seed_everything(seed, verbose=False)  # both variants get the same weights
-    return instantiate(model_cfg)
+    return build(model_cfg, "model")
 
 
 def run(

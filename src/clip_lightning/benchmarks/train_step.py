@@ -29,6 +29,7 @@ from clip_lightning.benchmarks.common import (
     trainer_device,
 )
 from clip_lightning.data.formats.synthetic import load_synthetic
+from clip_lightning.models.targets import build
 from clip_lightning.module import CLIPModule
 from clip_lightning.utils.instantiate import instantiate_list
 
@@ -113,7 +114,7 @@ def run(
     if warmup_steps < 1 or steps < 1:
         raise ValueError("train_step needs warmup_steps and steps >= 1")
     L.seed_everything(seed, verbose=False)
-    model: CLIPModule = instantiate(cfg.model)
+    model: CLIPModule = build(cfg.model, "model")
     size = image_size or int(model.image_encoder.data_config["input_size"][-1])
     device = trainer_device(cfg)
     batch = caption_batch(model, batch_size, size, seed, text_length)

@@ -12,67 +12,32 @@ The schema is made of dataclasses whose field types say what a key accepts: ``ty
 not a default (the YAML files in ``conf/`` hold those): it is the example the error message
 suggests. Only the keys the schema names are checked; every group stays open, so any timm or
 HF keyword, optimizer argument or Lightning Trainer flag passes untouched. Unknown keys and
-missing groups remain Hydra's to report.
+missing groups remain Hydra's to report. Types are matched and worded by
+:mod:`clip_lightning.utils.typecheck`, which also checks the arguments of model configs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import re
-import types
 import typing
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from clip_lightning.errors import ConfigError
+from clip_lightning.utils.typecheck import (
+    Doc,
+    Pattern,
+    Range,
+    allows_none,
+    describe,
+    is_union,
+    matches,
+    text,
+)
 
 __all__ = ["TASK_SCHEMAS", "Doc", "Pattern", "Range", "check_config"]
-
-
-# ------------------------------------------------------------------------------- constraints
-@dataclass(frozen=True)
-class Range:
-    """Bounds of a number: ``ge``/``gt`` below, ``le``/``lt`` above (None: unbounded)."""
-
-    ge: float | None = None
-    gt: float | None = None
-    le: float | None = None
-    lt: float | None = None
-
-    def __contains__(self, value: float) -> bool:
-        return (
-            (self.ge is None or value >= self.ge)
-            and (self.gt is None or value > self.gt)
-            and (self.le is None or value <= self.le)
-            and (self.lt is None or value < self.lt)
-        )
-
-    def __str__(self) -> str:
-        low = f"[{_text(self.ge)}" if self.ge is not None else f"({_text(self.gt)}"
-        high = f"{_text(self.le)}]" if self.le is not None else f"{_text(self.lt)})"
-        if (self.ge, self.gt) == (None, None):
-            return f"<= {_text(self.le)}" if self.le is not None else f"< {_text(self.lt)}"
-        if (self.le, self.lt) == (None, None):
-            return f">= {_text(self.ge)}" if self.ge is not None else f"> {_text(self.gt)}"
-        return f"in {low}, {high}"
-
-
-@dataclass(frozen=True)
-class Pattern:
-    """A string that must match ``regex`` in full."""
-
-    regex: str
-
-
-@dataclass(frozen=True)
-class Doc:
-    """What the user reads for a type whose generated description would be unwieldy."""
-
-    text: str
 
 
 PositiveInt = Annotated[int, Range(ge=1)]
@@ -450,13 +415,13 @@ def _check_section(cfg: DictConfig, schema: type, prefix: str) -> None:
             continue
         plain = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
         if section is not None:
-            valid = plain is None and _allows_none(expected)
+            valid = plain is None and allows_none(expected)
         else:
-            valid = _matches(plain, expected)
+            valid = matches(plain, expected)
         if not valid:
             raise ConfigError(
-                f"{key}={_show(plain)} must be {_describe(expected)}; "
-                f"e.g. {key}={_text(_example(spec))}"
+                f"{key}={_show(plain)} must be {describe(expected)}; "
+                f"e.g. {key}={text(_example(spec))}"
             )
 
 
@@ -469,103 +434,11 @@ def _example(spec: dataclasses.Field) -> Any:
 
 def _section_schema(expected: Any) -> type | None:
     """The dataclass behind ``Section`` or ``Section | None``, else None."""
-    options = typing.get_args(expected) if _is_union(expected) else (expected,)
+    options = typing.get_args(expected) if is_union(expected) else (expected,)
     sections = [t for t in options if isinstance(t, type) and dataclasses.is_dataclass(t)]
     return sections[0] if sections else None
 
 
-def _is_union(expected: Any) -> bool:
-    return typing.get_origin(expected) in (Union, types.UnionType)
-
-
-def _allows_none(expected: Any) -> bool:
-    return expected is type(None) or (
-        _is_union(expected) and type(None) in typing.get_args(expected)
-    )
-
-
-def _matches(value: Any, expected: Any) -> bool:
-    """Whether ``value`` (plain Python, as Hydra parsed it) is of the schema type ``expected``."""
-    origin = typing.get_origin(expected)
-    if origin is Annotated:
-        base, *constraints = typing.get_args(expected)
-        return _matches(value, base) and all(_satisfies(value, c) for c in constraints)
-    if _is_union(expected):
-        return any(_matches(value, option) for option in typing.get_args(expected))
-    if origin is Literal:
-        # 16 and True compare equal: a literal matches only a value of its own type
-        return any(type(value) is type(v) and value == v for v in typing.get_args(expected))
-    if origin in (list, tuple):
-        if not isinstance(value, list | tuple):
-            return False
-        items = typing.get_args(expected)
-        if origin is list:
-            return all(_matches(v, items[0]) for v in value)
-        return len(value) == len(items) and all(map(_matches, value, items))
-    if expected is type(None):
-        return value is None
-    if expected is float:  # an integer is a fine float; a bool, a NaN or an inf is not
-        return (
-            isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-        )
-    if expected is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, expected)
-
-
-def _satisfies(value: Any, constraint: Any) -> bool:
-    if isinstance(constraint, Range):
-        return value in constraint
-    if isinstance(constraint, Pattern):
-        return re.fullmatch(constraint.regex, value) is not None
-    return True
-
-
-def _describe(expected: Any) -> str:
-    """What the schema type ``expected`` accepts, in words, e.g. ``a float > 0 or null``."""
-    origin = typing.get_origin(expected)
-    if origin is Annotated:
-        base, *constraints = typing.get_args(expected)
-        for constraint in constraints:
-            if isinstance(constraint, Doc):
-                return constraint.text
-        ranges = " ".join(str(c) for c in constraints if isinstance(c, Range))
-        return f"{_describe(base)} {ranges}".strip()
-    if _is_union(expected):
-        return _join([_describe(option) for option in typing.get_args(expected)])
-    if origin is Literal:
-        choices = dict.fromkeys(_text(v) for v in typing.get_args(expected))  # 16 and "16"
-        return "one of " + ", ".join(choices)
-    if dataclasses.is_dataclass(expected):
-        return "a group of settings"
-    if origin is list:
-        return f"a list of values, each {_describe(typing.get_args(expected)[0])}"
-    if origin is tuple:
-        items = typing.get_args(expected)
-        return f"a list of {len(items)} values, each {_describe(items[0])}"
-    names = {float: "a float", int: "an integer", bool: "true or false", str: "a string"}
-    return names.get(expected, "null" if expected is type(None) else expected.__name__)
-
-
-def _join(parts: list[str]) -> str:
-    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " or " + parts[-1]
-
-
 def _show(value: Any) -> str:
     """A bad value as the user typed it: strings quoted, so ``'abc'`` and ``abc`` read apart."""
-    return repr(value) if isinstance(value, str) else _text(value)
-
-
-def _text(value: Any) -> str:
-    """A value in Hydra's override syntax: ``1e-04``, ``true``, ``null``, ``[0.9,0.98]``."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, list | tuple):
-        return "[" + ",".join(_text(v) for v in value) + "]"
-    if isinstance(value, Mapping):
-        return "{" + ",".join(f"{k}:{_text(v)}" for k, v in value.items()) + "}"
-    return str(value)
+    return repr(value) if isinstance(value, str) else text(value)

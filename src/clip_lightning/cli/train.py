@@ -17,10 +17,13 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from clip_lightning.checkpoints import read_training_checkpoint
 from clip_lightning.cli.loading import build_datamodule, load_weights
 from clip_lightning.cli.task import hydra_task
 from clip_lightning.cli.wandb_run import continue_wandb_run, remember_wandb_run
 from clip_lightning.errors import ConfigError
+from clip_lightning.models.targets import build
+from clip_lightning.module import CLIPModule
 from clip_lightning.plugins import remove_stale_temporaries
 from clip_lightning.protocols import PROTOCOLS, use_protocol
 from clip_lightning.utils.config import print_config_tree
@@ -50,19 +53,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
             "init_from starts a new run from a checkpoint's weights, ckpt_path/resume_dir "
             "continue one: pass only one of them"
         )
-    model = instantiate(cfg.model)
-    if cfg.get("init_from"):
-        load_weights(model, cfg.init_from)
-    datamodule = build_datamodule(cfg.dataset, model)
-    datamodule.load_splits()  # a missing dataset fails here, before the trainer starts
-    protocols = {
-        stage: use_protocol(model, datamodule, stage, name)
-        for stage, name in (cfg.get("protocol") or {}).items()
-    }
-    callbacks = instantiate_list(cfg.get("callbacks"))
     runs_dir = (
         Path(HydraConfig.get().run.dir).parent if HydraConfig.initialized() else run_dir.parent
     )
+    callbacks = instantiate_list(cfg.get("callbacks"))
     # a kill -9 mid-save leaves a temporary up to a checkpoint in size, also when it was the
     # run's first save (no last.ckpt): clean this run's folders and every one a resume reads
     remove_stale_saves(
@@ -78,10 +72,22 @@ def train(cfg: DictConfig) -> dict[str, float]:
         run_dir=run_dir,
         prefer=same_model_and_data(cfg),
     )
+    # read and checked as data before anything is built
+    resumed = read_training_checkpoint(ckpt_path, CLIPModule) if ckpt_path is not None else {}
+    wandb_id = read_wandb_id(checkpoint_run_dir(ckpt_path)) if ckpt_path is not None else None
+    model = build(cfg.model, "model")  # the registry builder a checkpoint goes through too
+    if cfg.get("init_from"):
+        load_weights(model, cfg.init_from)
+    datamodule = build_datamodule(cfg.dataset, model)
+    datamodule.load_splits()  # a missing dataset fails here, before the trainer starts
+    protocols = {
+        stage: use_protocol(model, datamodule, stage, name)
+        for stage, name in (cfg.get("protocol") or {}).items()
+    }
     if ckpt_path is not None:
-        check_resume(ckpt_path, cfg, model)  # one line for a checkpoint of another run
+        check_resume(ckpt_path, resumed, cfg, model)  # one line for a checkpoint of another run
         callbacks.append(ResumeLearningRates())  # new LRs apply, the LR never rises again
-        continue_wandb_run(cfg.get("logger"), read_wandb_id(checkpoint_run_dir(ckpt_path)))
+        continue_wandb_run(cfg.get("logger"), wandb_id)
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         callbacks=callbacks,

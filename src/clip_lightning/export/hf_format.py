@@ -14,6 +14,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from clip_lightning.export.faithful import Encoders, ExportError
+from clip_lightning.models.carried_files import loading_options
 from clip_lightning.models.hf_clip import HFImageTower, HFTextTower
 from clip_lightning.module import CLIPModule
 
@@ -52,9 +53,10 @@ def write_hf(model: CLIPModule, out: Path) -> list[str]:
 
 
 def load_hf(out: Path, max_length: int) -> Encoders:
-    """The exported folder loaded back through transformers, as (image, text) encoders."""
-    loaded = AutoModel.from_pretrained(out).eval()
-    tokenizer = AutoTokenizer.from_pretrained(out)
+    """The exported folder loaded back through transformers, as (image, text) encoders: as
+    data from that folder only (no code shipped with a model, nothing downloaded)."""
+    loaded = AutoModel.from_pretrained(out, **loading_options(local=True)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out, **loading_options(local=True))
     siglip = loaded.config.model_type == "siglip"
 
     def encode_text(texts: list[str]) -> torch.Tensor:

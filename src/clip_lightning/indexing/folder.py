@@ -161,7 +161,7 @@ def build_folder_index(
     root, files = image_folder(images_dir)
     cache = Path(cache_dir).expanduser() / digest(model_fingerprint, str(root))[:16]
     fingerprint = folder_fingerprint(root, files)
-    cached = _read_cache(cache, fingerprint)
+    cached = _read_cache(cache, fingerprint, set(files))
     if cached is not None:
         readable, skipped, embeddings = cached
         apply_folder_policy(root, skipped, len(files), on_bad_image)
@@ -179,10 +179,11 @@ def build_folder_index(
 
 
 def _read_cache(
-    cache: Path, fingerprint: str
+    cache: Path, fingerprint: str, listed: set[str]
 ) -> tuple[list[str], list[tuple[str, str]], np.ndarray] | None:
-    """The cached files, skipped files and embeddings if they belong to ``fingerprint`` and are
-    well-formed; None otherwise (the folder is embedded again)."""
+    """The cached files, skipped files and embeddings if they belong to ``fingerprint``, are
+    well-formed and name only files ``listed`` in the folder (a manifest is data: it never
+    points a search at a path of its own); None otherwise (the folder is embedded again)."""
     try:
         manifest: Any = json.loads((cache / MANIFEST).read_text())
         if not isinstance(manifest, dict) or manifest.get("fingerprint") != fingerprint:
@@ -191,6 +192,8 @@ def _read_cache(
         if not (isinstance(files, list) and all(isinstance(f, str) for f in files)):
             return None
         if not (isinstance(skipped, list) and all(_is_pair(s) for s in skipped)):
+            return None
+        if not {*files, *(name for name, _ in skipped)} <= listed:
             return None
         embeddings = np.load(cache / EMBEDDINGS, allow_pickle=False)
     except (OSError, ValueError):  # none yet, unreadable or damaged

@@ -10,10 +10,8 @@ model's own tokenizer.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,7 +30,14 @@ from transformers import (
 from clip_lightning.data.records import to_rgb
 from clip_lightning.data.transforms import build_eval_transform
 from clip_lightning.errors import ModelLoadError
+from clip_lightning.models.carried_files import (
+    CarriedFiles,
+    collect,
+    loading_options,
+    written_out,
+)
 from clip_lightning.models.pretrained_pair import (
+    ModuleArguments,
     PairTower,
     PixelNormalizer,
     PretrainedParts,
@@ -50,10 +55,13 @@ SUPPORTED = (CLIPModel, SiglipModel)
 INTERPOLATION = {0: "nearest", 2: "bilinear", 3: "bicubic"}
 
 
-def hf_clip_module(name_or_path: str, pretrained: bool = True, **module: Any) -> CLIPModule:
+def hf_clip_module(
+    name_or_path: str, pretrained: bool = True, **module: ModuleArguments
+) -> CLIPModule:
     """``model=hf_clip``: both towers from the hub model or local folder ``name_or_path``."""
     shared = {"name_or_path": name_or_path, "pretrained": pretrained}
-    return pretrained_pair_module(shared, embed_dim(_load_config(name_or_path)), **module)
+    config = _load_config(name_or_path, local=False)
+    return pretrained_pair_module(shared, embed_dim(config), **module)
 
 
 def embed_dim(config: PretrainedConfig) -> int:
@@ -64,9 +72,9 @@ def embed_dim(config: PretrainedConfig) -> int:
     return int(config.projection_dim)
 
 
-def _load_config(name_or_path: str) -> PretrainedConfig:
+def _load_config(name_or_path: str, local: bool) -> PretrainedConfig:
     try:
-        config = AutoConfig.from_pretrained(name_or_path)
+        config = AutoConfig.from_pretrained(name_or_path, **loading_options(local))
     except (OSError, ValueError) as exc:
         raise _load_error(name_or_path, exc) from exc
     if config.model_type not in ("clip", "siglip"):
@@ -86,10 +94,13 @@ def _load_error(name_or_path: str, exc: BaseException) -> ModelLoadError:
     )
 
 
-def _build(source: str, pretrained: bool) -> PretrainedParts:
-    config = _load_config(source)
+def _build(source: str, pretrained: bool, local: bool) -> PretrainedParts:
+    config = _load_config(source, local)
     try:
-        model = AutoModel.from_pretrained(source) if pretrained else AutoModel.from_config(config)
+        if pretrained:
+            model = AutoModel.from_pretrained(source, **loading_options(local))
+        else:
+            model = AutoModel.from_config(config, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise _load_error(source, exc) from exc
     if isinstance(model, CLIPModel):
@@ -107,38 +118,30 @@ def _build(source: str, pretrained: bool) -> PretrainedParts:
 
 
 def _take(
-    name_or_path: str, source: str, pretrained: bool, part: str
+    name_or_path: str, source: str, pretrained: bool, part: str, local: bool
 ) -> tuple[Any, PretrainedParts]:
-    return take_tower(("hf", name_or_path, pretrained), part, lambda: _build(source, pretrained))
+    return take_tower(
+        ("hf", name_or_path, pretrained), part, lambda: _build(source, pretrained, local)
+    )
 
 
-def _load_preprocessor(loader: Any, name_or_path: str, source: str) -> Any:
+def _load_preprocessor(loader: Any, name_or_path: str, source: str, local: bool) -> Any:
     """``loader.from_pretrained(source)`` (a tokenizer or image processor class), failures
     reported in one line naming ``name_or_path``."""
     try:
-        return loader.from_pretrained(source)
+        return loader.from_pretrained(source, **loading_options(local))
     except (OSError, ValueError) as exc:
         raise _load_error(name_or_path, exc) from exc
 
 
 @contextmanager
-def _source(name_or_path: str, saved_files: dict[str, bytes] | None) -> Iterator[str]:
-    """Where to load from: ``name_or_path``, or the files a checkpoint inlined, written out."""
+def _source(name_or_path: str, saved_files: CarriedFiles | None, key: str) -> Iterator[str]:
+    """Where to load from: ``name_or_path``, or the files a checkpoint carries, written out."""
     if saved_files is None:
         yield name_or_path
         return
-    with tempfile.TemporaryDirectory(prefix="clip-lightning-hf-") as folder:
-        for name, content in saved_files.items():
-            (Path(folder) / name).write_bytes(content)
+    with written_out(saved_files, key) as folder:
         yield folder
-
-
-def _saved_files(*parts: Any) -> dict[str, bytes]:
-    """The ``save_pretrained`` files of config, tokenizer or image processor, by name."""
-    with tempfile.TemporaryDirectory(prefix="clip-lightning-hf-") as folder:
-        for part in parts:
-            part.save_pretrained(folder)
-        return {path.name: path.read_bytes() for path in sorted(Path(folder).iterdir())}
 
 
 class _Half(nn.Module):
@@ -190,13 +193,14 @@ class HFImageTower(PairTower):
         pretrained: bool = True,
         freeze: bool = False,
         unfreeze_last_blocks: int = 0,
-        saved_files: dict[str, bytes] | None = None,
+        saved_files: CarriedFiles | None = None,
     ):
         super().__init__()
         self.model: _Half
-        with _source(name_or_path, saved_files) as source:
-            self.model, built = _take(name_or_path, source, pretrained, "image")
-            self.processor = _load_preprocessor(AutoImageProcessor, name_or_path, source)
+        local = saved_files is not None
+        with _source(name_or_path, saved_files, "model.image_encoder.saved_files") as source:
+            self.model, built = _take(name_or_path, source, pretrained, "image", local)
+            self.processor = _load_preprocessor(AutoImageProcessor, name_or_path, source, local)
         self.pair_config: PretrainedConfig = built.config
         self.adopt(built, pretrained)
         self.data_config = _timm_data_config(self.processor)
@@ -212,7 +216,7 @@ class HFImageTower(PairTower):
     def checkpoint_config(self) -> dict[str, Any]:
         """Config keys a checkpoint overrides so it rebuilds offline without ``name_or_path``:
         random init (the weights are in the state dict) from the inlined config files."""
-        files = _saved_files(self.pair_config, self.processor)
+        files = collect(self.pair_config, self.processor)
         return {"pretrained": False, "saved_files": files}
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -275,14 +279,15 @@ class HFTextTower(PairTower, CachedTextTower):
         freeze: bool = False,
         unfreeze_last_layers: int = 0,
         cache: str | None = None,
-        saved_files: dict[str, bytes] | None = None,
+        saved_files: CarriedFiles | None = None,
     ):
         super().__init__()
         check_cache_option(cache, freeze, unfreeze_last_layers)
         self.model: _Half
-        with _source(name_or_path, saved_files) as source:
-            self.model, built = _take(name_or_path, source, pretrained, "text")
-            self.tokenizer = _load_preprocessor(AutoTokenizer, name_or_path, source)
+        local = saved_files is not None
+        with _source(name_or_path, saved_files, "model.text_encoder.saved_files") as source:
+            self.model, built = _take(name_or_path, source, pretrained, "text", local)
+            self.tokenizer = _load_preprocessor(AutoTokenizer, name_or_path, source, local)
         self.pair_config: PretrainedConfig = built.config
         self.adopt(built, pretrained)
         config = self.model.backbone.config
@@ -297,7 +302,7 @@ class HFTextTower(PairTower, CachedTextTower):
 
     def checkpoint_config(self) -> dict[str, Any]:
         """Config keys a checkpoint overrides so it rebuilds offline without ``name_or_path``."""
-        files = _saved_files(self.pair_config, self.tokenizer)
+        files = collect(self.pair_config, self.tokenizer)
         return {"pretrained": False, "saved_files": files}
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Annotated, Any, cast
 
 import timm
 import torch
@@ -16,6 +17,18 @@ from clip_lightning.data.records import to_rgb
 from clip_lightning.data.transforms import build_eval_transform
 from clip_lightning.errors import ModelLoadError
 from clip_lightning.models.freezing import set_frozen_eval
+from clip_lightning.models.targets import ExcludedKeys
+
+#: An ImageEncoder's ``**model_kwargs``: the architecture's arguments, not timm.create_model's
+#: own options (where weights come from, caching, scripting), which the tower sets itself.
+TimmModelArgument = Annotated[
+    Any,
+    ExcludedKeys(
+        frozenset(inspect.signature(timm.create_model).parameters) - {"kwargs"},
+        "is an option of how timm loads weights, which the tower sets itself from "
+        "model.image_encoder.pretrained and weights_file",
+    ),
+]
 
 
 class ImageEncoder(nn.Module):
@@ -32,7 +45,8 @@ class ImageEncoder(nn.Module):
         data_config: the preprocessing (input size, mean/std, crop) to use instead of timm's
             defaults for ``name``; checkpoints store it (see :meth:`checkpoint_config`) so an
             image is transformed the same way on every machine and timm version.
-        model_kwargs: forwarded to ``timm.create_model`` (e.g. ``drop_path_rate``).
+        model_kwargs: forwarded to ``timm.create_model`` (e.g. ``drop_path_rate``): the
+            architecture's arguments, not ``create_model``'s own loading options.
     """
 
     pixel_mean: torch.Tensor
@@ -48,7 +62,7 @@ class ImageEncoder(nn.Module):
         unfreeze_last_blocks: int = 0,
         channels_last: bool = False,
         data_config: dict[str, Any] | None = None,
-        **model_kwargs: Any,
+        **model_kwargs: TimmModelArgument,
     ):
         super().__init__()
         overlay = {"file": weights_file} if weights_file else None

@@ -10,12 +10,12 @@ Preprocessing and tokenization are open_clip's own, translated into the data pip
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any, cast
+import inspect
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
 
 import open_clip
 import torch
-from omegaconf import DictConfig, OmegaConf
 from open_clip.transform import PreprocessCfg
 from PIL import Image
 from torch import nn
@@ -24,6 +24,7 @@ from clip_lightning.data.records import to_rgb
 from clip_lightning.data.transforms import build_eval_transform
 from clip_lightning.errors import ModelLoadError
 from clip_lightning.models.pretrained_pair import (
+    ModuleArguments,
     PairTower,
     PixelNormalizer,
     PretrainedParts,
@@ -32,17 +33,43 @@ from clip_lightning.models.pretrained_pair import (
     take_tower,
     text_feature_cache,
 )
+from clip_lightning.models.targets import ExcludedKeys, plain
 from clip_lightning.models.text_cache import CachedTextTower, check_cache_option
 from clip_lightning.module import CLIPModule
 
+#: The towers' ``model_kwargs`` for ``open_clip.create_model``: its ``force_*`` options and the
+#: model class's arguments, not its options that load files, download, or that the towers set.
+ModelKwargs = Annotated[
+    dict[str, Any],
+    ExcludedKeys(
+        frozenset(inspect.signature(open_clip.create_model).parameters)
+        - {
+            "model_kwargs",
+            "force_quick_gelu",
+            "force_patch_dropout",
+            "force_image_size",
+            "force_preprocess_cfg",
+            "force_context_length",
+            "precision",
+        },
+        "is an option of how open_clip loads weights, which the towers set themselves from "
+        "model.pretrained",
+    ),
+]
+
 
 def open_clip_module(
-    arch: str, pretrained: str | None, model_kwargs: Mapping[str, Any] | None = None, **module: Any
+    arch: str,
+    pretrained: str | None,
+    model_kwargs: ModelKwargs | None = None,
+    **module: ModuleArguments,
 ) -> CLIPModule:
     """``model=open_clip``: both towers from the open_clip model ``arch`` / ``pretrained``."""
-    if isinstance(model_kwargs, DictConfig):
-        model_kwargs = cast(dict[str, Any], OmegaConf.to_container(model_kwargs, resolve=True))
-    shared = {"arch": arch, "pretrained": pretrained, "model_kwargs": dict(model_kwargs or {})}
+    shared = {
+        "arch": arch,
+        "pretrained": pretrained,
+        "model_kwargs": dict(plain(model_kwargs) or {}),
+    }
     return pretrained_pair_module(shared, _model_config(arch)["embed_dim"], **module)
 
 
@@ -57,7 +84,7 @@ def _model_config(arch: str) -> dict[str, Any]:
 
 
 def _take(
-    arch: str, pretrained: str | None, part: str, model_kwargs: dict[str, Any]
+    arch: str, pretrained: str | Literal[False] | None, part: str, model_kwargs: dict[str, Any]
 ) -> tuple[Any, PretrainedParts]:
     """open_clip's ``visual`` or ``text`` module (untyped: open_clip ships no annotations)."""
     return take_tower(
@@ -67,7 +94,9 @@ def _take(
     )
 
 
-def _build(arch: str, pretrained: str | None, model_kwargs: dict[str, Any]) -> PretrainedParts:
+def _build(
+    arch: str, pretrained: str | Literal[False] | None, model_kwargs: dict[str, Any]
+) -> PretrainedParts:
     config = _model_config(arch)
     try:
         model = open_clip.create_model(
@@ -99,8 +128,9 @@ class OpenCLIPImageTower(PairTower):
 
     Args:
         arch: an open_clip model name (``ViT-B-32``, ``RN50``, ``ViT-B-16-SigLIP``, ...).
-        pretrained: an open_clip pretrained tag (online) or a local weights file; ``None``
-            builds random weights (what a checkpoint reload does, the state dict follows).
+        pretrained: an open_clip pretrained tag (online) or a local weights file; ``None`` (or
+            ``false``, what a checkpoint stores) builds random weights: a checkpoint reload
+            does, the state dict follows.
         freeze: lock the tower (LiT) ...
         unfreeze_last_blocks: ... except its last N layer groups (open_clip's ``lock``).
         model_kwargs: forwarded to ``open_clip.create_model`` (``force_image_size``, ...).
@@ -109,10 +139,10 @@ class OpenCLIPImageTower(PairTower):
     def __init__(
         self,
         arch: str = "ViT-B-32",
-        pretrained: str | None = None,
+        pretrained: str | Literal[False] | None = None,
         freeze: bool = False,
         unfreeze_last_blocks: int = 0,
-        model_kwargs: dict[str, Any] | None = None,
+        model_kwargs: ModelKwargs | None = None,
     ):
         super().__init__()
         self.model, built = _take(arch, pretrained, "visual", dict(model_kwargs or {}))
@@ -207,12 +237,12 @@ class OpenCLIPTextTower(PairTower, CachedTextTower):
     def __init__(
         self,
         arch: str = "ViT-B-32",
-        pretrained: str | None = None,
+        pretrained: str | Literal[False] | None = None,
         max_length: int | None = None,
         freeze: bool = False,
         unfreeze_last_layers: int = 0,
         cache: str | None = None,
-        model_kwargs: dict[str, Any] | None = None,
+        model_kwargs: ModelKwargs | None = None,
     ):
         super().__init__()
         check_cache_option(cache, freeze, unfreeze_last_layers)

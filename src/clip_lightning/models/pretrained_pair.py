@@ -6,15 +6,18 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar, overload
+from typing import Annotated, Any, TypeVar, overload
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from clip_lightning.models.freezing import set_frozen_eval
+from clip_lightning.models.targets import ArgumentsOf, plain
 from clip_lightning.models.text_cache import TextFeatureCache, hash_module_weights, hash_tokenizer
 from clip_lightning.module import CLIPModule
+
+#: A pair factory's ``**module``: the :class:`CLIPModule` arguments it forwards.
+ModuleArguments = Annotated[Any, ArgumentsOf(CLIPModule)]
 
 
 def pretrained_pair_module(shared: dict[str, Any], embed_dim: int, **module: Any) -> CLIPModule:
@@ -25,10 +28,7 @@ def pretrained_pair_module(shared: dict[str, Any], embed_dim: int, **module: Any
     ``embed_dim`` is the pretrained model's joint width (the heads are identities).
     """
     for tower in ("image_encoder", "text_encoder"):
-        config = module[tower]
-        if isinstance(config, DictConfig):
-            config = OmegaConf.to_container(config, resolve=True)
-        module[tower] = {**config, **shared}
+        module[tower] = {**plain(module[tower]), **shared}
     return CLIPModule(embed_dim=embed_dim, **module)
 
 

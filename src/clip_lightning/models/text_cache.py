@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from clip_lightning.errors import ModelLoadError
+from clip_lightning.utils.torch_io import read_torch_file
 
 Encode = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -131,11 +132,25 @@ class TextFeatureCache:
         self._unsaved += len(missing)
 
     def load(self) -> bool:
-        """Read :attr:`path` if it exists and was written for the same fingerprint."""
+        """Read :attr:`path` if it exists and was written for the same fingerprint.
+
+        The file is read as data (:func:`~clip_lightning.utils.torch_io.read_torch_file`); one
+        that is not a cache this class wrote is a one-line :class:`ModelLoadError`.
+        """
         if self.path is None or not self.path.is_file():
             return False
-        payload = torch.load(self.path, map_location="cpu", weights_only=True)
-        if payload.get("fingerprint") != self.fingerprint:
+        try:
+            payload = read_torch_file(self.path)
+            usable = _is_cache_payload(payload)
+        except Exception:  # a pickled object, a truncated or foreign file: many types
+            usable = False
+        if not usable:
+            raise ModelLoadError(
+                f"text feature cache {str(self.path)!r} is not a cache clip-lightning wrote "
+                "(unreadable, or not token keys with one feature row each); delete it and it "
+                "is rebuilt"
+            )
+        if payload["fingerprint"] != self.fingerprint:
             return False
         self.features = dict(zip(payload["keys"], payload["features"], strict=True))
         self._unsaved = 0
@@ -164,6 +179,22 @@ class TextFeatureCache:
             tmp.unlink(missing_ok=True)
         self._unsaved = 0
         return True
+
+
+def _is_cache_payload(payload: Any) -> bool:
+    """What :meth:`TextFeatureCache.save` writes: a fingerprint, token-id keys and one float
+    feature row per key."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("fingerprint"), dict):
+        return False
+    keys, features = payload.get("keys"), payload.get("features")
+    return (
+        isinstance(keys, list)
+        and all(isinstance(key, bytes) for key in keys)
+        and isinstance(features, torch.Tensor)
+        and features.is_floating_point()
+        and features.dim() == 2
+        and features.shape[0] == len(keys)
+    )
 
 
 def check_cache_option(cache: str | None, freeze: bool, unfreeze_last_layers: int) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,12 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 
 from clip_lightning.errors import ModelLoadError
+from clip_lightning.models.carried_files import (
+    CarriedFiles,
+    collect,
+    loading_options,
+    written_out,
+)
 from clip_lightning.models.text_cache import (
     CachedTextTower,
     TextFeatureCache,
@@ -44,7 +49,8 @@ class TextEncoder(CachedTextTower):
             e.g. the real DistilBERT-base architecture for throughput benchmarks.
         saved_files: the ``save_pretrained`` files (config and tokenizer) by name; checkpoints
             carry them so the tower rebuilds without ``name_or_path`` (see
-            :meth:`checkpoint_config`). When given, ``name_or_path`` is only a label.
+            :meth:`checkpoint_config` and :mod:`~clip_lightning.models.carried_files`). When
+            given, ``name_or_path`` is only a label.
 
     A pooler the model class may add (BERT family) is dropped: the tower pools
     ``last_hidden_state`` itself, and parameters that get no gradient break DDP.
@@ -61,7 +67,7 @@ class TextEncoder(CachedTextTower):
         config_overrides: dict[str, Any] | None = None,
         cache: str | None = None,
         architecture: str | None = None,
-        saved_files: dict[str, bytes] | None = None,
+        saved_files: CarriedFiles | None = None,
     ):
         super().__init__()
         check_cache_option(cache, freeze, unfreeze_last_layers)
@@ -75,13 +81,11 @@ class TextEncoder(CachedTextTower):
                 f"model.text_encoder.pooling must be 'cls' or 'mean', got {pooling!r}"
             )
         if saved_files is not None:
-            with tempfile.TemporaryDirectory(prefix="clip-lightning-text-") as folder:
-                for name, content in saved_files.items():
-                    (Path(folder) / name).write_bytes(content)
-                self._load(folder, pretrained=False, architecture=None, overrides=None)
+            with written_out(saved_files, "model.text_encoder.saved_files") as folder:
+                self._load(folder, pretrained=False, architecture=None, overrides=None, local=True)
         else:
             _check_local_folder(name_or_path)
-            self._load(name_or_path, pretrained, architecture, config_overrides)
+            self._load(name_or_path, pretrained, architecture, config_overrides, local=False)
         self.num_features: int = self.model.config.hidden_size
         self.pooling = pooling
         self.max_length = max_length
@@ -114,18 +118,21 @@ class TextEncoder(CachedTextTower):
         pretrained: bool,
         architecture: str | None,
         overrides: dict[str, Any] | None,
+        local: bool,
     ) -> None:
-        """Tokenizer from ``source``; the model from it or from ``architecture``'s defaults."""
+        """Tokenizer from ``source``; the model from it or from ``architecture``'s defaults
+        (see :func:`~.carried_files.loading_options` for ``local``)."""
+        options = loading_options(local)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(source)
+            self.tokenizer = AutoTokenizer.from_pretrained(source, **options)
             if architecture is not None:
                 config = AutoConfig.for_model(architecture, **(overrides or {}))
             else:
-                config = AutoConfig.from_pretrained(source, **(overrides or {}))
+                config = AutoConfig.from_pretrained(source, **options, **(overrides or {}))
             if pretrained:
-                self.model = AutoModel.from_pretrained(source, config=config)
+                self.model = AutoModel.from_pretrained(source, config=config, **options)
             else:
-                self.model = AutoModel.from_config(config)
+                self.model = AutoModel.from_config(config, trust_remote_code=False)
         except (OSError, ValueError) as exc:
             raise ModelLoadError(
                 f"could not load text encoder {source!r} "
@@ -148,10 +155,7 @@ class TextEncoder(CachedTextTower):
     def checkpoint_config(self) -> dict[str, Any]:
         """Config keys a checkpoint overrides so it rebuilds anywhere, offline, without
         downloading: random init (the weights are in the state dict) from inlined files."""
-        with tempfile.TemporaryDirectory(prefix="clip-lightning-text-") as folder:
-            self.model.config.save_pretrained(folder)
-            self.tokenizer.save_pretrained(folder)
-            files = {path.name: path.read_bytes() for path in sorted(Path(folder).iterdir())}
+        files = collect(self.model.config, self.tokenizer)
         return {"pretrained": False, "architecture": None, "saved_files": files}
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:

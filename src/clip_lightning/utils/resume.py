@@ -13,6 +13,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import math
+import re
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, cast
@@ -125,10 +126,31 @@ def checkpoint_run_dir(ckpt: Path) -> Path:
     return ckpt.resolve().parents[1]
 
 
+# what W&B generates (8 lowercase characters) and what it accepts as a chosen id
+_WANDB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
 def read_wandb_id(run_dir: Path) -> str | None:
-    """The W&B run id an earlier run stored, so a resume continues the same W&B run."""
+    """The W&B run id an earlier run stored, so a resume continues the same W&B run.
+
+    The file is data from a run directory: a link, a large file or anything but an id is
+    refused in one line, and its content is never shown.
+    """
     path = run_dir / WANDB_ID_FILE
-    return path.read_text().strip() if path.is_file() else None
+    if not path.is_symlink() and not path.exists():
+        return None
+    problem = "is a link" if path.is_symlink() else None
+    if problem is None and (not path.is_file() or path.stat().st_size > 128):
+        problem = "is not a small file"
+    run_id = path.read_text(errors="replace").strip() if problem is None else ""
+    if problem is None and not _WANDB_ID.fullmatch(run_id):
+        problem = "does not hold a W&B run id"
+    if problem is not None:
+        raise CheckpointError(
+            f"{str(path)!r} {problem}; it should hold the id of the W&B run to continue: "
+            "delete it to log the resumed run as a new W&B run"
+        )
+    return run_id
 
 
 def write_wandb_id(run_dir: Path, run_id: str) -> None:
@@ -156,48 +178,19 @@ RESUME_MAY_CHANGE = (
     "model.grad_cache_chunk_size",
     "model.clip_grad_norm",
 )
-# what a checkpoint needs to continue training, not only to rebuild the model
-TRAINING_STATE = ("state_dict", "hyper_parameters", "optimizer_states", "loops")
 TOP_LEVEL_GROUPS = ("loss", "optimizer", "scheduler")
 
 
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """The checkpoint's contents, tensors memory-mapped; nothing in it is instantiated.
-
-    A truncated, foreign or unsafe file is a one-line :class:`CheckpointError`.
-    """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # truncated zip, not a torch file, a pickled class: many types
-        detail = (str(exc).strip().splitlines() or ["no detail"])[0]
-        raise CheckpointError(
-            f"cannot read checkpoint {str(path)!r} ({type(exc).__name__}: {detail}); it is "
-            "truncated or not a clip-lightning checkpoint: pass a last.ckpt written by "
-            "clip_lightning.train"
-        ) from exc
-    if not isinstance(state, dict):
-        raise CheckpointError(
-            f"{str(path)!r} holds a {type(state).__name__}, not a Lightning checkpoint; pass a "
-            "last.ckpt written by clip_lightning.train"
-        )
-    return state
-
-
-def check_resume(ckpt_path: Path, cfg: DictConfig, model: torch.nn.Module) -> None:
-    """Refuse, in one line, to resume ``ckpt_path`` into a run it does not belong to.
+def check_resume(
+    ckpt_path: Path, state: Mapping[str, Any], cfg: DictConfig, model: torch.nn.Module
+) -> None:
+    """Refuse, in one line, to resume ``ckpt_path`` into a run it does not belong to (``state``:
+    what :func:`~clip_lightning.checkpoints.read_training_checkpoint` read from it).
 
     Compares the checkpoint's saved hyperparameters with ``cfg`` (every difference outside
     :data:`RESUME_MAY_CHANGE` is listed), then its tensors with ``model``'s. Runs before
     ``trainer.fit``, so a mismatch never ends in a state-dict traceback.
     """
-    state = read_checkpoint(ckpt_path)
-    missing = [key for key in TRAINING_STATE if key not in state]
-    if missing:
-        raise CheckpointError(
-            f"{str(ckpt_path)!r} has no {', '.join(missing)}, so training cannot continue from "
-            "it; resume from a full checkpoint such as checkpoints/last.ckpt (eval and search "
-            "take any checkpoint)"
-        )
     differences = config_differences(state["hyper_parameters"], cfg)
     if differences:
         raise CheckpointError(
