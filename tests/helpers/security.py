@@ -183,7 +183,10 @@ def write_case(name: str, good: dict[str, Any], targets: Targets, path: Path) ->
     if name == "plain_pickle":  # not a torch file at all: the exploit as a bare pickle
         path.write_bytes(pickle.dumps(Payload(targets.canary / "pickled")))
         return path
-    state = copy.deepcopy(good)
+    # tensors shared with ``good``; the optimizer moments are left out to keep the corpus
+    # small (every case is refused before they are read)
+    state = {**good, "hyper_parameters": copy.deepcopy(good["hyper_parameters"])}
+    state["optimizer_states"] = []
     if name == "pickled_object":
         state["callbacks"] = {"payload": Payload(targets.canary / "pickled")}
     else:

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from omegaconf import DictConfig, open_dict
 
+from clip_lightning.cli.embed import embed
 from clip_lightning.cli.eval import evaluate
 from clip_lightning.cli.export import export
 from clip_lightning.cli.loading import load_model
@@ -42,8 +43,10 @@ ENTRY_POINTS: dict[str, tuple[str, Callable[[DictConfig], Any], str]] = {
     "eval": ("eval", evaluate, "ckpt_path"),
     "search": ("search", search, "ckpt_path"),
     "export": ("export", export, "ckpt_path"),
+    "embed": ("embed", embed, "ckpt_path"),
     "train ckpt_path=": ("train", train, "ckpt_path"),
     "train resume_dir=": ("train", train, "resume_dir"),
+    "train init_from=": ("train", train, "init_from"),
 }
 
 
@@ -56,6 +59,7 @@ def configs(tmp_path_factory) -> dict[str, DictConfig]:
         "eval": ["dataset=synthetic"],
         "search": [f"images={root / 'images'}", "query=a dog"],
         "export": [f"out={root / 'exported'}"],
+        "embed": [f"images={root / 'images'}"],
         "train": SECURITY_OVERRIDES,
     }
     return {

@@ -43,15 +43,20 @@ def load_model(ckpt_path: str | Path | None, device: torch.device | str = "cpu")
     return model.to(device).eval()
 
 
-def load_weights(model: CLIPModule, ckpt_path: str | Path) -> None:
-    """Copy the weights of the checkpoint ``ckpt_path`` into ``model`` (``init_from=``): only
-    the weights, so optimizer, schedule and step count start afresh.
-
-    The checkpoint is read by :func:`load_model`; weights that do not fit ``model`` are one
-    :class:`CheckpointError` naming the first setting that differs.
-    """
+def load_init_model(ckpt_path: str | Path) -> CLIPModule:
+    """The model of ``init_from=``, read by :func:`load_model` (before the run builds its own,
+    so a bad file fails first)."""
     require_checkpoint_file(Path(ckpt_path).expanduser(), key="init_from")
-    source = load_model(ckpt_path)
+    return load_model(ckpt_path)
+
+
+def load_weights(model: CLIPModule, source: CLIPModule, ckpt_path: str | Path) -> None:
+    """Copy the weights of ``source`` (:func:`load_init_model` of ``ckpt_path``) into ``model``
+    (``init_from=``): only the weights, so optimizer, schedule and step count start afresh.
+
+    Weights that do not fit ``model`` are one :class:`CheckpointError` naming the first
+    setting that differs.
+    """
     problem = describe_mismatch(
         weight_shaping_settings(source.hparams),
         weight_shaping_settings(model.hparams),

@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from clip_lightning.checkpoints import read_training_checkpoint
-from clip_lightning.cli.loading import build_datamodule, load_weights
+from clip_lightning.cli.loading import build_datamodule, load_init_model, load_weights
 from clip_lightning.cli.task import hydra_task
 from clip_lightning.cli.wandb_run import continue_wandb_run, remember_wandb_run
 from clip_lightning.errors import ConfigError
@@ -75,9 +75,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # read and checked as data before anything is built
     resumed = read_training_checkpoint(ckpt_path, CLIPModule) if ckpt_path is not None else {}
     wandb_id = read_wandb_id(checkpoint_run_dir(ckpt_path)) if ckpt_path is not None else None
+    source = load_init_model(cfg.init_from) if cfg.get("init_from") else None
     model = build(cfg.model, "model")  # the registry builder a checkpoint goes through too
-    if cfg.get("init_from"):
-        load_weights(model, cfg.init_from)
+    if source is not None:
+        load_weights(model, source, cfg.init_from)
+        del source
     datamodule = build_datamodule(cfg.dataset, model)
     datamodule.load_splits()  # a missing dataset fails here, before the trainer starts
     protocols = {
