@@ -99,7 +99,7 @@ def test_mlp_head_is_refused_in_one_line(tmp_path):
     with pytest.raises(ExportError, match="the image head is a MLPHead, which open_clip") as err:
         export_model(model, tmp_path / "out", "open_clip")
     assert "\n" not in str(err.value)
-    with pytest.raises(ExportError, match="use format=open_clip"):
+    with pytest.raises(ExportError, match="format=open_clip takes model=open_clip models and"):
         export_model(model, tmp_path / "out", "hf")
 
 

@@ -26,7 +26,8 @@ def write_hf(model: CLIPModule, out: Path) -> list[str]:
         raise ExportError(
             f"format=hf writes transformers CLIPModel/SiglipModel folders, which only "
             f"model=hf_clip models are; this one has {type(image).__name__} + "
-            f"{type(text).__name__} towers: use format=open_clip"
+            f"{type(text).__name__} towers: format=open_clip takes model=open_clip models and "
+            "timm + HF text towers with model/head=linear"
         )
     target = AutoModel.from_config(image.pair_config)
     names = ("vision_model", "visual_projection", "text_model", "text_projection")
