@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import DictConfig
 
 from tests.helpers import TINY_TRAIN_OVERRIDES, compose_train
@@ -15,6 +16,11 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One compute thread per process (the subprocess runs inherit it): `make test` runs two xdist
+# workers on two cores, and a second thread per worker only makes the workers' threads wait on
+# each other (a tiny run took twice the CPU time with two threads).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture
