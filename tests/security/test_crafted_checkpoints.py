@@ -49,6 +49,9 @@ ENTRY_POINTS: dict[str, tuple[str, Callable[[DictConfig], Any], str]] = {
     "train init_from=": ("train", train, "init_from"),
 }
 
+# one worker builds the corpus (session fixtures) and runs every case against it
+pytestmark = pytest.mark.xdist_group("security_corpus")
+
 
 @pytest.fixture(scope="module")
 def configs(tmp_path_factory) -> dict[str, DictConfig]:
@@ -119,6 +122,7 @@ def test_the_corpus_is_made_from_a_checkpoint_that_loads(good_checkpoint: Path) 
     assert "tokenizer.json" in reloaded.hparams["text_encoder"]["saved_files"]
 
 
+@pytest.mark.slow
 def test_the_full_chain_is_one_line_from_the_command_line(
     corpus: dict[str, Path], targets: Targets, tmp_path: Path
 ) -> None:
