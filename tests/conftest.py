@@ -9,7 +9,7 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-from tests.helpers import TINY_TRAIN_OVERRIDES, compose_train
+from tests.helpers import TINY_TRAIN_OVERRIDES, compose_train, save_tiny_checkpoint
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -32,6 +32,4 @@ def tiny_cfg(tmp_path) -> DictConfig:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A checkpoint of the tiny quickstart model after one step, shared by the whole session."""
-    from tests.test_zeroshot import save_tiny_checkpoint
-
     return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny_checkpoint"))

@@ -23,12 +23,12 @@ from clip_lightning.indexing.folder import build_folder_index
 from clip_lightning.module import CLIPModule
 from clip_lightning.utils.config import register_resolvers
 from tests.helpers import CONFIG_DIR
-from tests.test_zeroshot import save_tiny_checkpoint
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
+@pytest.fixture
+def checkpoint(tiny_checkpoint: Path) -> Path:
+    """The session's tiny checkpoint."""
+    return tiny_checkpoint
 
 
 def make_images(folder: Path, count: int = 7) -> Path:

@@ -36,20 +36,10 @@ from tests.helpers.data import COLOURS, make_folder
 TEMPLATES = ["a photo of a {}.", "{} square"]
 
 
-def save_tiny_checkpoint(tmp_path: Path) -> Path:
-    """A checkpoint of the tiny quickstart model after one optimizer step."""
-    cfg = compose_train(TINY_TRAIN_OVERRIDES, output_dir=tmp_path)
-    model = instantiate(cfg.model)
-    trainer = quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0)
-    trainer.fit(model, datamodule=build_datamodule(cfg.dataset, model))
-    path = tmp_path / "tiny.ckpt"
-    trainer.save_checkpoint(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
+@pytest.fixture
+def checkpoint(tiny_checkpoint: Path) -> Path:
+    """The session's tiny checkpoint."""
+    return tiny_checkpoint
 
 
 def test_accuracy_equals_brute_force(checkpoint, tmp_path):

@@ -105,6 +105,22 @@ def compose_export(overrides: list[str], output_dir: str | os.PathLike) -> DictC
     return compose_task("export", overrides, output_dir)
 
 
+def save_tiny_checkpoint(tmp_path: Path) -> Path:
+    """A checkpoint of the tiny quickstart model after one optimizer step; tests take the
+    session's copy through the ``tiny_checkpoint`` fixture instead of training their own."""
+    from hydra.utils import instantiate
+
+    from clip_lightning.cli.loading import build_datamodule
+
+    cfg = compose_train(TINY_TRAIN_OVERRIDES, output_dir=tmp_path)
+    model = instantiate(cfg.model)
+    trainer = quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0)
+    trainer.fit(model, datamodule=build_datamodule(cfg.dataset, model))
+    path = tmp_path / "tiny.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
 def quiet_trainer(root: str | os.PathLike, **overrides) -> L.Trainer:
     """A CPU Trainer with no logger, checkpoints, progress bar or summary unless overridden."""
     options = {

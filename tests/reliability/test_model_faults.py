@@ -14,14 +14,10 @@ from tests.helpers import TINY_TRAIN_OVERRIDES, compose_train, quiet_trainer, ru
 from tests.test_model import build
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("trained")
-    model, datamodule = build(compose_train(TINY_TRAIN_OVERRIDES, output_dir=root))
-    trainer = quiet_trainer(root, max_steps=1, limit_val_batches=0)
-    trainer.fit(model, datamodule=datamodule)
-    trainer.save_checkpoint(root / "model.ckpt")
-    return root / "model.ckpt"
+@pytest.fixture
+def checkpoint(tiny_checkpoint: Path) -> Path:
+    """The session's tiny checkpoint."""
+    return tiny_checkpoint
 
 
 def _load_error(path: Path, **overrides) -> str:

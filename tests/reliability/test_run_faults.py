@@ -39,7 +39,6 @@ from tests.helpers import (
     run_train,
     train_env,
 )
-from tests.test_zeroshot import save_tiny_checkpoint
 
 # 160 images / 8 per step: 20 steps an epoch, long enough for a SIGTERM to land mid-epoch
 LONG_EPOCHS = [
@@ -264,11 +263,6 @@ def test_search_k_below_1_is_one_line_and_exit_1(tmp_path, caplog, k):
     assert exit_info.value.code == 1
     (message,) = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert message.startswith(f"k={k} must be") and "\n" not in message
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
 
 
 def test_search_skips_a_file_that_is_not_an_image_and_names_it(tiny_checkpoint, tmp_path):
