@@ -21,6 +21,8 @@ from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.strategies import ParallelStrategy
 from lightning.pytorch.utilities.types import OptimizerConfig, OptimizerLRSchedulerConfig
 from PIL import Image
+from torch.distributed._composable import replicate
+from torch.distributed.fsdp import fully_shard
 
 from clip_lightning import embedding
 from clip_lightning.checkpoints import model_arguments, read_checkpoint
@@ -186,6 +188,27 @@ class CLIPModule(L.LightningModule):
         if "input_ids" in batch:
             embeddings["text"] = self.embed_texts(batch["input_ids"], batch["attention_mask"])
         return embeddings
+
+    # ------------------------------------------------------------------ sharding
+    def configure_model(self) -> None:
+        """``trainer=fsdp`` (:class:`~clip_lightning.strategies.FullyShardedStrategy`): shard
+        the parameters, gradients and optimizer state of each tower and head with FSDP2's
+        ``fully_shard`` over the data-parallel ranks. Other strategies have no device mesh and
+        leave the model as it is."""
+        mesh = self.device_mesh
+        if mesh is None:
+            return
+        if self.hparams["grad_cache_chunk_size"] is not None:
+            raise ConfigError(
+                "model.grad_cache_chunk_size is not supported with trainer=fsdp (its chunked "
+                "backward passes need DDP's no_sync); use trainer=ddp, or unset it"
+            )
+        parts = [self.image_encoder, self.text_encoder, self.image_head, self.text_head]
+        for part in parts:
+            fully_shard(part, mesh=mesh["data_parallel"])
+        # fully_shard takes no scalar parameter (the loss's logit_scale): the loss is replicated
+        # as under DDP, its gradients averaged over all ranks
+        replicate(self, ignored_modules=parts)
 
     # ------------------------------------------------------------------ training
     def on_fit_start(self) -> None:

@@ -84,3 +84,6 @@ def quiet_console() -> None:
         message=r"The number of training batches \(\d+\) is smaller than the logging interval",
         category=PossibleUserWarning,
     )
+    # FSDP2 (trainer=fsdp) warns on every tower returning a view, in case a caller modifies it
+    # in place; CLIPModule never does
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(.*\) returned a view tensor")
