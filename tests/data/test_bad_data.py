@@ -50,11 +50,11 @@ def test_unrecognised_root_lists_its_contents(tmp_path):
 def test_wrong_column_lists_the_available_columns(tmp_path):
     root = BUILDERS["hf_disk"](tmp_path / "hf")
     with pytest.raises(DataError) as info:
-        load_records("hf", root, columns={"image": "image", "captions": "sentences"})
+        load_records("hf", root, columns={"image": "image", "caption": "sentences"})
     text = message(info)
-    assert "'sentences' (dataset.columns.captions)" in text
+    assert "no column 'sentences' (dataset.columns.caption)" in text
     assert "['image', 'caption', 'split', 'img_id', 'filename']" in text
-    assert "dataset.columns.captions=<one of them>" in text
+    assert "set dataset.columns.caption=<one of the columns>" in text
 
 
 def corrupt(root, name: str, data: bytes = b"not an image at all") -> None:
@@ -154,7 +154,7 @@ def test_coco_hub_paths_without_an_image_folder_say_where_images_go(tmp_path, mo
     datamodule = CaptionDataModule(
         name="coco",
         hub_id="yerevann/coco-karpathy",
-        columns={"image": "file", "captions": "captions"},
+        columns={"image": "file", "caption": "captions"},
     )
     with pytest.raises(DataError) as info:
         datamodule.load_splits()

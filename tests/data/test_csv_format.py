@@ -64,7 +64,7 @@ def test_split_files_custom_columns_separator_and_parquet(tmp_path: Path) -> Non
 def test_wrong_column_and_non_utf8_file_are_one_line_errors(tmp_path: Path) -> None:
     (tmp_path / "data.csv").write_text("path,text\na.jpg,a dog\n")
     with pytest.raises(
-        DataError, match=r"column 'filepath' .* available columns: \['path', 'text'\]"
+        DataError, match=r"\(columns \['path', 'text'\]\): no column 'filepath' \(dataset.columns"
     ):
         load_records("csv", tmp_path, columns={"image": "filepath", "caption": "text"})
     (tmp_path / "data.csv").write_bytes("path,text\na.jpg,caf\xe9\n".encode("latin-1"))

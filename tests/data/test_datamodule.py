@@ -133,7 +133,7 @@ def test_hf_images_load_in_worker_processes(tmp_path, tokenizer):
     dm = datamodule(
         BUILDERS["hf_disk"](tmp_path / "hf"),
         tokenizer,
-        columns={"image": "image", "captions": "caption", "split": "split", "image_id": "img_id"},
+        columns={"image": "image", "caption": "caption", "split": "split", "image_id": "img_id"},
         batch_size=4,
         num_workers=2,
         persistent_workers=True,

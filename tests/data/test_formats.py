@@ -23,9 +23,9 @@ EXPECTED_FORMAT = {
 }
 HF_OPTIONS = {
     "hf_disk": {
-        "columns": {"image": "image", "captions": "caption", "split": "split", "image_id": "img_id"}
+        "columns": {"image": "image", "caption": "caption", "split": "split", "image_id": "img_id"}
     },
-    "parquet": {"columns": {"image": "file", "captions": "captions"}},
+    "parquet": {"columns": {"image": "file", "caption": "captions"}},
 }
 
 

@@ -213,7 +213,7 @@ def build_parquet(root: Path, total: int = 14) -> Path:
 
 PARQUET_COLUMNS = [
     "dataset.columns.image=file",
-    "dataset.columns.captions=captions",
+    "dataset.columns.caption=captions",
     "dataset.columns.split=null",
     "dataset.columns.image_id=null",
 ]

@@ -128,7 +128,7 @@ def test_hf_rows_with_a_corrupt_body_are_found_at_start_up(tmp_path):
     table.save_to_disk(str(tmp_path / "hf"))
     dm = flickr(
         tmp_path / "hf",
-        columns={"image": "image", "captions": "caption", "split": None, "image_id": None},
+        columns={"image": "image", "caption": "caption", "split": None, "image_id": None},
         split_sizes={"val": 2, "test": 2},
         on_bad_image="skip",
     )

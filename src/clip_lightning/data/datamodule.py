@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader, Dataset
 
 from clip_lightning.data.cache import CachedImages, ImageCache, fingerprint
@@ -51,9 +53,13 @@ class CaptionDataModule(L.LightningDataModule):
         format: ``auto`` (detected from ``root``; the hub when ``root`` is null) or one of
             ``clip_lightning.data.formats.FORMATS``.
         root: a local dataset folder. hub_id / hub_kwargs: the hub dataset used without a root
-            (``hub_kwargs`` go to ``datasets.load_dataset``). columns: HF column names.
+            (``hub_kwargs`` go to ``datasets.load_dataset``).
+        columns: the table columns of the csv and hf formats (null: found by common names).
         image_dir: the folder image paths are relative to (default: found under ``root``).
         split_sizes: val/test sizes (counts, or fractions) for images without a split.
+        eval_only: the folder only serves val and test (``dataset.eval_root`` of a streaming
+            run): no train split is needed, and split-less images go half to val, half to test.
+        root_key: the setting ``root`` came from, for messages (``dataset.eval_root``).
         on_bad_image: ``error`` or ``skip`` for missing/unreadable images and bad or missing
             captions, at start-up and for images that go bad during the run.
         cache: null, a folder, or ``auto`` (= ``cache_auto_dir``) for the decoded-image cache.
@@ -88,6 +94,8 @@ class CaptionDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         persistent_workers: bool = False,
         prefetch_factor: int | None = None,
+        eval_only: bool = False,
+        root_key: str = "dataset.root",
     ):
         super().__init__()
         _check_loader_numbers(
@@ -100,15 +108,15 @@ class CaptionDataModule(L.LightningDataModule):
         self.root = Path(root).expanduser() if root is not None else None
         self.hub_id = hub_id
         self.format = format
+        self.root_key = root_key
         self.adapter_options = dict(adapter_options or {})
         if format != "synthetic":
             self.adapter_options["image_dir"] = image_dir
-        self.hf_options = {
-            "hub_id": hub_id,
-            "columns": dict(columns or {}),
-            "hub_kwargs": dict(hub_kwargs or {}),
-        }
-        self.split_sizes = dict(split_sizes or {"val": 1000, "test": 1000})
+        self.columns = dict(columns or {})
+        self.hub_options = {"hub_id": hub_id, "hub_kwargs": dict(hub_kwargs or {})}
+        self.eval_only = eval_only
+        default_sizes = {"val": 0.5, "test": 0.5} if eval_only else {"val": 1000, "test": 1000}
+        self.split_sizes = dict(split_sizes or default_sizes)
         self.split_seed = split_seed
         self.train_pairs = train_pairs
         check_policy(on_bad_image)
@@ -121,15 +129,23 @@ class CaptionDataModule(L.LightningDataModule):
         self.loader_options = loader_options(
             num_workers, pin_memory, persistent_workers, prefetch_factor
         )
-        self.image_config = image_config
-        self.train_transform, self.eval_transform, self.collate = model_side(
-            image_config, tokenizer, max_length, augment, on_bad_image
-        )
+        self.augment = augment
+        self.use_model(image_config, tokenizer, max_length)
         self.image_cache: ImageCache | None = None
         self.records: list[CaptionRecord] | None = None
         self.splits: dict[str, list[CaptionRecord]] | None = None
         # "<image>: <reason>" of images that went bad during the run (on_bad_image=skip)
         self.skipped_during_run: list[str] = []
+
+    def use_model(
+        self, image_config: Mapping[str, Any] | None, tokenizer: Any, max_length: int = 77
+    ) -> None:
+        """Take the model's data-side facts (transforms, tokenizer), e.g. once the model is
+        built after the data was loaded and checked."""
+        self.image_config = image_config
+        self.train_transform, self.eval_transform, self.collate = model_side(
+            image_config, tokenizer, max_length, self.augment, self.on_bad_image
+        )
 
     def _cache_folder(self, cache: str | None, auto_dir: str | None) -> Path | None:
         if cache in (None, "", "none", "null"):
@@ -148,17 +164,22 @@ class CaptionDataModule(L.LightningDataModule):
     def load_records(self) -> list[CaptionRecord]:
         """All records from the format adapter, each with a split; nothing checked or dropped."""
         if self.records is None:
-            fmt = resolve_format(self.format, self.root, self.name, self.hub_id)
+            fmt = resolve_format(self.format, self.root, self.name, self.hub_id, self.root_key)
             options = dict(self.adapter_options)
+            if fmt in ("csv", "hf"):
+                options["columns"] = self.columns
             if fmt == "hf":
-                options.update(self.hf_options)
+                options.update(self.hub_options)
             records = load_records(fmt, self.root, **options)
             if not records:
                 raise DataError(f"{self.name}: the {fmt} data at {self.source} has no images")
-            if any(r.split is None for r in records):
-                records = assign_splits(
-                    records, self.split_sizes["val"], self.split_sizes["test"], self.split_seed
-                )
+            records = assign_splits(
+                records,
+                self.split_sizes["val"],
+                self.split_sizes["test"],
+                self.split_seed,
+                need_train=not self.eval_only,
+            )
             self.format, self.records = fmt, records
         return self.records
 
@@ -184,7 +205,8 @@ class CaptionDataModule(L.LightningDataModule):
             records = self.load_records()
             good = apply_policy(records, self.find_bad_records(), self.on_bad_image, self.name)
             splits = split_records(good)
-            empty = [name for name in SPLITS if not splits[name]]
+            needed = SPLITS[1:] if self.eval_only else SPLITS
+            empty = [name for name in needed if not splits[name]]
             if empty:
                 raise DataError(
                     f"{self.name}: no images in split(s) {empty} after checking {self.source}; "
@@ -242,15 +264,33 @@ class CaptionDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         dataset = self.train_dataset()
         world_size = self.trainer.world_size if self.trainer is not None else 1
-        per_device = math.ceil(len(dataset) / world_size)
-        if per_device < self.batch_size:  # drop_last: not a single training step would run
-            devices = f" ({per_device} per device on {world_size})" if world_size > 1 else ""
+        return self._loader(dataset, self.train_batch_size(len(dataset), world_size), shuffle=True)
+
+    def train_batch_size(self, samples: int, world_size: int = 1) -> int:
+        """``batch_size``, or the per-device share of a train split smaller than one batch
+        (incomplete batches are dropped, so no step would run): small data trains with the
+        defaults, saying so in one line. A share under 2 pairs has no negatives: an error."""
+        per_device = math.ceil(samples / world_size)
+        if per_device >= self.batch_size:
+            return self.batch_size
+        devices = f" ({per_device} per device on {world_size})" if world_size > 1 else ""
+        if per_device < 2:
             raise DataError(
-                f"{self.name}: the train split has {len(dataset)} samples{devices} but "
-                f"dataset.batch_size={self.batch_size}, and incomplete batches are dropped, so "
-                f"no training step would run; set dataset.batch_size to at most {per_device}"
+                f"{self.name}: the train split has {samples} samples{devices}, too few for a "
+                "contrastive batch (at least 2 pairs); add images or lower "
+                "dataset.split_sizes.val / dataset.split_sizes.test"
             )
-        return self._loader(dataset, self.batch_size, shuffle=True)
+        log.warning(
+            "%s: the train split has %d samples%s, fewer than dataset.batch_size=%d: training "
+            "on batches of %d (set dataset.batch_size to at most %d to choose)",
+            self.name,
+            samples,
+            devices,
+            self.batch_size,
+            per_device,
+            per_device,
+        )
+        return per_device
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.eval_dataset("val"), self.eval_batch_size, shuffle=False)
@@ -290,13 +330,34 @@ def _check_loader_numbers(**values: Any) -> None:
 def loader_options(
     num_workers: int, pin_memory: bool, persistent_workers: bool, prefetch_factor: int | None
 ) -> dict[str, Any]:
-    """DataLoader keyword arguments; the worker-only ones are dropped without workers."""
+    """DataLoader keyword arguments; the worker-only ones are dropped without workers.
+
+    More workers than CPU cores only compete with each other and the training step for the
+    same cores, so ``num_workers`` is capped at the core count, in one line.
+    """
+    cores = available_cores()
+    if num_workers > cores:
+        rank_zero_only(log.warning)(
+            "dataset.num_workers=%d is more than the %d CPU cores available: using %d loader "
+            "workers",
+            num_workers,
+            cores,
+            cores,
+        )
+        num_workers = cores
     return {
         "num_workers": num_workers,
         "pin_memory": pin_memory,
         "persistent_workers": persistent_workers and num_workers > 0,
         "prefetch_factor": prefetch_factor if num_workers > 0 else None,
     }
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. under SLURM or taskset)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def model_side(

@@ -9,6 +9,7 @@ adding a format never means copying a loader.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -19,6 +20,8 @@ import numpy as np
 from PIL import Image
 
 from clip_lightning.errors import DataError
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 
@@ -234,14 +237,19 @@ def normalise_split(name: str | None) -> str | None:
 
 
 def _count(size: float, pool: int) -> int:
-    """A split size is a count (int >= 1) or a fraction of the pool (0 < float < 1)."""
+    """A split size is a count (int >= 0) or a fraction of the pool (0 < float < 1), which
+    gives at least one image, so a 40-image table still gets a val and a test image."""
     if isinstance(size, float) and 0 < size < 1:
-        return round(size * pool)
+        return max(1, round(size * pool))
     return int(size)
 
 
 def assign_splits(
-    records: Sequence[CaptionRecord], val_size: float, test_size: float, seed: int = 0
+    records: Sequence[CaptionRecord],
+    val_size: float,
+    test_size: float,
+    seed: int = 0,
+    need_train: bool = True,
 ) -> list[CaptionRecord]:
     """Give split-less records a deterministic split by image id; others keep theirs.
 
@@ -249,11 +257,19 @@ def assign_splits(
     split does not depend on file order and all captions of an image land in the same split.
     The first ``val_size`` go to val, the next ``test_size`` to test and the rest to train.
     Sizes are counts, or fractions of the pool (COCO's official val2017 is split 0.5 / 0.5).
+    Data whose every record says ``train`` (a ``save_to_disk`` of one train split, a lone
+    ``train.csv``) is pooled whole: it has nothing to validate on otherwise. ``need_train``
+    false (an evaluation-only folder) lets val and test take the whole pool.
     """
+    if records and all(r.split == "train" for r in records):
+        log.info("every image is in the train split: val and test come from dataset.split_sizes")
+        records = [replace(r, split=None) for r in records]
     pool = [r for r in records if r.split is None]
+    if not pool:
+        return list(records)
     val, test = _count(val_size, len(pool)), _count(test_size, len(pool))
     has_train = len(pool) > val + test or any(r.split == "train" for r in records)
-    if val + test > len(pool) or not has_train:
+    if val + test > len(pool) or (need_train and not has_train):
         raise DataError(
             f"split sizes val={val_size} + test={test_size} do not fit the {len(pool)} images "
             "without a split while leaving some for training; lower dataset.split_sizes.val / "

@@ -474,12 +474,15 @@ class WebDataModule(L.LightningDataModule):
 
     Args (beyond the loader settings, which mean what they mean for ``CaptionDataModule``):
         urls: shard URLs: brace ranges, sources joined with ``::`` (or a list of sources).
+        root: refused with a one-line hint (kept so the key exists in the config group).
         weights: one sampling weight per source (needs ``resampled``).
         train_num_samples: samples per epoch; null reads ``sizes.json`` / img2dataset stats.
         resampled: virtual epochs over shards drawn with replacement (true), or exact epochs.
         shuffle_buffer: samples each worker shuffles among (1: off).
         caption_field: null takes the caption from ``txt``; a name takes that ``json`` field.
-        eval_root / eval_format: a local folder for val/test, read by ``CaptionDataModule``.
+        eval_root / eval_format: a local folder for val/test, read by ``CaptionDataModule``
+            (its format detected like ``dataset.root``'s); ``columns`` are its table columns
+            (csv and hf formats) and ``eval_options`` its other options.
         val_urls / test_urls: eval shards instead of ``eval_root``.
     """
 
@@ -490,6 +493,7 @@ class WebDataModule(L.LightningDataModule):
         max_length: int = 77,
         name: str = "webdataset",
         urls: str | Sequence[str] | None = None,
+        root: str | None = None,
         weights: Sequence[float] | None = None,
         train_num_samples: int | None = None,
         resampled: bool = True,
@@ -500,6 +504,7 @@ class WebDataModule(L.LightningDataModule):
         on_bad_image: str = "error",
         eval_root: str | None = None,
         eval_format: str = "auto",
+        columns: Mapping[str, str | None] | None = None,
         eval_options: Mapping[str, Any] | None = None,
         val_urls: str | Sequence[str] | None = None,
         test_urls: str | Sequence[str] | None = None,
@@ -512,6 +517,12 @@ class WebDataModule(L.LightningDataModule):
     ):
         super().__init__()
         check_policy(on_bad_image)
+        if root is not None:
+            raise DataError(
+                f"dataset=webdataset reads shards from dataset.urls, not dataset.root={root}; "
+                "set dataset.eval_root=DIR for a validation/test folder, or choose the dataset "
+                "group of that folder (dataset=csv, dataset=hf, ...) to train on it"
+            )
         if weights is not None and not resampled:
             raise DataError(
                 "dataset.weights needs dataset.resampled=true (sources are mixed by drawing "
@@ -532,31 +543,41 @@ class WebDataModule(L.LightningDataModule):
         self.loader_options = loader_options(
             num_workers, pin_memory, persistent_workers, prefetch_factor
         )
-        self.image_config = image_config
-        self.train_transform, self.eval_transform, self.collate = model_side(
-            image_config, tokenizer, max_length, augment, on_bad_image
-        )
+        self.augment = augment
         # The eval folder is a map-style dataset: reuse its datamodule, not a copy of it.
+        options = {
+            "name": name,
+            "format": eval_format,
+            "columns": columns,
+            "augment": augment,
+            "on_bad_image": on_bad_image,
+            "batch_size": batch_size,
+            "eval_batch_size": eval_batch_size,
+            **self.loader_options,
+            **dict(eval_options or {}),
+        }
         self.eval_data = (
             CaptionDataModule(
-                image_config=image_config,
-                tokenizer=tokenizer,
-                max_length=max_length,
-                name=name,
-                format=eval_format,
-                root=eval_root,
-                augment=augment,
-                on_bad_image=on_bad_image,
-                batch_size=batch_size,
-                eval_batch_size=eval_batch_size,
-                **self.loader_options,
-                **dict(eval_options or {}),
+                root=eval_root, eval_only=True, root_key="dataset.eval_root", **options
             )
             if eval_root is not None
             else None
         )
+        self.use_model(image_config, tokenizer, max_length)
 
     # ------------------------------------------------------------------ set-up
+    def use_model(
+        self, image_config: Mapping[str, Any] | None, tokenizer: Any, max_length: int = 77
+    ) -> None:
+        """Take the model's data-side facts (transforms, tokenizer); see
+        :meth:`CaptionDataModule.use_model`."""
+        self.image_config = image_config
+        self.train_transform, self.eval_transform, self.collate = model_side(
+            image_config, tokenizer, max_length, self.augment, self.on_bad_image
+        )
+        if self.eval_data is not None:
+            self.eval_data.use_model(image_config, tokenizer, max_length)
+
     def num_samples(self) -> int:
         """Samples per epoch (all ranks together)."""
         if self.train_num_samples is not None:
@@ -569,6 +590,18 @@ class WebDataModule(L.LightningDataModule):
                 "size, or any virtual epoch length with resampling)"
             )
         return counted
+
+    def require_eval_data(self, splits: Sequence[str]) -> None:
+        """Fail before anything is built when a split a run will evaluate has no source."""
+        missing = [
+            split for split in splits if self.eval_data is None and not self.eval_urls[split]
+        ]
+        if missing:
+            raise DataError(
+                f"{self.name}: no {' or '.join(missing)} data; set dataset.eval_root=DIR (a "
+                "folder in any format dataset.root reads) or "
+                + " and ".join(f"dataset.{split}_urls=SHARDS" for split in missing)
+            )
 
     def load_splits(self) -> dict[str, list[CaptionRecord]]:
         """Check the shards (and load the eval folder) up front, so a bad path fails before
@@ -671,12 +704,9 @@ class WebDataModule(L.LightningDataModule):
     def _eval_loader(self, split: str) -> DataLoader:
         if self.eval_data is not None:
             return getattr(self.eval_data, f"{split}_dataloader")()
+        self.require_eval_data([split])
         urls = self.eval_urls[split]
-        if not urls:
-            raise DataError(
-                f"{self.name}: no {split} data; set dataset.eval_root=DIR (a Flickr30k or COCO "
-                f"folder) or dataset.{split}_urls=SHARDS"
-            )
+        assert urls  # checked above
         stream = EvalShardStream(
             expand_sources(urls)[0],
             self._require(self.eval_transform, "image_config"),

@@ -14,7 +14,7 @@ from typing import Any
 
 from clip_lightning.data.formats.coco import find_caption_files, load_coco
 from clip_lightning.data.formats.common import ACCEPTED_LAYOUTS
-from clip_lightning.data.formats.csv import load_csv
+from clip_lightning.data.formats.csv import find_tables, load_csv
 from clip_lightning.data.formats.hf import load_hf
 from clip_lightning.data.formats.kaggle_csv import find_csv, load_kaggle_csv
 from clip_lightning.data.formats.karpathy import find_split_json, load_karpathy
@@ -54,6 +54,8 @@ def detect_format(root: Path) -> str | None:
         return "coco"
     if find_csv(root) is not None:
         return "kaggle_csv"
+    if any(path.suffix.lower() in (".csv", ".tsv") for path in find_tables(root)):
+        return "csv"
     if (
         (root / "dataset_dict.json").is_file()
         or (root / "state.json").is_file()
@@ -63,44 +65,67 @@ def detect_format(root: Path) -> str | None:
     return None
 
 
-def missing_data_error(name: str, root: Path | None, problem: str) -> DataError:
+def group_for(root: Path) -> str | None:
+    """The ``dataset=`` group that reads the folder ``root`` as what it is; None if unknown."""
+    detected = detect_format(root) if root.is_dir() else None
+    if detected == "karpathy":
+        split_json = find_split_json(root)
+        return "coco" if split_json is not None and "coco" in split_json.name else "flickr30k"
+    return {"coco": "coco", "kaggle_csv": "flickr30k", "csv": "csv", "hf": "hf"}.get(detected or "")
+
+
+def missing_data_error(name: str, root: Path | None, problem: str, key: str) -> DataError:
     """One paragraph: what is wrong with ``root``, the accepted layouts, and where to download."""
-    where = DOWNLOADS.get(name, "the dataset's download page")
-    return DataError(
-        f"{problem}. dataset.root must be one of: {'; '.join(ACCEPTED_LAYOUTS)}. "
-        f"Get {name} as {where}."
-    )
+    download = f" Download {name}: {DOWNLOADS[name]}." if name in DOWNLOADS else ""
+    return DataError(f"{problem}. {key} must be one of: {'; '.join(ACCEPTED_LAYOUTS)}.{download}")
 
 
 def resolve_format(
-    format: str, root: Path | None, name: str = "dataset", hub_id: str | None = None
+    format: str,
+    root: Path | None,
+    name: str = "dataset",
+    hub_id: str | None = None,
+    key: str = "dataset.root",
 ) -> str:
-    """Turn ``auto`` into a concrete format, checking that ``root`` exists and is recognised."""
+    """Turn ``auto`` into a concrete format, checking that ``root`` exists and is recognised.
+
+    ``key`` is the setting ``root`` came from (``dataset.root``, ``dataset.eval_root``), for
+    the messages. A root given to the synthetic format, which reads none, is an error: the
+    run would otherwise train on other data than the user named.
+    """
     if format != "auto" and format not in FORMATS:
         raise DataError(
             f"unknown dataset.format={format!r}; choose auto or one of {sorted(FORMATS)}"
         )
+    if format == "synthetic" and root is not None:
+        group = group_for(root) if root.exists() else None
+        fix = f"add dataset={group} (what {root} holds)" if group else f"check {root}"
+        raise DataError(
+            f"{key}={root} is set, but the dataset group is synthetic (chosen by "
+            f"dataset=synthetic or an experiment such as quickstart), which generates its "
+            f"images and reads no folder; to train on {root}, {fix}"
+        )
     if root is not None and format != "synthetic" and root.is_file():
         raise DataError(
-            f"dataset.root={root} is a file, not a folder; set dataset.root={root.parent} "
+            f"{key}={root} is a file, not a folder; set {key}={root.parent} "
             "(the folder that holds it and the images)"
         )
     if root is not None and format != "synthetic" and not root.is_dir():
         problem = path_problem(root)
         if problem != MISSING:  # a broken link: its own fix, not a download
-            raise DataError(f"dataset.root={root} {problem}")
-        raise missing_data_error(name, root, f"dataset.root={root} does not exist")
+            raise DataError(f"{key}={root} {problem}")
+        raise missing_data_error(name, root, f"{key}={root} does not exist", key)
     if format != "auto":
         return format
     if root is None:
         if not hub_id:
-            raise missing_data_error(name, None, "dataset.root is not set (and no dataset.hub_id)")
+            raise missing_data_error(name, None, f"{key} is not set (and no dataset.hub_id)", key)
         return "hf"
     detected = detect_format(root)
     if detected is None:
         listing = sorted(p.name for p in root.iterdir())[:10]
         raise missing_data_error(
-            name, root, f"cannot tell the format of dataset.root={root} (it holds {listing})"
+            name, root, f"cannot tell the format of {key}={root} (it holds {listing})", key
         )
     return detected
 

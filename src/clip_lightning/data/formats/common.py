@@ -17,7 +17,8 @@ ACCEPTED_LAYOUTS = (
     "a COCO folder (annotations/captions_train2017.json, annotations/captions_val2017.json, "
     "train2017/, val2017/)",
     "the Kaggle Flickr30k folder (results.csv + flickr30k_images/)",
-    "a Hugging Face save_to_disk folder or a folder of parquet files",
+    "a Hugging Face save_to_disk folder or a folder of parquet files (dataset=hf)",
+    "CSV/TSV tables of image paths and captions (dataset=csv)",
 )
 
 

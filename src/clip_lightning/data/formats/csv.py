@@ -1,21 +1,22 @@
 """Generic CSV / TSV / parquet tables of (image path, caption) rows, open_clip's csv convention.
 
 open_clip trains from ``--train-data train.csv --csv-img-key filepath --csv-caption-key title
---csv-separator "\\t"``; here ``dataset.format=csv dataset.root=DIR`` reads the tables in DIR
-(every ``*.csv``, ``*.tsv`` and ``*.parquet``, or ``files=[...]``), with the column names in
-``columns`` (``image``, ``caption``; optional ``split`` and ``image_id``). Rows that share an
-image become one record with several captions. A file named after a split (``train.csv``,
-``val.tsv``) gives its rows that split; other rows get one from ``dataset.split_sizes``.
+--csv-separator "\\t"``; here ``dataset=csv dataset.root=DIR`` reads the tables in DIR (every
+``*.csv``, ``*.tsv`` and ``*.parquet``, or ``files=[...]``). The image and caption columns are
+found by their common names or set in ``columns`` (``image``, ``caption``; optional ``split``
+and ``image_id``; see :mod:`.columns`). Rows that share an image become one record with several
+captions. A file named after a split (``train.csv``, ``val.tsv``) gives its rows that split;
+other rows get one from ``dataset.split_sizes``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
+from clip_lightning.data.formats.columns import caption_cell, resolve_columns
 from clip_lightning.data.formats.common import resolve_image_dir
 from clip_lightning.data.records import (
     SPLIT_ALIASES,
@@ -55,18 +56,6 @@ def read_table(path: Path, separator: str | None) -> pd.DataFrame:
         ) from exc
 
 
-def _column(
-    table: pd.DataFrame, columns: Mapping[str, str | None], key: str, path: Path
-) -> str | None:
-    name = columns.get(key)
-    if name is not None and name not in table.columns:
-        raise DataError(
-            f"column {name!r} (dataset.columns.{key}) is not in {path}; available columns: "
-            f"{list(table.columns)}; set dataset.columns.{key}=<one of them>"
-        )
-    return name
-
-
 def _split_of_file(path: Path) -> str | None:
     stem = path.stem.lower()
     return normalise_split(stem) if stem in SPLIT_ALIASES else None
@@ -82,39 +71,34 @@ def load_csv(
     """One record per image of the tables in ``root``; image paths are relative to
     ``image_dir`` (default: ``root`` or ``root/images``) unless absolute."""
     if root is None:
-        raise DataError("dataset.format=csv needs dataset.root=DIR (the folder of the tables)")
-    columns = dict(columns or {})
-    unknown = set(columns) - set(COLUMN_KEYS)
-    if unknown:
-        raise DataError(f"unknown dataset.columns keys {sorted(unknown)}; use {COLUMN_KEYS}")
-    if not columns.get("image") or not columns.get("caption"):
-        raise DataError(
-            "dataset.format=csv needs dataset.columns.image and dataset.columns.caption "
-            "(open_clip's --csv-img-key / --csv-caption-key), e.g. filepath and title"
-        )
+        raise DataError("dataset=csv needs dataset.root=DIR (the folder of the tables)")
     paths = [root / name for name in files] if files else find_tables(root)
     if not paths:
         raise DataError(f"no *.csv, *.tsv or *.parquet file in {root}; point dataset.root there")
-    rows: list[tuple[str, str, Any, str | None]] = []
+    missing = [str(path) for path in paths if not path.is_file()]
+    if missing:
+        raise DataError(f"{', '.join(missing)} not found; fix dataset.adapter_options.files")
+    tables = {str(path): read_table(path, separator) for path in paths}
+    found = resolve_columns(
+        {name: list(map(str, table.columns)) for name, table in tables.items()},
+        dict(columns or {}),
+        COLUMN_KEYS,
+    )
+    rows: list[tuple[str, str, list[object], str | None]] = []
     for path in paths:
-        if not path.is_file():
-            raise DataError(f"{path} does not exist; fix dataset.adapter_options.files")
-        table = read_table(path, separator)
-        image_col = _column(table, columns, "image", path)
-        caption_col = _column(table, columns, "caption", path)
-        split_col = _column(table, columns, "split", path)
-        id_col = _column(table, columns, "image_id", path)
-        images = table[image_col].astype(str).tolist()
-        ids = table[id_col].astype(str).tolist() if id_col else images
+        table, names = tables[str(path)], found[str(path)]
+        images = table[names["image"]].astype(str).tolist()
+        ids = table[names["image_id"]].astype(str).tolist() if names["image_id"] else images
         splits = (
-            [normalise_split(s) if s else None for s in table[split_col].tolist()]
-            if split_col
+            [normalise_split(s) if s else None for s in table[names["split"]].tolist()]
+            if names["split"]
             else [_split_of_file(path)] * len(table)
         )
-        rows.extend(zip(ids, images, table[caption_col].tolist(), splits, strict=True))
+        captions = [caption_cell(cell) for cell in table[names["caption"]].tolist()]
+        rows.extend(zip(ids, images, captions, splits, strict=True))
     samples = [Path(image) for _, image, _, _ in rows[:100:5]]
     base = resolve_image_dir(root, image_dir, samples, IMAGE_FOLDERS)
     return group_captions(
-        (image_id, FileImage(base / image), [caption], split)
-        for image_id, image, caption, split in rows
+        (image_id, FileImage(base / image), captions, split)
+        for image_id, image, captions, split in rows
     )

@@ -2,8 +2,9 @@
 
 Images are either ``datasets.Image`` features (pixels inside the dataset; read lazily, one row
 at a time) or file-path strings relative to ``image_dir`` (e.g. ``yerevann/coco-karpathy``,
-whose ``filepath``/``filename`` columns point into a COCO 2014 image folder). Column names
-come from ``dataset.columns``; a wrong name lists the available ones.
+whose ``filepath``/``filename`` columns point into a COCO 2014 image folder). Columns are
+found by their feature type and common names, or set in ``dataset.columns`` (see
+:mod:`.columns`); split and image-id columns are optional.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import datasets
 import huggingface_hub
 from PIL import Image
 
+from clip_lightning.data.formats.columns import Columns, caption_cell, resolve_columns
 from clip_lightning.data.formats.common import ACCEPTED_LAYOUTS
 from clip_lightning.data.records import (
     SPLIT_ALIASES,
@@ -32,8 +34,9 @@ from clip_lightning.data.records import (
 )
 from clip_lightning.errors import DataError
 
-# The keys of `dataset.columns`; image and captions are required, the others optional (null).
-COLUMN_KEYS = ("image", "captions", "split", "image_id", "image_folder")
+# The keys of `dataset.columns`; image and caption are required (null: found by name), the
+# others optional (image_folder: a column of sub-folders the image paths are relative to).
+COLUMN_KEYS = ("image", "caption", "split", "image_id", "image_folder")
 _SPLIT_IN_NAME = re.compile(r"(?:^|[/_.-])(" + "|".join(SPLIT_ALIASES) + r")(?=[/_.-]|$)")
 
 
@@ -95,8 +98,8 @@ def hub_error(hub_id: str, exc: BaseException) -> DataError:
     cause = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
     return DataError(
         f"could not load the Hugging Face dataset {hub_id!r} ({cause}). Without hub access, set "
-        f"dataset.root=DIR to a local copy -- {'; '.join(ACCEPTED_LAYOUTS)} -- or run the "
-        "offline quickstart with experiment=quickstart. With a cached copy, set HF_HUB_OFFLINE=1."
+        f"dataset.root=DIR to a local copy -- {'; '.join(ACCEPTED_LAYOUTS)}. With a cached "
+        "copy, set HF_HUB_OFFLINE=1."
     )
 
 
@@ -139,44 +142,16 @@ def _load_local(root: Path, hub_kwargs: Mapping[str, Any]) -> Mapping[str, datas
         ) from exc
 
 
-def _column(
-    columns: Mapping[str, str | None], key: str, dataset: datasets.Dataset, where: str
-) -> str | None:
-    name = columns.get(key)
-    if name is not None and name not in dataset.column_names:
-        raise DataError(
-            f"column {name!r} (dataset.columns.{key}) is not in {where}; available columns: "
-            f"{dataset.column_names}; set dataset.columns.{key}=<one of them>"
-            + (" or null" if key not in ("image", "captions") else "")
-        )
-    return name
-
-
-def _captions(value: Any) -> list[object]:
-    """A caption cell: a string, a list of strings, or Karpathy-style ``[{"raw": ...}]``.
-
-    Values are passed on as they are: ``make_record`` reports the ones that are not text."""
-    if value is None:
-        return []
-    if isinstance(value, str) or not isinstance(value, list):
-        return [value]
-    return [v.get("raw") if isinstance(v, Mapping) else v for v in value]
-
-
 def _records_of(
     dataset: datasets.Dataset,
     split_name: str,
-    columns: Mapping[str, str | None],
+    names: Columns,
     image_dir: Path | None,
     where: str,
 ) -> list[tuple[str, ImageSource, list[object], str | None]]:
-    image_col = _column(columns, "image", dataset, where)
-    caption_col = _column(columns, "captions", dataset, where)
-    if image_col is None or caption_col is None:
-        raise DataError("dataset.columns.image and dataset.columns.captions must be set")
-    split_col = _column(columns, "split", dataset, where)
-    id_col = _column(columns, "image_id", dataset, where)
-    folder_col = _column(columns, "image_folder", dataset, where)
+    image_col, caption_col = names["image"], names["caption"]
+    assert image_col is not None and caption_col is not None  # required: resolve_columns
+    split_col, id_col, folder_col = names["split"], names["image_id"], names["image_folder"]
     meta_cols = [c for c in (caption_col, split_col, id_col, folder_col) if c is not None]
     feature = dataset.features[image_col]
     is_image = isinstance(feature, datasets.Image)
@@ -215,7 +190,7 @@ def _records_of(
             source = FileImage(image_dir / folder / meta[image_col][row])
             image_id = image_id if id_col else str(Path(folder) / meta[image_col][row])
         split = normalise_split(meta[split_col][row]) if split_col else default_split
-        rows.append((image_id, source, _captions(meta[caption_col][row]), split))
+        rows.append((image_id, source, caption_cell(meta[caption_col][row]), split))
     return rows
 
 
@@ -231,10 +206,6 @@ def load_hf(
     Rows sharing an image id are merged (datasets with one caption per row). Without an id
     column, path images are identified by their path and embedded images by their row.
     """
-    unknown = set(columns or {}) - set(COLUMN_KEYS)
-    if unknown:
-        raise DataError(f"unknown dataset.columns keys {sorted(unknown)}; use {COLUMN_KEYS}")
-    columns = {"image": "image", "captions": "caption", **dict(columns or {})}
     folder = Path(image_dir).expanduser() if image_dir is not None else None
     if root is not None:
         table, where = _load_local(root, dict(hub_kwargs or {})), str(root)
@@ -243,7 +214,26 @@ def load_hf(
         table, where = _load_hub(hub_id, dict(hub_kwargs or {})), hub_id
     else:
         raise DataError("dataset.format=hf needs dataset.root=DIR or dataset.hub_id=OWNER/NAME")
+    names = resolve_columns(
+        {_table_name(where, split): dataset.column_names for split, dataset in table.items()},
+        dict(columns or {}),
+        COLUMN_KEYS,
+        image_columns={
+            _table_name(where, split): [
+                name
+                for name, feature in dataset.features.items()
+                if isinstance(feature, datasets.Image)
+            ]
+            for split, dataset in table.items()
+        },
+    )
     rows = []
     for split_name, dataset in table.items():
-        rows.extend(_records_of(dataset, split_name, columns, folder, where))
+        rows.extend(
+            _records_of(dataset, split_name, names[_table_name(where, split_name)], folder, where)
+        )
     return group_captions(rows)
+
+
+def _table_name(where: str, split: str) -> str:
+    return f"{where} [{split}]"
