@@ -97,7 +97,7 @@ def test_real_defaults_fail_fast_offline_with_one_clear_message(tmp_path):
     result = run_cli(["print_config=false"], cwd=tmp_path)
     output = result.stdout + result.stderr
     assert result.returncode == 1
-    assert "could not load pretrained weights for image encoder 'resnet50'" in output
+    assert "the resnet50 image weights (timm/resnet50.a1_in1k), not on this machine" in output
     assert "experiment=quickstart" in output
     assert "Traceback" not in output
     assert "Epoch" not in output

@@ -211,6 +211,29 @@ def build_parquet(root: Path, total: int = 14) -> Path:
     return root
 
 
+def build_open_clip_csv(root: Path, total: int = 40) -> Path:
+    """Your own data, open_clip's convention: ``data.csv`` with ``filepath,title`` rows (two
+    captions per image, paths relative to the folder), no split and no id column."""
+    lines = ["filepath,title"]
+    for i in range(total):
+        name = file_name(f"own_{i:03d}", i)
+        write_image(root / "images" / name, i)
+        lines += [f"images/{name},{caption.strip()}" for caption in captions_of(i, 2)]
+    (root / "data.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def build_hf_minimal(root: Path, total: int = 40) -> Path:
+    """Your own data as ``save_to_disk`` of one train split with only ``image`` (pixels inside)
+    and ``text`` columns: no split, no id."""
+    images = [picture(i) for i in range(total)]
+    texts = [captions_of(i, 1)[0].strip() for i in range(total)]
+    features = datasets.Features({"image": datasets.Image(), "text": datasets.Value("string")})
+    table = datasets.Dataset.from_dict({"image": images, "text": texts}, features=features)
+    datasets.DatasetDict({"train": table}).save_to_disk(str(root))
+    return root
+
+
 PARQUET_COLUMNS = [
     "dataset.columns.image=file",
     "dataset.columns.caption=captions",

@@ -19,7 +19,8 @@ from rich.console import Console
 from rich.table import Table
 
 from clip_lightning.cli.eval_model import EvalModel, load_eval_model
-from clip_lightning.cli.loading import build_datamodule, resolve_device
+from clip_lightning.cli.loading import checkpoint_file, resolve_device, use_model
+from clip_lightning.cli.preflight import preflight
 from clip_lightning.cli.task import hydra_task, run_dir
 from clip_lightning.clip_benchmark_results import (
     classification_layout,
@@ -57,9 +58,14 @@ def evaluate_retrieval(
             f"(or use protocol=split split={split})"
         )
     L.seed_everything(cfg.seed, verbose=False)
+    if candidate is None and cfg.get("model") is None:
+        checkpoint_file(cfg.ckpt_path)  # a wrong path first, before the data is checked
+    datamodule = instantiate(cfg.dataset)
+    # the data and hardware, before the model is loaded
+    preflight(cfg, datamodule, [split], train=False)
     candidate = candidate or load_eval_model(cfg)
     model = candidate.model
-    datamodule: L.LightningDataModule = build_datamodule(cfg.dataset, model)
+    use_model(datamodule, model)
     checked: CaptionDataModule | None  # the data a protocol checks; None: eval shards
     if isinstance(datamodule, WebDataModule):  # eval shards (or an eval folder), no training
         checked = datamodule.eval_data
@@ -68,15 +74,8 @@ def evaluate_retrieval(
                 f"protocol={protocol.name} needs Karpathy's split file, which eval shards do not "
                 "carry; pass dataset.eval_root= the dataset folder instead, or protocol=split"
             )
-        found = datamodule.has_eval_data(split)
     else:
-        assert isinstance(datamodule, CaptionDataModule)  # the only other dataset class
-        checked, found = datamodule, bool(datamodule.load_splits().get(split))
-    if not found:
-        raise DataError(
-            f"dataset {datamodule.name!r} has no {split!r} images; check dataset.split_sizes "
-            "or the dataset's own split files"
-        )
+        checked = datamodule
     if checked is not None:  # eval shards keep the model's plain RetrievalRecall (split)
         use_protocol(model, checked, split, protocol.name)
     # the training run's hardware settings (trainer group), on one device, writing nothing
@@ -117,6 +116,7 @@ def evaluate_zeroshot(
     """Zero-shot top-k and per-class accuracy of the model on the ImageFolder ``images``
     (``candidate`` and ``show`` as for :func:`evaluate_retrieval`)."""
     options = cfg.zeroshot
+    preflight(cfg)
     device = resolve_device(cfg.trainer.accelerator)
     candidate = candidate or load_eval_model(cfg, device)
     result = zeroshot_classify(

@@ -10,19 +10,26 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from clip_lightning.data.datamodule import CaptionDataModule
+from clip_lightning.data.streaming import WebDataModule
 from clip_lightning.errors import CheckpointError
 from clip_lightning.module import CLIPModule, describe_mismatch, weight_shaping_settings
 from clip_lightning.utils.paths import require_checkpoint_file
 
 
 def build_datamodule(cfg_dataset: DictConfig, model: CLIPModule) -> CaptionDataModule:
-    """The ``dataset`` config group instantiated with the data-side facts of ``model``, so the
-    image transforms and the tokenizer always match the encoders (training and evaluation)."""
-    return instantiate(
-        cfg_dataset,
-        image_config=model.image_encoder.data_config,
-        tokenizer=model.text_encoder.tokenizer,
-        max_length=model.text_encoder.max_length,
+    """The ``dataset`` config group instantiated with the data-side facts of ``model``."""
+    datamodule: CaptionDataModule = instantiate(cfg_dataset)
+    use_model(datamodule, model)
+    return datamodule
+
+
+def use_model(datamodule: CaptionDataModule | WebDataModule, model: CLIPModule) -> None:
+    """Give ``datamodule`` the data-side facts of ``model``, so the image transforms and the
+    tokenizer always match the encoders (training and evaluation)."""
+    datamodule.use_model(
+        model.image_encoder.data_config,
+        model.text_encoder.tokenizer,
+        model.text_encoder.max_length,
     )
 
 
@@ -32,15 +39,19 @@ def load_model(ckpt_path: str | Path | None, device: torch.device | str = "cpu")
     Raises :class:`CheckpointError` for a missing path, a file that is not a checkpoint, or a
     checkpoint of another model, naming the path and what to pass instead.
     """
+    # the loader itself turns an unreadable or foreign file into a one-line CheckpointError
+    model = CLIPModule.load_from_checkpoint(checkpoint_file(ckpt_path), map_location="cpu")
+    return model.to(device).eval()
+
+
+def checkpoint_file(ckpt_path: str | Path | None) -> Path:
+    """``ckpt_path`` as an existing file, or a one-line :class:`CheckpointError`."""
     if not ckpt_path:
         raise CheckpointError(
             "no checkpoint given; pass ckpt_path=PATH, e.g. a .ckpt from the checkpoints/ "
             "folder of a `clip_lightning.train` run"
         )
-    path = require_checkpoint_file(Path(ckpt_path).expanduser())
-    # the loader itself turns an unreadable or foreign file into a one-line CheckpointError
-    model = CLIPModule.load_from_checkpoint(path, map_location="cpu")
-    return model.to(device).eval()
+    return require_checkpoint_file(Path(ckpt_path).expanduser())
 
 
 def load_init_model(ckpt_path: str | Path) -> CLIPModule:

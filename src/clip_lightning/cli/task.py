@@ -31,6 +31,7 @@ from omegaconf.errors import InterpolationResolutionError
 
 from clip_lightning.cli.config_schema import check_config
 from clip_lightning.cli.console import quiet_console
+from clip_lightning.cli.dataset_choice import choose_dataset
 from clip_lightning.cli.sweep import FailedJob, register_job_name_resolver
 from clip_lightning.cli.wandb_run import finish_wandb
 from clip_lightning.errors import ClipLightningError, find_cause, find_user_error
@@ -77,6 +78,7 @@ def run_task(task: Callable[[DictConfig], Result], cfg: DictConfig, name: str) -
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # forked loader workers
     quiet_console()  # after Hydra configured logging
     try:
+        choose_dataset(cfg, name)
         check_config(cfg, name)
         result = task(cfg)
     except SIGTERMException as exc:  # PreemptionCheckpoint saved last.ckpt and set the code

@@ -17,8 +17,11 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from clip_lightning.callbacks.dataset_config import DatasetConfigCheckpoint
 from clip_lightning.checkpoints import read_training_checkpoint
-from clip_lightning.cli.loading import build_datamodule, load_init_model, load_weights
+from clip_lightning.cli.dataset_choice import dataset_to_save
+from clip_lightning.cli.loading import load_init_model, load_weights, use_model
+from clip_lightning.cli.preflight import QUICKSTART_HINT, preflight
 from clip_lightning.cli.task import hydra_task
 from clip_lightning.cli.wandb_run import continue_wandb_run, remember_wandb_run
 from clip_lightning.errors import ConfigError
@@ -44,19 +47,23 @@ log = logging.getLogger(__name__)
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit and test one configuration; returns the flat ``val/...`` + ``test/...`` metrics."""
     run_dir = Path(cfg.paths.output_dir)
-    if cfg.get("print_config"):
-        print_config_tree(cfg)
-    L.seed_everything(cfg.seed, workers=True)
-
     if cfg.get("init_from") and (cfg.get("ckpt_path") or cfg.get("resume_dir")):
         raise ConfigError(
             "init_from starts a new run from a checkpoint's weights, ckpt_path/resume_dir "
             "continue one: pass only one of them"
         )
+    # the data first: it and everything the model needs are checked before anything is built
+    datamodule = instantiate(cfg.dataset)
+    preflight(cfg, datamodule, ["val", "test"] if cfg.get("test") else ["val"], QUICKSTART_HINT)
+    if cfg.get("print_config"):
+        print_config_tree(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+
     runs_dir = (
         Path(HydraConfig.get().run.dir).parent if HydraConfig.initialized() else run_dir.parent
     )
     callbacks = instantiate_list(cfg.get("callbacks"))
+    callbacks.append(DatasetConfigCheckpoint(dataset_to_save(cfg.dataset)))  # eval reads it
     # a kill -9 mid-save leaves a temporary up to a checkpoint in size, also when it was the
     # run's first save (no last.ckpt): clean this run's folders and every one a resume reads
     remove_stale_saves(
@@ -80,8 +87,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if source is not None:
         load_weights(model, source, cfg.init_from)
         del source
-    datamodule = build_datamodule(cfg.dataset, model)
-    datamodule.load_splits()  # a missing dataset fails here, before the trainer starts
+    use_model(datamodule, model)
     protocols = {
         stage: use_protocol(model, datamodule, stage, name)
         for stage, name in (cfg.get("protocol") or {}).items()

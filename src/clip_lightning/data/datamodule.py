@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +182,21 @@ class CaptionDataModule(L.LightningDataModule):
             )
             self.format, self.records = fmt, records
         return self.records
+
+    def check_sources(self, train: bool = True) -> None:
+        """Find the data and read its annotations (no image is decoded): the cheap part of
+        :meth:`load_splits`, which a run checks before building its model. ``train`` changes
+        nothing: every split is read from the one source."""
+        self.load_records()
+
+    def require_eval_data(self, splits: Sequence[str]) -> None:
+        """Fail, naming the fix, when one of the evaluation ``splits`` has no images."""
+        empty = [split for split in splits if not self.load_splits().get(split)]
+        if empty:
+            raise DataError(
+                f"{self.name}: no {' or '.join(empty)} images in {self.source}; check "
+                "dataset.split_sizes or the dataset's own split files"
+            )
 
     def find_bad_records(self) -> BadRecords:
         """Fully decode every image and collect caption problems; nothing is dropped here.

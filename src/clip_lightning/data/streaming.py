@@ -53,6 +53,7 @@ from torch.utils.data.dataloader import _BaseDataLoaderIter
 
 from clip_lightning.data.checks import check_policy
 from clip_lightning.data.datamodule import CaptionDataModule, loader_options, model_side
+from clip_lightning.data.formats import group_for
 from clip_lightning.data.records import (
     MISSING,
     BadImageError,
@@ -518,10 +519,11 @@ class WebDataModule(L.LightningDataModule):
         super().__init__()
         check_policy(on_bad_image)
         if root is not None:
+            group = group_for(Path(root).expanduser())
             raise DataError(
                 f"dataset=webdataset reads shards from dataset.urls, not dataset.root={root}; "
-                "set dataset.eval_root=DIR for a validation/test folder, or choose the dataset "
-                "group of that folder (dataset=csv, dataset=hf, ...) to train on it"
+                "set dataset.eval_root=DIR for a validation/test folder, or "
+                + (f"dataset={group} to train on it" if group else "dataset=GROUP of that folder")
             )
         if weights is not None and not resampled:
             raise DataError(
@@ -593,9 +595,11 @@ class WebDataModule(L.LightningDataModule):
 
     def require_eval_data(self, splits: Sequence[str]) -> None:
         """Fail before anything is built when a split a run will evaluate has no source."""
-        missing = [
-            split for split in splits if self.eval_data is None and not self.eval_urls[split]
-        ]
+        if self.eval_data is not None:
+            self.check_sources(train=False)
+            self.eval_data.require_eval_data(splits)
+            return
+        missing = [split for split in splits if not self.eval_urls[split]]
         if missing:
             raise DataError(
                 f"{self.name}: no {' or '.join(missing)} data; set dataset.eval_root=DIR (a "
@@ -603,29 +607,35 @@ class WebDataModule(L.LightningDataModule):
                 + " and ".join(f"dataset.{split}_urls=SHARDS" for split in missing)
             )
 
-    def load_splits(self) -> dict[str, list[CaptionRecord]]:
-        """Check the shards (and load the eval folder) up front, so a bad path fails before
-        training; returns the eval folder's records by split (none for eval shards)."""
-        if not self.shards:
-            raise DataError(
-                "dataset=webdataset needs shard URLs, e.g. "
-                "'dataset.urls=\"/data/cc3m/{00000..00331}.tar\"' (write shards with "
-                "`python -m clip_lightning.prepare ... shards=DIR`)"
-            )
-        check_local_shards(self.shards)
-        self.num_samples()
-        return self.load_eval_data()
-
-    def load_eval_data(self) -> dict[str, list[CaptionRecord]]:
-        """Check the eval shards, or load the eval folder's records by split (returned)."""
+    def check_sources(self, train: bool = True) -> None:
+        """The cheap part of loading: training shards exist and their size is known (only
+        ``train``: evaluating reads no training shards), eval shards exist, the eval folder's
+        annotations read."""
+        if train:
+            if not self.shards:
+                raise DataError(
+                    "dataset=webdataset needs shard URLs, e.g. "
+                    "'dataset.urls=\"/data/cc3m/{00000..00331}.tar\"' (write shards with "
+                    "`python -m clip_lightning.prepare ... shards=DIR`)"
+                )
+            check_local_shards(self.shards)
+            self.num_samples()
         for urls in self.eval_urls.values():
             if urls:
                 check_local_shards(expand_sources(urls)[0])
+        if self.eval_data is not None:
+            self.eval_data.check_sources()
+
+    def load_splits(self) -> dict[str, list[CaptionRecord]]:
+        """Check the shards (and load the eval folder) up front, so a bad path fails before
+        training; returns the eval folder's records by split (none for eval shards)."""
+        self.check_sources()
         return self.eval_data.load_splits() if self.eval_data is not None else {}
 
-    def has_eval_data(self, split: str) -> bool:
-        """Whether ``split`` (val or test) has eval shards or eval-folder images."""
-        return bool(self.eval_urls[split] or self.load_eval_data().get(split))
+    def load_eval_data(self) -> dict[str, list[CaptionRecord]]:
+        """Check the eval shards, or load the eval folder's records by split (returned)."""
+        self.check_sources(train=False)
+        return self.eval_data.load_splits() if self.eval_data is not None else {}
 
     def setup(self, stage: str | None = None) -> None:
         # validating or testing alone (eval) reads the eval data only
