@@ -25,7 +25,6 @@ from torch.utils.data import DataLoader
 from transformers import AutoTokenizer
 
 from clip_lightning.cli.loading import build_datamodule
-from clip_lightning.cli.train import train
 from clip_lightning.data.cache import ARRAY
 from clip_lightning.data.checks import MEMO_NAME, check_images, decode_all, image_problem
 from clip_lightning.data.datamodule import CaptionDataModule
