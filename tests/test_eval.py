@@ -21,10 +21,12 @@ from PIL import Image
 
 from clip_lightning import plots
 from clip_lightning.callbacks import AlignmentPlots
+from clip_lightning.callbacks.dataset_config import KEY, TARGETS, saved_dataset_config
+from clip_lightning.cli.dataset_choice import choose_dataset
 from clip_lightning.cli.eval import evaluate
 from clip_lightning.cli.loading import build_datamodule, load_model
 from clip_lightning.cli.train import train
-from clip_lightning.errors import CheckpointError
+from clip_lightning.errors import CheckpointError, ClipLightningError
 from clip_lightning.utils.config import register_resolvers
 from clip_lightning.utils.instantiate import instantiate_list
 from tests.helpers import CONFIG_DIR, TINY_TRAIN_OVERRIDES, quiet_trainer
@@ -187,3 +189,51 @@ def test_heatmap_title_names_validation_pairs_and_whose_weights(trained, tmp_pat
         "Similarity of 4 validation pairs, tested weights",
         "Similarity of 4 validation pairs, weights at the end of fit",
     ]
+
+
+def compose_eval(overrides: list[str], output_dir: Path) -> DictConfig:
+    register_resolvers()
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = compose("eval", overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+    return cfg
+
+
+@pytest.mark.slow
+def test_eval_of_a_checkpoint_alone_scores_the_training_runs_data(trained, tmp_path):
+    """``eval ckpt_path=X`` used to try the hub's Flickr30k: the dataset settings now come
+    from the checkpoint (split sizes included), and overrides still apply on top."""
+    train_cfg, metrics = trained
+    overrides = [f"ckpt_path={best_checkpoint(train_cfg)}", "dataset.eval_batch_size=8"]
+    cfg = compose_eval([*overrides, "trainer.accelerator=cpu"], tmp_path)
+    choose_dataset(cfg, "eval", overrides)
+    assert cfg.dataset.name == "synthetic" and cfg.dataset.adapter_options.test == 32
+    assert cfg.dataset.eval_batch_size == 8
+    assert cfg.dataset.cache_auto_dir == str(Path(cfg.paths.data_dir, "cache", "synthetic"))
+    results = evaluate(cfg)
+    for key in RECALL_KEYS:
+        assert results["metrics"][f"test/{key}"] == pytest.approx(metrics[f"test/{key}"], abs=1e-4)
+
+
+def test_eval_hints_name_only_keys_eval_takes(tmp_path):
+    checkpoint = tmp_path / "model.ckpt"
+    checkpoint.write_bytes(b"checked after the data")
+    cfg = compose_eval(
+        [f"ckpt_path={checkpoint}", "dataset=flickr30k", "trainer.accelerator=cpu"], tmp_path
+    )
+    with pytest.raises(ClipLightningError) as info:
+        evaluate(cfg)
+    message = str(info.value)
+    assert "the dataset nlphuji/flickr30k (dataset=flickr30k), not on this machine" in message
+    assert "set dataset.root=DIR" in message and "experiment=" not in message
+
+
+def test_saved_dataset_settings_are_plain_data_or_refused():
+    config = {"_target_": TARGETS[0], "root": "/data/x", "split_sizes": {"val": 0.05}}
+    assert saved_dataset_config({KEY: config}) == config
+    assert saved_dataset_config({}) is None
+    with pytest.raises(CheckpointError, match=r"dataset.root='\$\{oc.env:HOME\}' is an interp"):
+        saved_dataset_config({KEY: {**config, "root": "${oc.env:HOME}"}})
+    with pytest.raises(CheckpointError, match=r"name 'shutil.copyfile', not one of"):
+        saved_dataset_config({KEY: {**config, "_target_": "shutil.copyfile"}})
