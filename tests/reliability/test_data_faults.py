@@ -297,7 +297,7 @@ def test_hf_none_captions_are_reported_not_trained_as_the_string_none(tmp_path):
         lambda row, i: {"caption": [None] if i == 5 else row["caption"]}, with_indices=True
     )
     datasets.DatasetDict({"test": table}).save_to_disk(str(tmp_path / "hf2"))
-    with pytest.raises(DataError, match=r"image id test/5: caption 0 is null \(none left\)"):
+    with pytest.raises(DataError, match=r"image id 5: caption 0 is null \(none left\)"):
         flickr(tmp_path / "hf2").load_splits()
 
 

@@ -18,7 +18,14 @@ from clip_lightning.data.formats import load_records
 from clip_lightning.data.shards import write_shards
 from clip_lightning.errors import ClipLightningError, DataError, find_user_error
 from clip_lightning.module import CLIPModule
-from tests.helpers import TINY_MODEL_OVERRIDES, read_metrics, run_dirs, run_train
+from tests.helpers import (
+    TINY_MODEL_OVERRIDES,
+    TINY_TRAIN_OVERRIDES,
+    compose_train,
+    read_metrics,
+    run_dirs,
+    run_train,
+)
 from tests.helpers.data import (
     build_hf_disk,
     build_hf_minimal,
@@ -30,10 +37,6 @@ from tests.helpers.data import (
 
 # the tiny subprocess model, without the quickstart's synthetic data
 TINY_MODEL = [o for o in TINY_MODEL_OVERRIDES if not o.startswith("dataset")]
-
-
-def error_lines(output: str) -> list[str]:
-    return [line for line in output.splitlines() if "[ERROR]" in line]
 
 
 # -- the train command ------------------------------------------------------------------------
@@ -62,16 +65,14 @@ def test_the_quickstart_with_a_dataset_root_stops_instead_of_training_synthetic(
 ) -> None:
     """It used to train on the synthetic scenes with exit 0, ignoring the user's folder."""
     data = build_hf_minimal(tmp_path / "mine", total=6)
-    proc = run_train(tmp_path, "experiment=quickstart", f"dataset.root={data}", check=False)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 1, output
-    (line,) = error_lines(output)
-    assert f"dataset.root={data} is set, but the dataset group is synthetic" in line
-    assert f"to train on {data}, add dataset=hf" in line
-    assert "Traceback" not in output and "Epoch" not in output
-    assert not (tmp_path / "logs" / "quickstart" / "runs").exists() or not any(
-        (tmp_path / "logs" / "quickstart" / "runs").rglob("metrics.json")
-    )
+    cfg = compose_train([*TINY_TRAIN_OVERRIDES, f"dataset.root={data}"], output_dir=tmp_path)
+    with pytest.raises(ClipLightningError) as info:
+        train(cfg)
+    message = str(find_user_error(info.value))
+    assert message.startswith(f"cannot start, 1 thing(s) to fix: (1) dataset.root={data} is set")
+    assert "but the dataset group is synthetic" in message
+    assert message.endswith(f"to train on {data}, add dataset=hf (what {data} holds)")
+    assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "checkpoints").exists()
 
 
 # -- the formats, composed as the command line composes them -----------------------------------

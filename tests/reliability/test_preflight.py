@@ -5,7 +5,6 @@ hardware the machine lacks in one line, and one line for settings that quietly c
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import pytest
@@ -29,27 +28,24 @@ def error_lines(output: str) -> list[str]:
 
 @needs_no_gpu
 def test_offline_defaults_name_everything_missing_in_one_line_at_once(tmp_path: Path) -> None:
-    """The user story offline: it took 63 s and 250 lines, and named one missing thing per run
-    (the ResNet-50 weights; DistilBERT the next run; the COCO layout the third)."""
-    start = time.perf_counter()
-    proc = run_train(tmp_path, "dataset=coco", "trainer.devices=4", check=False)
-    seconds = time.perf_counter() - start
+    """The user story offline took 63 s and 250 lines and named one missing thing per run (the
+    ResNet-50 weights; DistilBERT the next run; the COCO layout the third); trainer=gpu on a
+    CPU machine was Lightning's raw MisconfigurationException after 20 s."""
+    proc = run_train(tmp_path, "dataset=coco", "trainer=gpu", "trainer.devices=4", check=False)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 1, output
     (line,) = error_lines(output)
-    assert "cannot start (HF_HUB_OFFLINE is set), 3 thing(s) to fix" in line
-    assert (
-        "(1) the resnet50 image weights (timm/resnet50.a1_in1k), not on this machine: set " in line
-    )
+    assert "cannot start (HF_HUB_OFFLINE is set), 4 thing(s) to fix: (1) trainer.accel" in line
+    assert "but torch finds no CUDA GPU on this machine: set trainer=cpu" in line
+    assert "(2) the resnet50 image weights (timm/resnet50.a1_in1k), not on this machine: " in line
     assert "model.image_encoder.weights_file=FILE" in line
-    assert "(2) the text model distilbert-base-uncased" in line
+    assert "(3) the text model distilbert-base-uncased" in line
     assert "model.text_encoder.name_or_path=DIR" in line
-    assert "(3) the dataset yerevann/coco-karpathy (dataset=coco)" in line
+    assert "(4) the dataset yerevann/coco-karpathy (dataset=coco)" in line
     assert "set dataset.root=DIR" in line and line.endswith(QUICKSTART_HINT)
-    assert "4 processes will train with DDP over gloo" in output
     assert "Retry" not in output and "Traceback" not in output and "CONFIG" not in output
-    assert len(output.strip().splitlines()) <= 5, output
-    assert seconds < 120  # imports on a loaded 2-core machine; no hub retries
+    assert "MisconfigurationException" not in output
+    assert len(output.strip().splitlines()) <= 3, output
 
 
 def test_an_unreachable_hub_is_probed_once_then_nothing_is_fetched(monkeypatch) -> None:
@@ -82,17 +78,6 @@ def test_missing_local_files_and_data_are_listed_together(tmp_path: Path) -> Non
     assert "weights_file=/no/such/weights.safetensors does not exist" in message
     assert f"(2) model.text_encoder.name_or_path={tmp_path / 'no-model'} does not exist" in message
     assert f"(3) dataset.root={tmp_path / 'no-data'} does not exist" in message
-
-
-@needs_no_gpu
-def test_trainer_gpu_without_a_gpu_is_one_line_with_the_fix(tmp_path: Path) -> None:
-    proc = run_train(tmp_path, "experiment=quickstart", "trainer=gpu", check=False)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 1, output
-    (line,) = error_lines(output)
-    assert "trainer.accelerator=gpu, but torch finds no CUDA GPU on this machine" in line
-    assert "set trainer=cpu" in line
-    assert "Traceback" not in output and "MisconfigurationException" not in output
 
 
 @pytest.mark.skipif(

@@ -65,6 +65,11 @@ def quiet_console() -> None:
         message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
         category=FutureWarning,
     )
+    # said once by the preflight (clip_lightning.cli.preflight), with the fix
+    warnings.filterwarnings(
+        "ignore",
+        message=r"You passed `Trainer\(accelerator='cpu', precision='16-mixed'\)`",
+    )
     # frozen towers are kept in eval mode on purpose (no dropout / batch-norm updates in a
     # locked tower), which Lightning flags at the start of every fit
     warnings.filterwarnings(

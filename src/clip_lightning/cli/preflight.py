@@ -67,7 +67,8 @@ def preflight(
     (evaluating) needs no training data. The data is fully
     checked (every image decoded, see ``CaptionDataModule.load_splits``) only when nothing
     else is wrong, so a missing model file is reported at once, not after minutes of
-    decoding. ``hint`` ends the message when something is missing (e.g. :data:`QUICKSTART_HINT`).
+    decoding. ``hint`` ends the message when model files are missing (e.g.
+    :data:`QUICKSTART_HINT`).
     """
     hardware = hardware_problems(cfg.get("trainer"))
     needed = hub_files(cfg)
@@ -75,13 +76,14 @@ def preflight(
     missing = [f for f in needed if not f.cached] if offline else []
     absent = [f"{f.what}, not on this machine: {f.fix}" for f in missing]
     absent += local_model_problems(cfg.get("model"))
+    downloads = bool(absent)  # what the hint's offline run would do without
     if datamodule is not None and not any(f.data for f in missing):
         absent += data_problems(datamodule, splits, full=not (hardware or absent), train=train)
     problems = hardware + absent
     if problems:
         why = f" ({offline})" if missing else ""
         listed = "; ".join(f"({i}) {p}" for i, p in enumerate(problems, start=1))
-        tail = f"; {hint}" if hint and absent else ""
+        tail = f"; {hint}" if hint and downloads else ""
         raise ClipLightningError(
             f"cannot start{why}, {len(problems)} thing(s) to fix: {listed}{tail}"
         )
