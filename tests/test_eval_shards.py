@@ -14,7 +14,7 @@ from omegaconf import open_dict
 from clip_lightning.cli.eval import evaluate
 from clip_lightning.data.datamodule import CaptionDataModule
 from clip_lightning.data.shards import write_split
-from clip_lightning.errors import DataError
+from clip_lightning.errors import ClipLightningError, DataError
 from clip_lightning.utils.config import register_resolvers
 from tests.helpers import CONFIG_DIR
 from tests.helpers.data import build_karpathy
@@ -65,7 +65,7 @@ def test_eval_shards_score_like_the_same_images_in_a_folder(tiny_checkpoint, tmp
     assert shards["captions"] == folder["captions"] == 35
     assert shards["metrics"] == pytest.approx(folder["metrics"], abs=1e-6)
 
-    with pytest.raises(DataError, match=r"no 'val' images"):
+    with pytest.raises(ClipLightningError, match=r"no val data; set dataset.eval_root=DIR"):
         run_eval(
             tmp_path,
             tiny_checkpoint,
