@@ -12,6 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -233,7 +234,32 @@ def test_saved_dataset_settings_are_plain_data_or_refused():
     config = {"_target_": TARGETS[0], "root": "/data/x", "split_sizes": {"val": 0.05}}
     assert saved_dataset_config({KEY: config}) == config
     assert saved_dataset_config({}) is None
-    with pytest.raises(CheckpointError, match=r"dataset.root='\$\{oc.env:HOME\}' is an interp"):
-        saved_dataset_config({KEY: {**config, "root": "${oc.env:HOME}"}})
-    with pytest.raises(CheckpointError, match=r"name 'shutil.copyfile', not one of"):
-        saved_dataset_config({KEY: {**config, "_target_": "shutil.copyfile"}})
+    refused = {
+        "root": "${oc.env:HOME}",
+        "_target_": "shutil.copyfile",
+        "columns": {"_target_": "shutil.copyfile", "src": "a", "dst": "b"},
+        "adapter_options": [{"_partial_": True}],
+    }
+    for key, value in refused.items():
+        with pytest.raises(CheckpointError) as info:
+            saved_dataset_config({KEY: {**config, key: value}})
+        assert "oc.env" not in str(info.value) and "shutil" not in str(info.value)
+
+
+def test_eval_takes_caches_and_loader_settings_from_its_own_config(tmp_path):
+    """A checkpoint says what data to score, never where this machine writes."""
+    saved = {
+        "_target_": TARGETS[0],
+        "name": "csv",
+        "root": str(tmp_path),
+        "cache": "/somewhere/else",
+        "cache_auto_dir": "/somewhere/else",
+        "num_workers": 64,
+    }
+    checkpoint = tmp_path / "model.ckpt"
+    torch.save({KEY: saved}, checkpoint)
+    cfg = compose_eval([f"ckpt_path={checkpoint}", "dataset.num_workers=1"], tmp_path)
+    choose_dataset(cfg, "eval", [f"ckpt_path={checkpoint}", "dataset.num_workers=1"])
+    assert cfg.dataset.root == str(tmp_path) and cfg.dataset.name == "csv"
+    assert cfg.dataset.cache is None and cfg.dataset.num_workers == 1
+    assert cfg.dataset.cache_auto_dir == str(Path(cfg.paths.data_dir, "cache", "csv"))

@@ -42,31 +42,39 @@ def saved_dataset_config(checkpoint: Mapping[str, Any]) -> dict[str, Any] | None
 
 
 def plain_dataset_config(config: Any) -> dict[str, Any]:
-    """``config`` checked to be plain data naming one of this package's datamodules."""
+    """``config`` checked to be plain data naming one of this package's datamodules, with no
+    other Hydra key (``_target_``, ``_partial_``, ... below the top would be instantiated)."""
     if not isinstance(config, Mapping):
         raise CheckpointError(f"the checkpoint's dataset settings are a {type(config).__name__}")
-    plain = _plain(config, "dataset")
+    plain = {key: _plain(value, f"dataset.{key}") for key, value in config.items()}
     if plain.get("_target_") not in TARGETS:
         raise CheckpointError(
-            f"the checkpoint's dataset settings name {plain.get('_target_')!r}, not one of "
+            "the checkpoint's dataset settings name a class that is not one of "
             f"{', '.join(TARGETS)}; pass dataset=GROUP to choose the data yourself"
         )
     return plain
 
 
 def _plain(value: Any, where: str) -> Any:
+    """``value`` if it is plain data; never echoes a string of it (only where it sits)."""
     if value is None or isinstance(value, bool | int | float):
         return value
     if isinstance(value, str):
         if "${" in value:
             raise CheckpointError(
-                f"the checkpoint's {where}={value!r} is an interpolation, which is never "
-                "resolved from a file; pass dataset=GROUP to choose the data yourself"
+                f"the checkpoint's {where} is an interpolation, which is never resolved from a "
+                "file; pass dataset=GROUP to choose the data yourself"
             )
         return value
     if isinstance(value, list | tuple):
         return [_plain(item, f"{where}[{i}]") for i, item in enumerate(value)]
     if isinstance(value, Mapping) and all(isinstance(key, str) for key in value):
+        hydra_keys = [key for key in value if key.startswith("_") and key.endswith("_")]
+        if hydra_keys:
+            raise CheckpointError(
+                f"the checkpoint's {where} holds a Hydra key ({hydra_keys[0]}), which would "
+                "be called; pass dataset=GROUP to choose the data yourself"
+            )
         return {key: _plain(item, f"{where}.{key}") for key, item in value.items()}
     raise CheckpointError(
         f"the checkpoint's {where} is a {type(value).__name__}, not plain data; pass "

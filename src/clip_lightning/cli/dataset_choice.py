@@ -17,9 +17,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-import torch
 from hydra import compose
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -28,12 +27,22 @@ from hydra.core.override_parser.types import Override
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from clip_lightning.callbacks.dataset_config import plain_dataset_config, saved_dataset_config
+from clip_lightning.checkpoints import read_checkpoint
 from clip_lightning.data.formats import detect_format, group_for
 
 log = logging.getLogger(__name__)
 
-# settings of the training machine that the evaluating one takes from its own config
-MACHINE_KEYS = ("cache_auto_dir",)
+# Settings that say where this machine writes (caches) and how it loads: the evaluating
+# machine takes them from its own config, never from a file (also inside eval_options).
+MACHINE_KEYS = (
+    "cache",
+    "cache_auto_dir",
+    "num_workers",
+    "pin_memory",
+    "persistent_workers",
+    "prefetch_factor",
+    "hub_kwargs",
+)
 PATH_KEYS = ("root", "eval_root", "image_dir")
 
 
@@ -83,6 +92,8 @@ def _from_checkpoint(cfg: DictConfig, path: Path, overrides: list[Override]) -> 
     saved = _read_saved(path)
     if saved is None:
         return  # not a readable checkpoint (loading it says why), or one without them
+    composed = cast(dict[str, Any], OmegaConf.to_container(cfg.dataset, resolve=False))
+    saved = _machine_keys_from(composed, saved)
     dataset = OmegaConf.create(saved)
     for override in overrides:
         key = override.key_or_group
@@ -93,11 +104,6 @@ def _from_checkpoint(cfg: DictConfig, path: Path, overrides: list[Override]) -> 
             _delete(dataset, sub)
         else:
             OmegaConf.update(dataset, sub, OmegaConf.select(cfg.dataset, sub), force_add=True)
-    composed = OmegaConf.to_container(cfg.dataset, resolve=False)
-    assert isinstance(composed, dict)
-    for key in MACHINE_KEYS:
-        if key in saved and key in composed:
-            dataset[key] = composed[key]
     with open_dict(cfg):
         cfg.dataset = dataset
     log.info(
@@ -110,11 +116,21 @@ def _from_checkpoint(cfg: DictConfig, path: Path, overrides: list[Override]) -> 
 
 def _read_saved(path: Path) -> dict[str, Any] | None:
     """The checkpoint's dataset settings (weights are memory-mapped, not read)."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # not a file, not a checkpoint: load_model reports it in one line
-        return None
-    return saved_dataset_config(checkpoint) if isinstance(checkpoint, dict) else None
+    if not path.is_file():
+        return None  # load_model names the problem in one line
+    return saved_dataset_config(read_checkpoint(path))
+
+
+def _machine_keys_from(composed: dict[str, Any], saved: dict[str, Any]) -> dict[str, Any]:
+    """``saved`` with :data:`MACHINE_KEYS` taken from this machine's ``composed`` settings
+    (raw, so its interpolations resolve here), or left to the datamodule's defaults."""
+    result = {k: v for k, v in saved.items() if k not in MACHINE_KEYS}
+    result.update({k: composed[k] for k in MACHINE_KEYS if k in composed and k in saved})
+    if isinstance(result.get("eval_options"), dict):
+        result["eval_options"] = {
+            k: v for k, v in result["eval_options"].items() if k not in MACHINE_KEYS
+        }
+    return result
 
 
 def _delete(node: DictConfig, key: str) -> None:
