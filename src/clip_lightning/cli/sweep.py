@@ -4,8 +4,9 @@
 chose for the job (``0_optimizer.lr=0.001``), the ones given to every job left out.
 :class:`SweepSummary`, a Hydra callback (``hydra.callbacks``), records each job's outcome in
 its folder and writes ``summary.csv`` and ``summary.md`` into the sweep folder, one row per job
-(grid job or Optuna trial): its overrides, status, validation and test figures and folder. At
-the end of the sweep it prints the table and the sweep folder, last.
+(grid job or Optuna trial): its swept overrides (read from its ``.hydra/overrides.yaml``),
+status, validation and test figures and folder. At the end of the sweep it prints the table and
+the sweep folder, last.
 """
 
 from __future__ import annotations
@@ -97,21 +98,15 @@ class SweepSummary(Callback):
         record = {
             "status": "failed" if failed else "completed",
             "error": error[0] if error else None,
-            "overrides": [
-                _text(o)
-                for o in swept_overrides(
-                    list(config.hydra.overrides.task),
-                    swept_keys(config.hydra.sweeper.get("params")),
-                )
-            ],
         }
         folder = Path(config.hydra.runtime.output_dir)
         (folder / JOB_FILE).write_text(json.dumps(record, indent=2) + "\n")
-        write_summary(folder.parent)  # also there if the sweep stops at a failed job
+        # also there if the sweep stops at a failed job (the end rewrites it)
+        write_summary(folder.parent, swept_keys(config.hydra.sweeper.get("params")))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        rows = write_summary(sweep_dir)
+        sweep_dir = Path(config.hydra.sweep.dir).absolute()
+        rows = write_summary(sweep_dir, swept_keys(config.hydra.sweeper.get("params")))
         print_summary(rows)
         print(f"Sweep directory: {sweep_dir}")
 
@@ -120,18 +115,20 @@ def _is_sweep(config: DictConfig) -> bool:
     return OmegaConf.select(config, "hydra.mode", default=None) == RunMode.MULTIRUN
 
 
-def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
-    """One row per job folder of ``sweep_dir`` that recorded its outcome, in job order."""
+def job_rows(sweep_dir: Path, keys: Collection[str]) -> list[dict[str, Any]]:
+    """One row per job folder of ``sweep_dir`` that recorded its outcome, in job order; the
+    overrides shown are those of ``keys`` (:func:`swept_keys`)."""
     rows = []
     for record_path in sweep_dir.glob(f"*/{JOB_FILE}"):
         folder = record_path.parent
         record = json.loads(record_path.read_text())
-        metrics_path = folder / METRICS_FILE
-        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+        metrics = _read_json(folder / METRICS_FILE)
+        given = folder / ".hydra" / "overrides.yaml"  # Hydra's record of the job's overrides
+        overrides = list(OmegaConf.load(given)) if given.is_file() else []
         rows.append(
             {
                 "job": folder.name,
-                "overrides": " ".join(record["overrides"]),
+                "overrides": " ".join(_text(o) for o in swept_overrides(overrides, keys)),
                 "status": record["status"],
                 **{key: metrics.get(key) for key in FIGURES},
                 "error": record["error"],
@@ -141,9 +138,13 @@ def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda row: int(row["job"].partition("_")[0]))
 
 
-def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_summary(sweep_dir: Path, keys: Collection[str]) -> list[dict[str, Any]]:
     """Write ``summary.csv`` and ``summary.md`` from the job folders; returns the rows."""
-    rows = job_rows(sweep_dir)
+    rows = job_rows(sweep_dir, keys)
     columns = _columns(rows, [*FIGURES])
     with (sweep_dir / f"{SUMMARY}.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
