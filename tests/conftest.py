@@ -9,7 +9,13 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-from tests.helpers import TINY_TRAIN_OVERRIDES, compose_train, save_tiny_checkpoint
+from tests.helpers import (
+    TINY_TRAIN_OVERRIDES,
+    PreemptedRun,
+    compose_train,
+    preempt_and_resume,
+    save_tiny_checkpoint,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -33,3 +39,10 @@ def tiny_cfg(tmp_path) -> DictConfig:
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A checkpoint of the tiny quickstart model after one step, shared by the whole session."""
     return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny_checkpoint"))
+
+
+@pytest.fixture(scope="session")
+def preempted_run(tmp_path_factory: pytest.TempPathFactory) -> PreemptedRun:
+    """One subprocess run stopped by SIGTERM mid-epoch and resumed, for the tests of its
+    different facts (mark them ``xdist_group("preempted_run")`` so one worker runs it once)."""
+    return preempt_and_resume(tmp_path_factory.mktemp("preempted"))

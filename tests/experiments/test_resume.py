@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -13,58 +9,38 @@ import torch
 
 from clip_lightning.cli.task import PREEMPTED_EXIT_CODE
 from tests.helpers import (
-    REPO_ROOT,
+    PREEMPTED_RUN_OVERRIDES,
     TINY_RUN_OVERRIDES,
+    PreemptedRun,
     read_metrics,
     run_dirs,
     run_train,
-    step_marker_overrides,
-    train_env,
 )
 
-# 160 train images / 8 per step = 20 steps per epoch, 2 epochs; no test pass, no early stop.
-# The job is stopped two steps into epoch 2, read from a step marker the run writes.
-RESUME = [
-    *TINY_RUN_OVERRIDES,
-    "dataset.adapter_options.train=160",
-    "dataset.batch_size=8",
-    "trainer.max_epochs=2",
-    "test=false",
-]
+# The reference trains what the preempted run does (20 steps per epoch, 2 epochs) without a stop.
+RESUME = PREEMPTED_RUN_OVERRIDES
 STEPS_PER_EPOCH = 20
 
 
 @pytest.mark.slow
-def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(tmp_path: Path) -> None:
+@pytest.mark.xdist_group("preempted_run")
+def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(
+    tmp_path: Path, preempted_run: PreemptedRun
+) -> None:
     reference = tmp_path / "reference"
     reference.mkdir()
     run_train(reference, *RESUME)
     expected = read_metrics(run_dirs(reference)[0])
 
-    interrupted = tmp_path / "interrupted"
-    interrupted.mkdir()
-    marker = interrupted / "global_step"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "clip_lightning.train", *RESUME, *step_marker_overrides(marker)],
-        cwd=interrupted,
-        env=train_env(interrupted, PYTHONPATH=str(REPO_ROOT)),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 240
-    while not marker.is_file() or int(marker.read_text() or 0) < STEPS_PER_EPOCH + 2:
-        assert proc.poll() is None and time.monotonic() < deadline, "run ended before epoch 2"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == PREEMPTED_EXIT_CODE  # a preempted job is not a success
-    (first,) = run_dirs(interrupted)
+    # stopped two steps into epoch 2, read from a step marker the run writes
+    assert preempted_run.exit_code == PREEMPTED_EXIT_CODE  # a preempted job is not a success
+    (first,) = preempted_run.runs_at_stop
     assert not (first / "metrics.json").exists()
-    state = torch.load(first / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    state = torch.load(preempted_run.stopped_checkpoint, map_location="cpu", weights_only=True)
     assert STEPS_PER_EPOCH < state["global_step"] < 2 * STEPS_PER_EPOCH, "not saved mid-epoch"
     assert "RNGStateCheckpoint" in state["callbacks"]
 
-    run_train(interrupted, *RESUME, "ckpt_path=last")
-    resumed_dir = run_dirs(interrupted)[-1]
+    resumed_dir = run_dirs(preempted_run.root)[-1]
     assert resumed_dir != first
     resumed = read_metrics(resumed_dir)
     final = torch.load(resumed_dir / "checkpoints" / "last.ckpt", weights_only=True)

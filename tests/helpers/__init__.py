@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -202,3 +207,83 @@ def step_marker_overrides(path: Path) -> list[str]:
         "+callbacks.step_marker._target_=tests.helpers.StepMarker",
         f"+callbacks.step_marker.path={path}",
     ]
+
+
+# the StepMarker callback lives in tests/; the caller's own path (a checkout's src/) stays first
+MARKER_PYTHONPATH = os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(REPO_ROOT)]))
+
+
+def start_and_signal(
+    tmp_path: Path,
+    overrides: list[str],
+    signum: signal.Signals,
+    at_step: int,
+    settle: float = 0.5,
+) -> tuple[int, str]:
+    """Run ``train``, send ``signum`` ``settle`` seconds after the run reached ``at_step`` (into
+    the next step, or the stalled fetch); (exit code, output)."""
+    marker = tmp_path / "global_step"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "clip_lightning.train", *overrides, *step_marker_overrides(marker)],
+        cwd=tmp_path,
+        env=train_env(tmp_path, PYTHONPATH=MARKER_PYTHONPATH),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 240
+    while not marker.is_file() or int(marker.read_text() or -1) < at_step:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-3000:]
+        time.sleep(0.05)
+    time.sleep(settle)
+    proc.send_signal(signum)
+    output = proc.communicate(timeout=120)[0]
+    return proc.returncode, output
+
+
+def dead_pid() -> int:
+    """The id of a process that has exited (and been reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+# 160 train images / 8 per step = 20 steps per epoch, 2 epochs; no test pass
+PREEMPTED_RUN_OVERRIDES = [
+    *TINY_RUN_OVERRIDES,
+    "dataset.adapter_options.train=160",
+    "dataset.batch_size=8",
+    "trainer.max_epochs=2",
+    "test=false",
+]
+PREEMPTED_AT_STEP = 22
+
+
+@dataclass(frozen=True)
+class PreemptedRun:
+    """A run of :data:`PREEMPTED_RUN_OVERRIDES` stopped by SIGTERM two steps into epoch 2, then
+    resumed with ``ckpt_path=last`` after a killed save's temporary was left in its folder."""
+
+    root: Path  # cwd of both runs; logs under root/logs
+    exit_code: int
+    output: str
+    runs_at_stop: list[Path]  # the run directories right after the SIGTERM
+    stopped_checkpoint: Path  # a copy of last.ckpt as the SIGTERM left it
+    stale: Path  # the temporary, in the stopped run's checkpoints folder
+    resumed: subprocess.CompletedProcess[str]
+
+
+def preempt_and_resume(root: Path) -> PreemptedRun:
+    """Run, stop and resume the :class:`PreemptedRun` under ``root``."""
+    exit_code, output = start_and_signal(
+        root, PREEMPTED_RUN_OVERRIDES, signal.SIGTERM, at_step=PREEMPTED_AT_STEP, settle=0.0
+    )
+    runs_at_stop = run_dirs(root)
+    checkpoints = runs_at_stop[0] / "checkpoints"
+    stopped_checkpoint = root / "stopped_last.ckpt"
+    shutil.copyfile(checkpoints / "last.ckpt", stopped_checkpoint)
+    # a kill -9 in the middle of a later save leaves its temporary behind
+    stale = checkpoints / f".last.ckpt.tmp-{socket.gethostname()}-{dead_pid()}"
+    stale.write_bytes(b"\0" * 1_000_000)
+    resumed = run_train(root, *PREEMPTED_RUN_OVERRIDES, "ckpt_path=last")
+    return PreemptedRun(root, exit_code, output, runs_at_stop, stopped_checkpoint, stale, resumed)

@@ -8,11 +8,9 @@ import errno
 import io
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -33,64 +31,36 @@ from tests.helpers import (
     CONFIG_DIR,
     TINY_RUN_OVERRIDES,
     TINY_TRAIN_OVERRIDES,
+    PreemptedRun,
     compose_train,
+    dead_pid,
     read_metrics,
     run_dirs,
-    run_train,
     train_env,
 )
 
-# 160 images / 8 per step: 20 steps an epoch, long enough for a SIGTERM to land mid-epoch
-LONG_EPOCHS = [
-    *TINY_RUN_OVERRIDES,
-    "dataset.adapter_options.train=160",
-    "dataset.batch_size=8",
-    "test=false",
-]
-
-
-def dead_pid() -> int:
-    """The id of a process that has exited (and been reaped)."""
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
-
 
 @pytest.mark.slow
-def test_sigterm_exits_143_keeps_last_ckpt_and_a_killed_save_is_cleaned_on_resume(tmp_path):
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "clip_lightning.train", *LONG_EPOCHS, "trainer.max_epochs=2"],
-        cwd=tmp_path,
-        env=train_env(tmp_path),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 240
-    while not list(tmp_path.glob("logs/*/runs/*/checkpoints/epoch_000.ckpt")):
-        assert proc.poll() is None and time.monotonic() < deadline, "run ended before epoch 1"
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGTERM)
-    stdout, stderr = proc.communicate(timeout=120)
-
-    output = stdout + stderr
-    assert proc.returncode == PREEMPTED_EXIT_CODE
+@pytest.mark.xdist_group("preempted_run")
+def test_sigterm_exits_143_keeps_last_ckpt_and_a_killed_save_is_cleaned_on_resume(
+    preempted_run: PreemptedRun,
+):
+    output = preempted_run.output
+    assert preempted_run.exit_code == PREEMPTED_EXIT_CODE
     assert "saved" in output and "resume with ckpt_path=last" in output
     assert "Traceback" not in output
-    (run,) = run_dirs(tmp_path)
+    (run,) = preempted_run.runs_at_stop
     checkpoints = run / "checkpoints"
     assert not (run / "metrics.json").exists()
-    state = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)
+    state = torch.load(preempted_run.stopped_checkpoint, map_location="cpu", weights_only=True)
     assert state["global_step"] >= 20
 
-    # a kill -9 in the middle of a later save leaves its temporary behind
-    stale = checkpoints / f".last.ckpt.tmp-{socket.gethostname()}-{dead_pid()}"
-    stale.write_bytes(b"\0" * 1_000_000)
-    resumed = run_train(tmp_path, *LONG_EPOCHS, "trainer.max_epochs=2", "ckpt_path=last")
+    # a kill -9 in the middle of a later save left its temporary behind before the resume
+    stale, resumed = preempted_run.stale, preempted_run.resumed
     assert not stale.exists()
     assert f"removed {stale}" in resumed.stdout + resumed.stderr
     assert (checkpoints / "last.ckpt").is_file()
-    assert "val/rsum" in read_metrics(run_dirs(tmp_path)[-1])
+    assert "val/rsum" in read_metrics(run_dirs(preempted_run.root)[-1])
 
 
 def test_only_temporaries_of_dead_processes_on_this_host_are_removed(tmp_path):

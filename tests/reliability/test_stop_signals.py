@@ -4,12 +4,9 @@ while the data loop is stuck; shards that can never yield a sample are one line,
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
@@ -22,12 +19,10 @@ from clip_lightning.data.shards import write_shards
 from clip_lightning.data.streaming import WebDataModule
 from clip_lightning.errors import DataError
 from tests.helpers import (
-    REPO_ROOT,
     TINY_RUN_OVERRIDES,
     compose_train,
     run_dirs,
-    step_marker_overrides,
-    train_env,
+    start_and_signal,
 )
 from tests.helpers.data import IMAGE_CONFIG, build_karpathy
 
@@ -43,37 +38,10 @@ STREAM_RUN = [o for o in TINY_RUN_OVERRIDES if not o.startswith("dataset")] + [
 ]
 
 
-# the marker callback lives in tests/; the caller's own path (a checkout's src/) stays first
-PYTHONPATH = os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(REPO_ROOT)]))
-
-
 def empty_tar(path: Path) -> str:
     with tarfile.open(path, "w"):
         pass  # a valid tar (end-of-archive blocks) with no member
     return str(path)
-
-
-def start_and_signal(
-    tmp_path: Path, overrides: list[str], signum: signal.Signals, at_step: int
-) -> tuple[int, str]:
-    """Run ``train``, send ``signum`` once the run reached ``at_step``; (exit code, output)."""
-    marker = tmp_path / "global_step"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "clip_lightning.train", *overrides, *step_marker_overrides(marker)],
-        cwd=tmp_path,
-        env=train_env(tmp_path, PYTHONPATH=PYTHONPATH),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    deadline = time.monotonic() + 240
-    while not marker.is_file() or int(marker.read_text() or -1) < at_step:
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-3000:]
-        time.sleep(0.05)
-    time.sleep(0.5)  # into the next step (or the stalled fetch)
-    proc.send_signal(signum)
-    output = proc.communicate(timeout=120)[0]
-    return proc.returncode, output
 
 
 @pytest.mark.slow
