@@ -416,7 +416,7 @@ def test_a_batch_larger_than_the_train_split_trains_on_the_split_in_one_line(
         loader = dm.train_dataloader()
     assert loader.batch_size == 8 and len(loader) == 1
     assert caplog.messages == [
-        "flickr30k: the train split has 8 samples, fewer than dataset.batch_size=64: training "
+        "flickr30k: 8 training samples per epoch, fewer than dataset.batch_size=64: training "
         "on batches of 8 (set dataset.batch_size to at most 8 to choose)"
     ]
 

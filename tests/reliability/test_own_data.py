@@ -27,6 +27,7 @@ from tests.helpers import (
     run_train,
 )
 from tests.helpers.data import (
+    IMAGE_CONFIG,
     build_hf_disk,
     build_hf_minimal,
     build_karpathy,
@@ -51,7 +52,7 @@ def test_a_40_image_csv_trains_from_dataset_root_alone_first_try(tmp_path: Path)
     output = proc.stdout + proc.stderr
     assert f"dataset.root={data} holds csv data: using dataset=csv" in output
     assert "using columns image='filepath', caption='title'" in output
-    assert "the train split has 36 samples, fewer than dataset.batch_size=64" in output
+    assert "csv: 36 training samples per epoch, fewer than dataset.batch_size=64" in output
     (run,) = run_dirs(tmp_path, "train")
     assert read_metrics(run)["test/rsum"] >= 0
     saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, mmap=True)
@@ -190,6 +191,19 @@ def test_webdataset_without_val_data_stops_before_the_model_is_built(
     assert "dataset.val_urls=SHARDS and dataset.test_urls=SHARDS" in str(info.value)
 
 
+def test_shards_smaller_than_a_batch_train_on_smaller_batches_in_one_line(
+    tmp_path, shard_urls, caplog
+) -> None:
+    cfg = compose_data("webdataset", None, tmp_path, f'dataset.urls="{shard_urls}"')
+    datamodule = instantiate(cfg.dataset, image_config=IMAGE_CONFIG)  # 20 samples, batch 4
+    assert datamodule.train_batch_size() == 4
+    datamodule.batch_size = 64
+    with caplog.at_level(logging.WARNING):
+        assert datamodule.train_batch_size(world_size=2) == 10
+        assert datamodule.train_dataset(0, 2, 10).batches_per_rank == 1
+    assert "20 training samples per epoch (10 per device on 2), fewer than" in caplog.text
+
+
 def test_webdataset_refuses_a_dataset_root_in_one_line(tmp_path, shard_urls) -> None:
     cfg = compose_data(
         "webdataset", None, tmp_path, f'dataset.urls="{shard_urls}"', f"dataset.root={tmp_path}"
@@ -207,7 +221,7 @@ def test_a_train_split_of_one_image_is_an_error_not_a_batch_of_one(tmp_path, cap
     cfg = compose_data("csv", data, tmp_path, "dataset.batch_size=64")
     datamodule = instantiate(cfg.dataset)
     datamodule.load_splits()
-    with pytest.raises(DataError, match=r"the train split has 1 samples, too few for a"):
+    with pytest.raises(DataError, match=r"1 training samples per epoch are too few for a"):
         datamodule.train_batch_size(1)
     with caplog.at_level(logging.WARNING):
         assert datamodule.train_batch_size(36) == 36

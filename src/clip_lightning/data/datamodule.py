@@ -282,30 +282,16 @@ class CaptionDataModule(L.LightningDataModule):
         return self._loader(dataset, self.train_batch_size(len(dataset), world_size), shuffle=True)
 
     def train_batch_size(self, samples: int, world_size: int = 1) -> int:
-        """``batch_size``, or the per-device share of a train split smaller than one batch
-        (incomplete batches are dropped, so no step would run): small data trains with the
-        defaults, saying so in one line. A share under 2 pairs has no negatives: an error."""
-        per_device = math.ceil(samples / world_size)
-        if per_device >= self.batch_size:
-            return self.batch_size
-        devices = f" ({per_device} per device on {world_size})" if world_size > 1 else ""
-        if per_device < 2:
-            raise DataError(
-                f"{self.name}: the train split has {samples} samples{devices}, too few for a "
-                "contrastive batch (at least 2 pairs); add images or lower "
-                "dataset.split_sizes.val / dataset.split_sizes.test"
-            )
-        log.warning(
-            "%s: the train split has %d samples%s, fewer than dataset.batch_size=%d: training "
-            "on batches of %d (set dataset.batch_size to at most %d to choose)",
+        """The batch size to train ``samples`` on (see :func:`fit_batch_size`); the
+        distributed sampler pads every rank to the same share."""
+        return fit_batch_size(
             self.name,
-            samples,
-            devices,
             self.batch_size,
-            per_device,
-            per_device,
+            samples,
+            world_size,
+            math.ceil(samples / world_size),
+            "add images or lower dataset.split_sizes.val / dataset.split_sizes.test",
         )
-        return per_device
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.eval_dataset("val"), self.eval_batch_size, shuffle=False)
@@ -327,6 +313,34 @@ class CaptionDataModule(L.LightningDataModule):
                 first_names(names),
             )
         return batch
+
+
+def fit_batch_size(
+    name: str, batch_size: int, samples: int, world_size: int, per_device: int, fix: str
+) -> int:
+    """``batch_size``, or each device's share of the ``samples`` of an epoch when that is
+    smaller than one batch (incomplete batches are dropped, so no step would run): small data
+    trains with the defaults, saying so in one line. A share under 2 pairs has no negatives
+    to contrast: an error naming ``fix``."""
+    if per_device >= batch_size:
+        return batch_size
+    devices = f" ({per_device} per device on {world_size})" if world_size > 1 else ""
+    if per_device < 2:
+        raise DataError(
+            f"{name}: {samples} training samples per epoch{devices} are too few for a "
+            f"contrastive batch (at least 2 pairs); {fix}"
+        )
+    log.warning(
+        "%s: %d training samples per epoch%s, fewer than dataset.batch_size=%d: training on "
+        "batches of %d (set dataset.batch_size to at most %d to choose)",
+        name,
+        samples,
+        devices,
+        batch_size,
+        per_device,
+        per_device,
+    )
+    return per_device
 
 
 def _check_loader_numbers(**values: Any) -> None:

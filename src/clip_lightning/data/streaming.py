@@ -52,7 +52,12 @@ from torch.utils.data import DataLoader, IterableDataset
 from torch.utils.data.dataloader import _BaseDataLoaderIter
 
 from clip_lightning.data.checks import check_policy
-from clip_lightning.data.datamodule import CaptionDataModule, loader_options, model_side
+from clip_lightning.data.datamodule import (
+    CaptionDataModule,
+    fit_batch_size,
+    loader_options,
+    model_side,
+)
 from clip_lightning.data.formats import group_for
 from clip_lightning.data.records import (
     MISSING,
@@ -532,7 +537,7 @@ class WebDataModule(L.LightningDataModule):
             )
         if eval_root is not None and (val_urls or test_urls):
             raise DataError("set dataset.eval_root or dataset.val_urls/test_urls, not both")
-        self.name = name
+        self.name: str = name  # never None here, unlike LightningDataModule.name
         # training shards; evaluating on eval shards needs none
         self.shards, self.shard_weights = expand_sources(urls, weights) if urls else ([], None)
         self.train_num_samples = train_num_samples
@@ -668,16 +673,27 @@ class WebDataModule(L.LightningDataModule):
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
-    def train_dataset(self, rank: int = 0, world_size: int = 1) -> ShardStream:
-        transform = self._require(self.train_transform, "image_config")
+    def train_batch_size(self, world_size: int = 1) -> int:
+        """The batch size an epoch of :meth:`num_samples` trains on (see
+        :func:`~clip_lightning.data.datamodule.fit_batch_size`); every rank yields whole
+        batches only."""
         samples = self.num_samples()
-        batches = samples // (self.batch_size * world_size)
-        if batches == 0:
-            raise DataError(
-                f"{self.name}: {samples} samples per epoch are fewer than one global batch of "
-                f"{world_size} x {self.batch_size}; lower dataset.batch_size or raise "
-                "dataset.train_num_samples"
-            )
+        return fit_batch_size(
+            self.name,
+            self.batch_size,
+            samples,
+            world_size,
+            samples // world_size,
+            "raise dataset.train_num_samples or write more samples",
+        )
+
+    def train_dataset(
+        self, rank: int = 0, world_size: int = 1, batch_size: int | None = None
+    ) -> ShardStream:
+        """The rank's stream of ``batch_size`` (default: :meth:`train_batch_size`) batches."""
+        transform = self._require(self.train_transform, "image_config")
+        batch_size = batch_size or self.train_batch_size(world_size)
+        batches = self.num_samples() // (batch_size * world_size)
         workers = max(1, self.num_workers)
         if not self.resampled and len(self.shards) < world_size * workers:
             raise DataError(
@@ -689,7 +705,7 @@ class WebDataModule(L.LightningDataModule):
             self.shards,
             self.shard_weights,
             transform,
-            batch_size=self.batch_size,
+            batch_size=batch_size,
             batches_per_rank=batches,
             resampled=self.resampled,
             shuffle_buffer=self.shuffle_buffer,
@@ -702,10 +718,12 @@ class WebDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ loaders
     def train_dataloader(self) -> DataLoader:
+        rank, world_size = self.ranks()
+        batch_size = self.train_batch_size(world_size)
         return StreamLoader(
-            self.train_dataset(*self.ranks()),
+            self.train_dataset(rank, world_size, batch_size),
             self.stream_position,
-            batch_size=self.batch_size,
+            batch_size=batch_size,
             drop_last=True,
             collate_fn=self._require(self.collate, "tokenizer"),
             **self.loader_options,
