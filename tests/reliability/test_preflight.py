@@ -35,7 +35,7 @@ def test_offline_defaults_name_everything_missing_in_one_line_at_once(tmp_path: 
     output = proc.stdout + proc.stderr
     assert proc.returncode == 1, output
     (line,) = error_lines(output)
-    assert "cannot start (HF_HUB_OFFLINE is set), 4 thing(s) to fix: (1) trainer.accel" in line
+    assert "cannot start (HF_HUB_OFFLINE is set), 4 things to fix: (1) trainer.accel" in line
     assert "but torch finds no CUDA GPU on this machine: set trainer=cpu" in line
     assert "(2) the resnet50 image weights (timm/resnet50.a1_in1k), not on this machine: " in line
     assert "model.image_encoder.weights_file=FILE" in line
@@ -74,7 +74,7 @@ def test_missing_local_files_and_data_are_listed_together(tmp_path: Path) -> Non
     with pytest.raises(ClipLightningError) as info:
         preflight(cfg, instantiate(cfg.dataset), ["val"], QUICKSTART_HINT)
     message = str(info.value)
-    assert message.startswith("cannot start, 3 thing(s) to fix: (1) model.image_encoder")
+    assert message.startswith("cannot start, 3 things to fix: (1) model.image_encoder")
     assert "weights_file=/no/such/weights.safetensors does not exist" in message
     assert f"(2) model.text_encoder.name_or_path={tmp_path / 'no-model'} does not exist" in message
     assert f"(3) dataset.root={tmp_path / 'no-data'} does not exist" in message

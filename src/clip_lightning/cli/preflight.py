@@ -80,13 +80,16 @@ def preflight(
     if datamodule is not None and not any(f.data for f in missing):
         absent += data_problems(datamodule, splits, full=not (hardware or absent), train=train)
     problems = hardware + absent
-    if problems:
-        why = f" ({offline})" if missing else ""
-        listed = "; ".join(f"({i}) {p}" for i, p in enumerate(problems, start=1))
-        tail = f"; {hint}" if hint and downloads else ""
+    if not problems:
+        return
+    why = f" ({offline})" if missing else ""
+    tail = f"; {hint}" if hint and downloads else ""
+    if len(problems) == 1:  # the problem's own line, as the part that found it says it
         raise ClipLightningError(
-            f"cannot start{why}, {len(problems)} thing(s) to fix: {listed}{tail}"
+            f"cannot start{why}: {problems[0]}{tail}" if why else problems[0] + tail
         )
+    listed = "; ".join(f"({i}) {p}" for i, p in enumerate(problems, start=1))
+    raise ClipLightningError(f"cannot start{why}, {len(problems)} things to fix: {listed}{tail}")
 
 
 # ----------------------------------------------------------------------------------- hardware
