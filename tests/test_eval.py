@@ -32,6 +32,9 @@ from clip_lightning.utils.config import register_resolvers
 from clip_lightning.utils.instantiate import instantiate_list
 from tests.helpers import CONFIG_DIR, TINY_TRAIN_OVERRIDES, quiet_trainer
 
+# the tests share a module fixture that trains: one worker builds it once
+pytestmark = pytest.mark.xdist_group("eval_trained")
+
 DATA = [
     "dataset.adapter_options.train=64",
     "dataset.adapter_options.val=32",

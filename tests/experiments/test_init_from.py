@@ -16,6 +16,9 @@ from clip_lightning.errors import CheckpointError, ConfigError
 from clip_lightning.utils.resume import resolve_ckpt_path, same_model_and_data
 from tests.helpers import TINY_TRAIN_OVERRIDES, compose_train
 
+# the tests share a module fixture that trains: one worker builds it once
+pytestmark = pytest.mark.xdist_group("init_from")
+
 ONE_EPOCH = [*TINY_TRAIN_OVERRIDES, "test=false"]
 
 

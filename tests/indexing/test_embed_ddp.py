@@ -23,7 +23,7 @@ from clip_lightning.module import CLIPModule
 from tests.helpers import REPO_ROOT, train_env
 from tests.helpers.embedding import SHARD_SIZES, caption
 
-pytestmark = [pytest.mark.slow, pytest.mark.distributed]
+pytestmark = [pytest.mark.slow, pytest.mark.distributed, pytest.mark.xdist_group("embed_ddp")]
 
 
 def embed_command(checkpoint: Path, urls: str, out: Path, *extra: str) -> list[str]:

@@ -23,6 +23,9 @@ from clip_lightning.utils.config import register_resolvers
 from tests.helpers import CONFIG_DIR
 from tests.helpers.data import write_image
 
+# the tests share a module fixture that trains: one worker builds it once
+pytestmark = pytest.mark.xdist_group("index_search")
+
 
 def compose_task(task: str, tmp_path: Path, *overrides: str):
     register_resolvers()
