@@ -1,7 +1,8 @@
 """Test helpers: tiny settings, config composition and the train app run as a subprocess.
 
 Conftest files hold only fixtures; tests import what they share from here (and the on-disk
-dataset builders from :mod:`tests.helpers.data`).
+dataset builders from :mod:`tests.helpers.data`). ``tests/README.md`` says how to keep a new
+test fast: which session fixtures to reuse and when a subprocess run is justified.
 """
 
 from __future__ import annotations
