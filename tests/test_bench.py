@@ -35,6 +35,15 @@ TINY_BENCH = [
     "grad_checkpointing.batch_size=8",
     "grad_checkpointing.steps=1",
     "grad_checkpointing.repeats=1",
+    "vector_search.num_vectors=2000",
+    "vector_search.dim=32",
+    "vector_search.num_queries=20",
+    "vector_search.latency_queries=5",
+    "embed.num_images=8",
+    "embed.image_size=32",
+    "embed.batch_size=4",
+    "embed.workers=[0]",
+    "embed.samples_per_shard=4",
 ]
 
 

@@ -58,6 +58,19 @@ def _grad_checkpointing(cfg: DictConfig) -> dict[str, Any]:
     return run(cfg, **cfg.grad_checkpointing)
 
 
+def _vector_search(cfg: DictConfig) -> dict[str, Any]:
+    from clip_lightning.benchmarks.vector_search import run
+
+    return run(**cfg.vector_search)
+
+
+def _embed(cfg: DictConfig) -> dict[str, Any]:
+    from clip_lightning.benchmarks.embed_throughput import run
+
+    options = cast(dict[str, Any], OmegaConf.to_container(cfg.embed, resolve=True))
+    return run(cfg, **options)
+
+
 # Imported lazily: each sub-benchmark pulls in only what it needs.
 BENCHMARKS: dict[str, Callable[[DictConfig], dict[str, Any]]] = {
     "train_step": _train_step,
@@ -65,6 +78,8 @@ BENCHMARKS: dict[str, Callable[[DictConfig], dict[str, Any]]] = {
     "retrieval": _retrieval,
     "data_pipeline": _data_pipeline,
     "grad_checkpointing": _grad_checkpointing,
+    "vector_search": _vector_search,
+    "embed": _embed,
 }
 
 

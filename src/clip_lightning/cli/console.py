@@ -49,6 +49,8 @@ def _no_weight_loading_bar(factory: Callable[..., Any], args: tuple, kwargs: dic
 
 def quiet_console() -> None:
     """Install the filters (idempotent: once per process is enough, more is harmless)."""
+    # faiss reports at INFO which of its builds it tried to load (index, search, bench)
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     for name in _RANK_ZERO_LOGGERS:
         logger = logging.getLogger(name)
         if _DROP_LINES not in logger.filters:

@@ -3,9 +3,10 @@
 ``kind=auto`` keeps every vector (``IndexFlatIP``, exact) below ``flat_below`` vectors, where an
 exact scan is still fast, and above it builds an ``IVF{nlist},PQ{m}`` index sized to fit
 ``max_memory``: ``nlist`` inverted lists (about ``2·sqrt(N)``, a power of two) and ``m`` bytes
-per vector, the most the budget allows. A query then scans ``nprobe`` of the lists; ``nprobe``
-is chosen on held-out queries as the smallest that reaches ``target_recall``, where recall@k is
-the share of the exact top-k (a brute-force scan) that the index returns in its top-k.
+per vector, the most the budget allows (at most one per 4 dimensions). A query then scans
+``nprobe`` of the lists; ``nprobe`` is chosen on held-out queries as the smallest that reaches
+``target_recall``, where recall@k is the share of the exact top-k (a brute-force scan) that the
+index returns in its top-k.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ ID_BYTES = 8
 # k-means training points per inverted list (faiss warns below 39)
 TRAIN_PER_LIST = 64
 MAX_NPROBE = 1024
+# PQ sub-vectors of fewer dimensions cost training and search time for little recall
+MIN_SUBVECTOR_DIMS = 4
 # PQ learns 256 centroids per sub-vector; faiss wants ~39 training points per centroid
 MIN_IVFPQ_VECTORS = 39 * 256
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
@@ -60,7 +63,7 @@ class IndexShape:
 
 def ivfpq_shape(ntotal: int, dim: int, max_memory: int, nlist: int | None = None) -> IndexShape:
     """The IVF-PQ sizes for ``ntotal`` vectors: ``nlist`` lists and the largest ``m`` (a
-    divisor of ``dim``, at most ``dim / 2``) whose index fits ``max_memory``."""
+    divisor of ``dim``, at most ``dim / 4``) whose index fits ``max_memory``."""
     if ntotal < MIN_IVFPQ_VECTORS:
         raise DataError(
             f"IVF-PQ needs at least {MIN_IVFPQ_VECTORS} vectors to train on, these are {ntotal}; "
@@ -69,7 +72,8 @@ def ivfpq_shape(ntotal: int, dim: int, max_memory: int, nlist: int | None = None
     if nlist is None:
         nlist = 2 ** round(math.log2(max(1.0, 2 * math.sqrt(ntotal))))
     nlist = max(1, min(nlist, ntotal // TRAIN_PER_LIST or 1))
-    for m in sorted((m for m in range(1, dim // 2 + 1) if dim % m == 0), reverse=True):
+    largest = max(1, dim // MIN_SUBVECTOR_DIMS)
+    for m in sorted((m for m in range(1, largest + 1) if dim % m == 0), reverse=True):
         shape = IndexShape("ivfpq", ntotal, dim, nlist=nlist, m=m)
         if shape.bytes() <= max_memory:
             return shape
@@ -130,8 +134,9 @@ def set_nprobe(index: faiss.Index, nprobe: int) -> None:
 def tune_nprobe(
     index: faiss.Index, queries: np.ndarray, exact: np.ndarray, target: float
 ) -> tuple[int, float, dict[int, float]]:
-    """The smallest power-of-two ``nprobe`` whose recall reaches ``target`` (else the one with
-    the best recall), that recall, and the recall of every ``nprobe`` tried."""
+    """The smallest power-of-two ``nprobe`` whose recall reaches ``target`` -- or, when no
+    ``nprobe`` does (the codes are too coarse), the smallest within 0.01 of the best recall --
+    that recall, and the recall of every ``nprobe`` tried."""
     nlist = faiss.extract_index_ivf(index).nlist
     k = exact.shape[1]
     tried: dict[int, float] = {}
@@ -142,7 +147,8 @@ def tune_nprobe(
         if tried[nprobe] >= target:
             break
         nprobe *= 2
-    best = next((p for p, r in tried.items() if r >= target), max(tried, key=tried.__getitem__))
+    enough = min(target, max(tried.values()) - 0.01)
+    best = next(p for p, r in tried.items() if r >= enough)
     set_nprobe(index, best)
     return best, tried[best], tried
 
