@@ -71,7 +71,7 @@ def preflight(
     :data:`QUICKSTART_HINT`).
     """
     hardware = hardware_problems(cfg.get("trainer"))
-    needed = hub_files(cfg)
+    needed = hub_files(cfg, data=datamodule is not None)
     offline = offline_reason() if needed else None
     missing = [f for f in needed if not f.cached] if offline else []
     absent = [f"{f.what}, not on this machine: {f.fix}" for f in missing]
@@ -150,8 +150,10 @@ def _cpu_notes(devices: Any, precision: str) -> None:
 
 
 # -------------------------------------------------------------------------------- model files
-def hub_files(cfg: DictConfig) -> list[HubFile]:
-    """What the run's model and data would fetch from the hub (nothing for local files)."""
+def hub_files(cfg: DictConfig, data: bool = True) -> list[HubFile]:
+    """What the run's model and (with ``data``) its dataset would fetch from the hub (nothing
+    for local files); a run that reads no dataset, e.g. zero-shot on an image folder, passes
+    ``data=False``."""
     model, dataset = cfg.get("model"), cfg.get("dataset")
     needed: list[HubFile] = []
     if model is not None:
@@ -175,7 +177,8 @@ def hub_files(cfg: DictConfig) -> list[HubFile]:
         if "arch" in model:
             needed += _open_clip_weights(str(model.arch), model.get("pretrained"))
     if (
-        dataset is not None
+        data
+        and dataset is not None
         and dataset.get("root") is None
         and dataset.get("hub_id")
         and dataset.get("format", "auto") in ("auto", "hf")
