@@ -12,6 +12,7 @@ import pytest
 
 from clip_lightning.cli.bench import BENCHMARKS
 from clip_lightning.errors import ClipLightningError
+from tests.pretrained import TINY_OPEN_CLIP
 
 TINY_BENCH = [
     "trainer.accelerator=cpu",
@@ -49,7 +50,7 @@ TINY_BENCH = [
 
 # Signed or possibly-zero figures: the overhead is a difference of two noisy medians, and a tiny
 # retrieval run may allocate nothing above the memory already resident.
-SIGNED = {"overhead_ms_per_step", "peak_extra_mib"}
+SIGNED = {"overhead_ms_per_step", "peak_extra_mib", "full_peak_mib", "lora_peak_mib"}
 
 
 def _non_positive(figures: dict) -> dict:
@@ -64,9 +65,14 @@ def _non_positive(figures: dict) -> dict:
 def test_every_benchmark_runs_and_writes_json(tmp_path):
     names = list(BENCHMARKS)
     out = tmp_path / "figures.json"
+    tiny_open_clip = tmp_path / "tiny-clip"  # the LoRA benchmark's pair, as a local-dir model
+    tiny_open_clip.mkdir()
+    config = {"model_cfg": TINY_OPEN_CLIP["tiny-clip-test"]}
+    (tiny_open_clip / "open_clip_config.json").write_text(json.dumps(config))
+    lora = [f"lora.arch=local-dir:{tiny_open_clip}", "lora.batch_size=4", "lora.steps=1"]
     command = [
         sys.executable, "-m", "clip_lightning.bench", f"only=[{','.join(names)}]",
-        f"out={out}", f"hydra.run.dir={tmp_path / 'run'}", *TINY_BENCH,
+        f"out={out}", f"hydra.run.dir={tmp_path / 'run'}", *TINY_BENCH, *lora, "lora.repeats=1",
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
@@ -85,6 +91,8 @@ def test_every_benchmark_runs_and_writes_json(tmp_path):
     assert figures["retrieval"]["seconds"] > 0
     assert figures["retrieval"]["peak_extra_mib"] >= 0
     assert math.isfinite(figures["train_step"]["overhead_ms_per_step"])
+    assert figures["lora"]["lora_trainable_params"] < figures["lora"]["full_trainable_params"]
+    assert figures["lora"]["lora_total_params"] > figures["lora"]["full_total_params"]  # adapters
     rates = figures["data_pipeline"]["images_per_second"]
     assert all(rate > 0 for by_workers in rates.values() for rate in by_workers.values())
 

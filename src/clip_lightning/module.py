@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.strategies import ParallelStrategy
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from lightning.pytorch.utilities.types import OptimizerConfig, OptimizerLRSchedulerConfig
 from PIL import Image
 from torch.distributed._composable import replicate
@@ -34,8 +35,9 @@ from clip_lightning.errors import (
 from clip_lightning.gradcache import grad_cache_backward
 from clip_lightning.metrics import RetrievalRecall
 from clip_lightning.models.freezing import count_parameters
+from clip_lightning.models.lora import add_lora
 from clip_lightning.models.targets import Config, PartialConfig, build, check_arguments, plain
-from clip_lightning.optim import param_groups
+from clip_lightning.optim import describe_lrs, param_groups
 
 
 def _plain(config: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -64,6 +66,9 @@ class CLIPModule(L.LightningModule):
         grad_checkpointing: recompute the towers' activations in the backward pass instead of
             storing them: less memory for more compute. Each tower implements
             ``set_grad_checkpointing(enable)`` (timm's and HF's own switches underneath).
+        lora: LoRA adapters (:mod:`clip_lightning.models.lora`): ``r`` (``None``: off),
+            ``alpha``, ``dropout``, ``towers`` and ``target_modules``; the adapted towers'
+            own weights are frozen.
 
     Every ``_target_`` in these configs must be registered in :mod:`~.models.targets`, and
     every argument has the type the constructor declares, so loading a checkpoint never runs
@@ -84,6 +89,7 @@ class CLIPModule(L.LightningModule):
         grad_cache_chunk_size: int | None = None,
         clip_grad_norm: float | None = 1.0,
         grad_checkpointing: bool = False,
+        lora: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         parts = {
@@ -95,7 +101,9 @@ class CLIPModule(L.LightningModule):
             "scheduler": _plain(scheduler),
         }
         # Before anything is built: only registered classes, with arguments of their types.
-        check_arguments(CLIPModule, parts, "model")
+        optimizer_arguments, _ = split_layer_decay(parts["optimizer"])
+        checked = {**parts, "optimizer": optimizer_arguments, "lora": _plain(lora)}
+        check_arguments(CLIPModule, checked, "model")
         # Not logged: the train entry point logs the whole run config once.
         self.save_hyperparameters(
             {
@@ -106,6 +114,7 @@ class CLIPModule(L.LightningModule):
                 "grad_cache_chunk_size": grad_cache_chunk_size,
                 "clip_grad_norm": clip_grad_norm,
                 "grad_checkpointing": grad_checkpointing,
+                "lora": _plain(lora),
             },
             logger=False,
         )
@@ -127,6 +136,8 @@ class CLIPModule(L.LightningModule):
         )
         self.loss = build(self.hparams["loss"], "model.loss")
         self._init_loss_from_towers()
+        if lora and lora.get("r"):
+            add_lora({"image_encoder": self.image_encoder, "text_encoder": self.text_encoder}, lora)
         if grad_checkpointing:
             for tower in (self.image_encoder, self.text_encoder):
                 if not hasattr(tower, "set_grad_checkpointing"):
@@ -345,7 +356,8 @@ class CLIPModule(L.LightningModule):
 
     # ---------------------------------------------------------------- optimizer
     def configure_optimizers(self) -> OptimizerConfig | OptimizerLRSchedulerConfig:
-        factory = build(self.hparams["optimizer"], "model.optimizer", partial=True)
+        settings, layer_decay = split_layer_decay(self.hparams["optimizer"])
+        factory = build(settings, "model.optimizer", partial=True)
         keywords = getattr(factory, "keywords", {})
         groups = param_groups(
             towers={"image_encoder": self.image_encoder, "text_encoder": self.text_encoder},
@@ -353,7 +365,10 @@ class CLIPModule(L.LightningModule):
             tower_lr=self.hparams["tower_lr"],
             lr=keywords.get("lr", 1e-3),
             weight_decay=keywords.get("weight_decay", 0.0),
+            layer_decay=layer_decay,
         )
+        if layer_decay is not None:
+            rank_zero_info(f"layer-wise LR decay {layer_decay:g}: {describe_lrs(groups)}")
         optimizer = factory(groups)
         if self.hparams["scheduler"] is None:
             return {"optimizer": optimizer}
@@ -428,6 +443,27 @@ class CLIPModule(L.LightningModule):
             )
 
 
+def split_layer_decay(
+    optimizer: dict[str, Any] | None,
+) -> tuple[dict[str, Any] | None, float | None]:
+    """The optimizer config without ``layer_decay``, and its value.
+
+    ``optimizer.layer_decay`` shapes the parameter groups (:func:`~.optim.param_groups`); it is
+    not an argument of the optimizer class.
+    """
+    if optimizer is None or "layer_decay" not in optimizer:
+        return optimizer, None
+    value = optimizer["layer_decay"]
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1
+    ):
+        raise ConfigError(
+            "optimizer.layer_decay must be a number in (0, 1] or null, e.g. "
+            "optimizer.layer_decay=0.75"
+        )
+    return {k: v for k, v in optimizer.items() if k != "layer_decay"}, value
+
+
 SETTINGS_KEY = "clip_lightning_settings"
 START_KEY = "clip_lightning_pretrained_towers"
 
@@ -444,6 +480,7 @@ def weight_shaping_settings(hparams: Mapping[str, Any]) -> dict[str, Any]:
         "head": (hparams.get("head") or {}).get("_target_"),
         "image_encoder": tower("image_encoder", "name"),
         "text_encoder": tower("text_encoder", "name_or_path"),
+        "lora": (hparams.get("lora") or {}).get("r"),
     }
 
 

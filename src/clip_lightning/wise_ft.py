@@ -7,7 +7,7 @@ the pretrained one, and the values between usually keep most of both.
 
 θ_pretrained is rebuilt from the tower configs the checkpoint records (the pretrained tag,
 weights file or hub id it started from), or read from another checkpoint of the same model
-(``wise_ft.base=PATH``).
+(``wise_ft.base=PATH``). A LoRA model is interpolated through its merged weights.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch
 
 from clip_lightning.cli.loading import load_model
 from clip_lightning.errors import CheckpointError, ConfigError
+from clip_lightning.models.lora import merged
 from clip_lightning.module import CLIPModule, describe_mismatch
 
 TOWERS = {"image_encoder": "image", "text_encoder": "text"}
@@ -29,7 +30,7 @@ def pretrained_base(finetuned: CLIPModule, base: str | Path | None = None) -> CL
     """θ_pretrained of ``finetuned``: the checkpoint at ``base``, or the pretrained towers the
     fine-tuning run started from, rebuilt from the configs its checkpoint records."""
     if base:
-        return load_model(base)
+        return merged(load_model(base))
     start = finetuned.pretrained_start
     if start is None:
         raise CheckpointError(
@@ -57,7 +58,7 @@ def pretrained_base(finetuned: CLIPModule, base: str | Path | None = None) -> CL
         name: {**config, "cache": None} if "cache" in config else config
         for name, config in start.items()
     }
-    hparams: dict[str, Any] = {**finetuned.hparams, **towers, "compile": False}
+    hparams: dict[str, Any] = {**finetuned.hparams, **towers, "lora": None, "compile": False}
     return CLIPModule(**hparams).eval()
 
 
@@ -77,12 +78,13 @@ def interpolate(
 class WeightSpaceEnsemble:
     """A fine-tuned model and its pretrained start, ready to give θ(α) for any α.
 
-    The fine-tuned model is the one module every ``at(α)`` loads its interpolated weights
-    into, so scoring many α values costs one model's memory plus two state dicts.
+    The fine-tuned model (LoRA adapters merged) is the one module every ``at(α)`` loads its
+    interpolated weights into, so scoring many α values costs one model's memory plus two
+    state dicts.
     """
 
     def __init__(self, finetuned: CLIPModule, base: str | Path | None = None):
-        self.model = finetuned
+        self.model = merged(finetuned)
         self.finetuned = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         base_state = pretrained_base(finetuned, base).state_dict()
         problem = describe_mismatch({}, {}, base_state, self.finetuned)

@@ -71,6 +71,12 @@ def _embed(cfg: DictConfig) -> dict[str, Any]:
     return run(cfg, **options)
 
 
+def _lora(cfg: DictConfig) -> dict[str, Any]:
+    from clip_lightning.benchmarks.lora import run
+
+    return run(cfg, **cfg.lora)
+
+
 # Imported lazily: each sub-benchmark pulls in only what it needs.
 BENCHMARKS: dict[str, Callable[[DictConfig], dict[str, Any]]] = {
     "train_step": _train_step,
@@ -80,6 +86,7 @@ BENCHMARKS: dict[str, Callable[[DictConfig], dict[str, Any]]] = {
     "grad_checkpointing": _grad_checkpointing,
     "vector_search": _vector_search,
     "embed": _embed,
+    "lora": _lora,
 }
 
 

@@ -88,6 +88,7 @@ class OptimizerSchema:
     betas: tuple[Beta, Beta] = (0.9, 0.98)
     eps: PositiveFloat = 1e-6
     momentum: NonNegativeFloat = 0.9
+    layer_decay: Annotated[float, Range(gt=0, le=1)] | None = 0.75
 
 
 @dataclass
@@ -146,6 +147,17 @@ class TowerLRSchema:
 
 
 @dataclass
+class LoRASchema:
+    """``model.lora``: ``r`` null turns LoRA off."""
+
+    r: PositiveInt | None = 8
+    alpha: PositiveFloat = 16
+    dropout: Dropout = 0.1
+    towers: list[Literal["image", "text"]] = field(default_factory=lambda: ["image", "text"])
+    target_modules: str | list[str] | None = field(default_factory=lambda: ["qkv", "proj"])
+
+
+@dataclass
 class ModelSchema:
     """``model``; its ``loss``, ``optimizer`` and ``scheduler`` are checked as top-level groups."""
 
@@ -158,6 +170,7 @@ class ModelSchema:
     grad_checkpointing: bool = False
     grad_cache_chunk_size: PositiveInt | None = 128
     clip_grad_norm: PositiveFloat | None = 1.0
+    lora: LoRASchema | None = field(default_factory=LoRASchema)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from clip_lightning.cli.loading import load_model
 from clip_lightning.cli.task import hydra_task
 from clip_lightning.export import ExportError, check_out_folder, export_model
+from clip_lightning.models.lora import merged
 from clip_lightning.utils.resume import checkpoint_run_dir
 from clip_lightning.wise_ft import WeightSpaceEnsemble
 
@@ -26,7 +27,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     if not cfg.get("out"):
         raise ExportError("no output folder given; pass out=DIR (a new folder)")
     out = check_out_folder(cfg.out)  # before the checkpoint is loaded
-    model = load_model(cfg.ckpt_path)
+    model = merged(load_model(cfg.ckpt_path))  # LoRA adapters folded into the weights
     run_dir: Path | None = checkpoint_run_dir(Path(cfg.ckpt_path).expanduser())
     notes = []
     alpha = OmegaConf.select(cfg, "wise_ft.alpha")

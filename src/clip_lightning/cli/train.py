@@ -15,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
 from clip_lightning.callbacks.dataset_config import DatasetConfigCheckpoint
@@ -25,6 +26,8 @@ from clip_lightning.cli.preflight import QUICKSTART_HINT, preflight
 from clip_lightning.cli.task import hydra_task
 from clip_lightning.cli.wandb_run import continue_wandb_run, remember_wandb_run
 from clip_lightning.errors import ConfigError
+from clip_lightning.models.freezing import count_parameters
+from clip_lightning.models.lora import trainable_summary
 from clip_lightning.models.targets import build
 from clip_lightning.module import CLIPModule
 from clip_lightning.plugins import remove_stale_temporaries
@@ -87,10 +90,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if source is not None:
         load_weights(model, source, cfg.init_from)
         del source
+    rank_zero_info(trainable_summary(model, model.hparams.get("lora")))
     use_model(datamodule, model)
-    protocols = {
+    protocols = {  # a run without a test split (test=false) is not held to its test protocol
         stage: use_protocol(model, datamodule, stage, name)
         for stage, name in (cfg.get("protocol") or {}).items()
+        if stage == "val" or cfg.get("test")
     }
     if ckpt_path is not None:
         check_resume(ckpt_path, resumed, cfg, model)  # one line for a checkpoint of another run
@@ -111,6 +116,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer.validate(model, datamodule=datamodule, verbose=False)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = to_floats(trainer.callback_metrics)
+    counts = count_parameters(model)
+    metrics["params/trainable"] = float(counts["trainable"])
+    metrics["params/total"] = float(counts["trainable"] + counts["frozen"])
     if cfg.get("test"):
         callback = trainer.checkpoint_callback
         best = callback.best_model_path if isinstance(callback, ModelCheckpoint) else ""
