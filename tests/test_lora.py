@@ -16,7 +16,13 @@ from clip_lightning.cli.export import export
 from clip_lightning.cli.loading import build_datamodule, load_model
 from clip_lightning.errors import ConfigError, find_user_error
 from clip_lightning.models.image_encoder import ImageEncoder
-from clip_lightning.models.lora import LinearMultiheadAttention, add_lora, has_lora, merged
+from clip_lightning.models.lora import (
+    LinearMultiheadAttention,
+    LoRASettings,
+    add_lora,
+    has_lora,
+    merged,
+)
 from clip_lightning.wise_ft import WeightSpaceEnsemble
 from tests.helpers import compose_export, quiet_trainer
 from tests.pretrained import finetuned_checkpoint, hf_clip_cfg, open_clip_cfg
@@ -132,9 +138,11 @@ def test_wise_ft_interpolates_the_merged_weights(open_clip_lora):
 def test_a_cnn_without_default_targets_names_the_option():
     tower = ImageEncoder("resnet18", pretrained=False)
     with pytest.raises(ConfigError, match=r"model\.lora\.target_modules") as error:
-        add_lora({"image_encoder": tower}, {"r": 4, "towers": ["image"]})
+        add_lora({"image_encoder": tower}, LoRASettings(r=4, towers=["image"]))
     assert "\n" not in str(error.value)
-    add_lora({"image_encoder": tower}, {"r": 4, "towers": ["image"], "target_modules": ["conv2"]})
+    add_lora(
+        {"image_encoder": tower}, LoRASettings(r=4, towers=["image"], target_modules=["conv2"])
+    )
     trainable = [n for n, p in tower.named_parameters() if p.requires_grad]
     assert trainable and all(".conv2.lora_" in n for n in trainable)
 

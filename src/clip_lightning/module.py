@@ -35,9 +35,16 @@ from clip_lightning.errors import (
 from clip_lightning.gradcache import grad_cache_backward
 from clip_lightning.metrics import RetrievalRecall
 from clip_lightning.models.freezing import count_parameters
-from clip_lightning.models.lora import add_lora
-from clip_lightning.models.targets import Config, PartialConfig, build, check_arguments, plain
-from clip_lightning.optim import describe_lrs, param_groups
+from clip_lightning.models.lora import LoRASettings, add_lora
+from clip_lightning.models.targets import (
+    Config,
+    PartialConfig,
+    build,
+    check_arguments,
+    check_value,
+    plain,
+)
+from clip_lightning.optim import LayerDecay, describe_lrs, param_groups
 
 
 def _plain(config: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -69,6 +76,9 @@ class CLIPModule(L.LightningModule):
         lora: LoRA adapters (:mod:`clip_lightning.models.lora`): ``r`` (``None``: off),
             ``alpha``, ``dropout``, ``towers`` and ``target_modules``; the adapted towers'
             own weights are frozen.
+        layer_decay: layer-wise LR decay of the towers (:mod:`clip_lightning.optim`); the
+            configs set it as ``optimizer.layer_decay``, which is taken out of the optimizer's
+            arguments here.
 
     Every ``_target_`` in these configs must be registered in :mod:`~.models.targets`, and
     every argument has the type the constructor declares, so loading a checkpoint never runs
@@ -90,20 +100,26 @@ class CLIPModule(L.LightningModule):
         clip_grad_norm: float | None = 1.0,
         grad_checkpointing: bool = False,
         lora: Mapping[str, Any] | None = None,
+        layer_decay: LayerDecay | None = None,
     ):
         super().__init__()
+        optimizer_arguments, configured_decay = split_layer_decay(_plain(optimizer))
+        if configured_decay is not None:
+            check_value(configured_decay, LayerDecay, "optimizer.layer_decay")
+            layer_decay = configured_decay
         parts = {
             "image_encoder": _plain(image_encoder),
             "text_encoder": _plain(text_encoder),
             "head": _plain(head),
             "loss": _plain(loss),
-            "optimizer": _plain(optimizer),
+            "optimizer": optimizer_arguments,
             "scheduler": _plain(scheduler),
         }
         # Before anything is built: only registered classes, with arguments of their types.
-        optimizer_arguments, _ = split_layer_decay(parts["optimizer"])
-        checked = {**parts, "optimizer": optimizer_arguments, "lora": _plain(lora)}
-        check_arguments(CLIPModule, checked, "model")
+        lora = _plain(lora)
+        settings = {"lora": lora, "layer_decay": layer_decay}
+        check_arguments(CLIPModule, {**parts, **settings}, "model")
+        lora_settings = LoRASettings.of(lora)
         # Not logged: the train entry point logs the whole run config once.
         self.save_hyperparameters(
             {
@@ -114,7 +130,7 @@ class CLIPModule(L.LightningModule):
                 "grad_cache_chunk_size": grad_cache_chunk_size,
                 "clip_grad_norm": clip_grad_norm,
                 "grad_checkpointing": grad_checkpointing,
-                "lora": _plain(lora),
+                **settings,
             },
             logger=False,
         )
@@ -136,8 +152,10 @@ class CLIPModule(L.LightningModule):
         )
         self.loss = build(self.hparams["loss"], "model.loss")
         self._init_loss_from_towers()
-        if lora and lora.get("r"):
-            add_lora({"image_encoder": self.image_encoder, "text_encoder": self.text_encoder}, lora)
+        self.lora = lora_settings
+        add_lora(
+            {"image_encoder": self.image_encoder, "text_encoder": self.text_encoder}, self.lora
+        )
         if grad_checkpointing:
             for tower in (self.image_encoder, self.text_encoder):
                 if not hasattr(tower, "set_grad_checkpointing"):
@@ -356,8 +374,8 @@ class CLIPModule(L.LightningModule):
 
     # ---------------------------------------------------------------- optimizer
     def configure_optimizers(self) -> OptimizerConfig | OptimizerLRSchedulerConfig:
-        settings, layer_decay = split_layer_decay(self.hparams["optimizer"])
-        factory = build(settings, "model.optimizer", partial=True)
+        factory = build(self.hparams["optimizer"], "model.optimizer", partial=True)
+        layer_decay = self.hparams.get("layer_decay")
         keywords = getattr(factory, "keywords", {})
         groups = param_groups(
             towers={"image_encoder": self.image_encoder, "text_encoder": self.text_encoder},
@@ -446,22 +464,13 @@ class CLIPModule(L.LightningModule):
 def split_layer_decay(
     optimizer: dict[str, Any] | None,
 ) -> tuple[dict[str, Any] | None, float | None]:
-    """The optimizer config without ``layer_decay``, and its value.
-
-    ``optimizer.layer_decay`` shapes the parameter groups (:func:`~.optim.param_groups`); it is
-    not an argument of the optimizer class.
-    """
+    """The optimizer config without ``layer_decay``, and its value: ``optimizer.layer_decay``
+    shapes the parameter groups (:func:`~.optim.param_groups`), it is not an argument of the
+    optimizer class."""
     if optimizer is None or "layer_decay" not in optimizer:
         return optimizer, None
-    value = optimizer["layer_decay"]
-    if value is not None and (
-        isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1
-    ):
-        raise ConfigError(
-            "optimizer.layer_decay must be a number in (0, 1] or null, e.g. "
-            "optimizer.layer_decay=0.75"
-        )
-    return {k: v for k, v in optimizer.items() if k != "layer_decay"}, value
+    rest = {k: v for k, v in optimizer.items() if k != "layer_decay"}
+    return rest, optimizer["layer_decay"]
 
 
 SETTINGS_KEY = "clip_lightning_settings"

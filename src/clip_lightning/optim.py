@@ -14,13 +14,18 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Annotated, Any
 
 from timm.models import group_parameters
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import get_cosine_schedule_with_warmup
+
+from clip_lightning.utils.typecheck import Range
+
+#: ``optimizer.layer_decay``: the factor between the learning rates of adjacent layers.
+LayerDecay = Annotated[float, Range(gt=0, le=1)]
 
 
 def _no_decay(name: str, param: nn.Parameter) -> bool:

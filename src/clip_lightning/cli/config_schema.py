@@ -151,7 +151,7 @@ class LoRASchema:
     """``model.lora``: ``r`` null turns LoRA off."""
 
     r: PositiveInt | None = 8
-    alpha: PositiveFloat = 16
+    alpha: PositiveInt | None = 16
     dropout: Dropout = 0.1
     towers: list[Literal["image", "text"]] = field(default_factory=lambda: ["image", "text"])
     target_modules: str | list[str] | None = field(default_factory=lambda: ["qkv", "proj"])

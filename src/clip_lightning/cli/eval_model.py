@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from clip_lightning.cli.loading import load_model
 from clip_lightning.errors import ConfigError
+from clip_lightning.models.targets import build
 from clip_lightning.module import CLIPModule
 
 # What a model config takes from the training groups; scoring uses none of them (the
@@ -73,7 +73,11 @@ def pretrained_model(model_cfg: DictConfig) -> CLIPModule:
             "model.pretrained to an open_clip tag or weights file (model=open_clip) or to true "
             "(model=hf_clip)"
         )
-    model: CLIPModule = instantiate(model_cfg, **SCORING_PARTS)
+    config = model_cfg.copy()
+    with open_dict(config):  # in place of the training groups the config interpolates
+        for key, value in SCORING_PARTS.items():
+            config[key] = value
+    model: CLIPModule = build(config, "model")
     return model
 
 

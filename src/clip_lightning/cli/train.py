@@ -90,7 +90,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if source is not None:
         load_weights(model, source, cfg.init_from)
         del source
-    rank_zero_info(trainable_summary(model, model.hparams.get("lora")))
+    rank_zero_info(trainable_summary(model, model.lora))
     use_model(datamodule, model)
     protocols = {  # a run without a test split (test=false) is not held to its test protocol
         stage: use_protocol(model, datamodule, stage, name)

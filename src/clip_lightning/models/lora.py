@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,8 @@ from torch import nn
 
 from clip_lightning.errors import ConfigError
 from clip_lightning.models.freezing import count_parameters
+from clip_lightning.models.targets import check_arguments
+from clip_lightning.utils.typecheck import Range
 
 if TYPE_CHECKING:
     from clip_lightning.module import CLIPModule
@@ -191,28 +194,41 @@ def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return mask.to(dtype)
 
 
-def add_lora(towers: Mapping[str, nn.Module], options: Mapping[str, Any]) -> None:
-    """Give the towers named in ``options["towers"]`` LoRA adapters and freeze their weights.
+@dataclass(frozen=True)
+class LoRASettings:
+    """``model.lora``, checked: a checkpoint's copy is plain data held to these types, like the
+    user's config (:func:`~clip_lightning.models.targets.check_arguments`).
 
-    ``options`` is ``model.lora``: ``r``, ``alpha``, ``dropout``, ``towers`` (``image``,
-    ``text``) and ``target_modules`` (``None``: :data:`DEFAULT_PATTERN`; a regular expression
-    over module names, or a list of name suffixes, as peft takes them).
+    ``target_modules`` ``None`` means :data:`DEFAULT_PATTERN`; else a regular expression over
+    module names, or a list of name suffixes, as peft takes them. ``alpha`` ``None`` means ``r``.
     """
-    names = list(options.get("towers") or TOWER_KEYS)
-    unknown = [name for name in names if name not in TOWER_KEYS]
-    if unknown:
-        raise ConfigError(
-            f"model.lora.towers={names} names unknown towers {unknown}; use a subset of "
-            "[image,text]"
-        )
-    targets = options.get("target_modules") or DEFAULT_PATTERN
+
+    r: Annotated[int, Range(ge=1)] | None = None
+    alpha: Annotated[int, Range(ge=1)] | None = None
+    dropout: Annotated[float, Range(ge=0, lt=1)] = 0.0
+    towers: Sequence[Literal["image", "text"]] = ("image", "text")
+    target_modules: str | Sequence[str] | None = None
+
+    @classmethod
+    def of(cls, options: Mapping[str, Any] | None) -> LoRASettings:
+        """The settings ``options`` (``model.lora``) give; one line for a bad key or value."""
+        check_arguments(cls, options or {}, "model.lora")
+        return cls(**(options or {}))
+
+
+def add_lora(towers: Mapping[str, nn.Module], settings: LoRASettings) -> None:
+    """Give the towers named in ``settings.towers`` LoRA adapters and freeze their weights
+    (nothing when ``settings.r`` is ``None``)."""
+    if settings.r is None:
+        return
+    targets = settings.target_modules or DEFAULT_PATTERN
     config = LoraConfig(
-        r=int(options["r"]),
-        lora_alpha=options.get("alpha") or options["r"],
-        lora_dropout=float(options.get("dropout") or 0.0),
+        r=settings.r,
+        lora_alpha=settings.alpha or settings.r,
+        lora_dropout=settings.dropout,
         target_modules=targets if isinstance(targets, str) else list(targets),
     )
-    for name in names:
+    for name in settings.towers:
         tower = towers[TOWER_KEYS[name]]
         if getattr(tower, "feature_cache", None) is not None:
             raise ConfigError(
@@ -273,16 +289,16 @@ def merged(model: CLIPModule) -> CLIPModule:
     plain = copy.deepcopy(model)
     merge_adapters(plain)
     plain.hparams["lora"] = None
+    plain.lora = LoRASettings()
     return plain
 
 
-def trainable_summary(model: nn.Module, options: Mapping[str, Any] | None) -> str:
+def trainable_summary(model: nn.Module, settings: LoRASettings) -> str:
     """One line: trainable of total parameters, and the adapters when LoRA is on."""
     counts = count_parameters(model)
     total = counts["trainable"] + counts["frozen"]
     share = 100.0 * counts["trainable"] / max(total, 1)
     line = f"trainable parameters: {counts['trainable']:,} of {total:,} ({share:.2f}%)"
-    if options and options.get("r"):
-        towers: Sequence[str] = options.get("towers") or list(TOWER_KEYS)
-        line += f"; LoRA r={options['r']} on the {' and '.join(towers)} tower(s)"
+    if settings.r is not None:
+        line += f"; LoRA r={settings.r} on the {' and '.join(settings.towers)} tower(s)"
     return line
