@@ -5,7 +5,6 @@ GradCache and reload from a checkpoint without the weights file."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import lightning as L
 import open_clip
@@ -18,7 +17,7 @@ from clip_lightning.cli.loading import build_datamodule
 from clip_lightning.errors import ModelLoadError, find_user_error
 from clip_lightning.module import CLIPModule
 from tests.experiments.test_ddp_sim import RankWeights
-from tests.helpers import compose_train, quiet_trainer, run_train
+from tests.helpers import MARKER_PYTHONPATH, compose_train, quiet_trainer, run_train
 from tests.pretrained import (
     PRETRAINED_BIAS,
     PRETRAINED_SCALE,
@@ -221,7 +220,7 @@ def test_pretrained_experiment_trains_under_ddp_with_identical_ranks(tmp_path, e
         f"+callbacks.rank_weights._target_={RankWeights.__module__}.RankWeights",
         f"+callbacks.rank_weights.dirpath={tmp_path}",
         *extra,
-        PYTHONPATH=str(Path(__file__).resolve().parents[1]),
+        PYTHONPATH=MARKER_PYTHONPATH,
     )
     ranks = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
     assert ranks[0] == ranks[1]

@@ -36,15 +36,8 @@ from clip_lightning.gradcache import grad_cache_backward
 from clip_lightning.metrics import RetrievalRecall
 from clip_lightning.models.freezing import count_parameters
 from clip_lightning.models.lora import LoRASettings, add_lora
-from clip_lightning.models.targets import (
-    Config,
-    PartialConfig,
-    build,
-    check_arguments,
-    check_value,
-    plain,
-)
-from clip_lightning.optim import LayerDecay, describe_lrs, param_groups
+from clip_lightning.models.targets import Config, PartialConfig, build, check_arguments, plain
+from clip_lightning.optim import OptimizerPart, describe_lrs, param_groups, split_layer_decay
 
 
 def _plain(config: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -62,6 +55,8 @@ class CLIPModule(L.LightningModule):
             in here, one head per tower.
         loss: config of a loss from :mod:`clip_lightning.losses` (it owns the temperature).
         optimizer: a ``_partial_`` optimizer config; its ``lr`` applies to heads and loss.
+            Its ``layer_decay`` (not an argument of the optimizer class) is the layer-wise LR
+            decay of the towers (:mod:`clip_lightning.optim`).
         scheduler: a ``_partial_`` config called with ``optimizer`` and ``num_training_steps``.
         tower_lr: per-tower learning rates, keys ``image_encoder`` / ``text_encoder``.
         compile: ``torch.compile`` both encoders in place (state-dict keys are unchanged).
@@ -76,9 +71,6 @@ class CLIPModule(L.LightningModule):
         lora: LoRA adapters (:mod:`clip_lightning.models.lora`): ``r`` (``None``: off),
             ``alpha``, ``dropout``, ``towers`` and ``target_modules``; the adapted towers'
             own weights are frozen.
-        layer_decay: layer-wise LR decay of the towers (:mod:`clip_lightning.optim`); the
-            configs set it as ``optimizer.layer_decay``, which is taken out of the optimizer's
-            arguments here.
 
     Every ``_target_`` in these configs must be registered in :mod:`~.models.targets`, and
     every argument has the type the constructor declares, so loading a checkpoint never runs
@@ -91,7 +83,7 @@ class CLIPModule(L.LightningModule):
         text_encoder: Config,
         head: Config,
         loss: Config,
-        optimizer: PartialConfig,
+        optimizer: OptimizerPart,
         scheduler: PartialConfig | None = None,
         embed_dim: int = 256,
         tower_lr: Mapping[str, float] | None = None,
@@ -100,25 +92,19 @@ class CLIPModule(L.LightningModule):
         clip_grad_norm: float | None = 1.0,
         grad_checkpointing: bool = False,
         lora: Mapping[str, Any] | None = None,
-        layer_decay: LayerDecay | None = None,
     ):
         super().__init__()
-        optimizer_arguments, configured_decay = split_layer_decay(_plain(optimizer))
-        if configured_decay is not None:
-            check_value(configured_decay, LayerDecay, "optimizer.layer_decay")
-            layer_decay = configured_decay
         parts = {
             "image_encoder": _plain(image_encoder),
             "text_encoder": _plain(text_encoder),
             "head": _plain(head),
             "loss": _plain(loss),
-            "optimizer": optimizer_arguments,
+            "optimizer": _plain(optimizer),
             "scheduler": _plain(scheduler),
         }
         # Before anything is built: only registered classes, with arguments of their types.
         lora = _plain(lora)
-        settings = {"lora": lora, "layer_decay": layer_decay}
-        check_arguments(CLIPModule, {**parts, **settings}, "model")
+        check_arguments(CLIPModule, {**parts, "lora": lora}, "model")
         lora_settings = LoRASettings.of(lora)
         # Not logged: the train entry point logs the whole run config once.
         self.save_hyperparameters(
@@ -130,7 +116,7 @@ class CLIPModule(L.LightningModule):
                 "grad_cache_chunk_size": grad_cache_chunk_size,
                 "clip_grad_norm": clip_grad_norm,
                 "grad_checkpointing": grad_checkpointing,
-                **settings,
+                "lora": lora,
             },
             logger=False,
         )
@@ -374,8 +360,8 @@ class CLIPModule(L.LightningModule):
 
     # ---------------------------------------------------------------- optimizer
     def configure_optimizers(self) -> OptimizerConfig | OptimizerLRSchedulerConfig:
-        factory = build(self.hparams["optimizer"], "model.optimizer", partial=True)
-        layer_decay = self.hparams.get("layer_decay")
+        settings, layer_decay = split_layer_decay(self.hparams["optimizer"])
+        factory = build(settings, "model.optimizer", partial=True)
         keywords = getattr(factory, "keywords", {})
         groups = param_groups(
             towers={"image_encoder": self.image_encoder, "text_encoder": self.text_encoder},
@@ -459,18 +445,6 @@ class CLIPModule(L.LightningModule):
                 "settings (CLIPModule.load_from_checkpoint(path) without overrides) or start "
                 "a new run"
             )
-
-
-def split_layer_decay(
-    optimizer: dict[str, Any] | None,
-) -> tuple[dict[str, Any] | None, float | None]:
-    """The optimizer config without ``layer_decay``, and its value: ``optimizer.layer_decay``
-    shapes the parameter groups (:func:`~.optim.param_groups`), it is not an argument of the
-    optimizer class."""
-    if optimizer is None or "layer_decay" not in optimizer:
-        return optimizer, None
-    rest = {k: v for k, v in optimizer.items() if k != "layer_decay"}
-    return rest, optimizer["layer_decay"]
 
 
 SETTINGS_KEY = "clip_lightning_settings"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from timm.models import group_parameters
@@ -22,10 +23,37 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import get_cosine_schedule_with_warmup
 
-from clip_lightning.utils.typecheck import Range
+from clip_lightning.models.targets import Part, check_part, check_value
+from clip_lightning.utils.typecheck import Doc, Range
 
 #: ``optimizer.layer_decay``: the factor between the learning rates of adjacent layers.
 LayerDecay = Annotated[float, Range(gt=0, le=1)]
+
+
+def split_layer_decay(
+    optimizer: Mapping[str, Any],
+) -> tuple[dict[str, Any], float | None]:
+    """The optimizer config without ``layer_decay``, and its value: ``optimizer.layer_decay``
+    shapes the parameter groups (:func:`param_groups`), it is not an argument of the optimizer
+    class."""
+    rest = {k: v for k, v in optimizer.items() if k != "layer_decay"}
+    return rest, optimizer.get("layer_decay")
+
+
+@dataclass(frozen=True)
+class _OptimizerRule(Part):
+    """A partial optimizer config that may hold ``layer_decay`` besides the class's arguments."""
+
+    partial: bool = True
+
+    def check(self, value: Any, key: str) -> None:
+        rest, layer_decay = split_layer_decay(value)
+        check_value(layer_decay, LayerDecay | None, f"{key}.layer_decay")
+        check_part(rest, key, partial=True)
+
+
+#: The ``optimizer`` argument of :class:`~clip_lightning.module.CLIPModule`.
+OptimizerPart = Annotated[Mapping[str, Any], _OptimizerRule(), Doc("a config with a _target_")]
 
 
 def _no_decay(name: str, param: nn.Parameter) -> bool:
