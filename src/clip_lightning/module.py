@@ -35,7 +35,7 @@ from clip_lightning.errors import (
 from clip_lightning.gradcache import grad_cache_backward
 from clip_lightning.metrics import RetrievalRecall
 from clip_lightning.models.freezing import count_parameters
-from clip_lightning.models.lora import LoRASettings, add_lora
+from clip_lightning.models.lora import LoRAConfig, LoRASettings, add_lora
 from clip_lightning.models.targets import Config, PartialConfig, build, check_arguments, plain
 from clip_lightning.optim import OptimizerPart, describe_lrs, param_groups, split_layer_decay
 
@@ -91,7 +91,7 @@ class CLIPModule(L.LightningModule):
         grad_cache_chunk_size: int | None = None,
         clip_grad_norm: float | None = 1.0,
         grad_checkpointing: bool = False,
-        lora: Mapping[str, Any] | None = None,
+        lora: LoRAConfig | None = None,
     ):
         super().__init__()
         parts = {
@@ -105,7 +105,6 @@ class CLIPModule(L.LightningModule):
         # Before anything is built: only registered classes, with arguments of their types.
         lora = _plain(lora)
         check_arguments(CLIPModule, {**parts, "lora": lora}, "model")
-        lora_settings = LoRASettings.of(lora)
         # Not logged: the train entry point logs the whole run config once.
         self.save_hyperparameters(
             {
@@ -138,7 +137,7 @@ class CLIPModule(L.LightningModule):
         )
         self.loss = build(self.hparams["loss"], "model.loss")
         self._init_loss_from_towers()
-        self.lora = lora_settings
+        self.lora = LoRASettings(**(lora or {}))
         add_lora(
             {"image_encoder": self.image_encoder, "text_encoder": self.text_encoder}, self.lora
         )

@@ -4,11 +4,14 @@ checkpoint alike."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from clip_lightning.errors import ConfigError
 from clip_lightning.models import LinearHead, MLPHead, allow_target, targets
-from clip_lightning.models.targets import build, check_part, is_allowed
+from clip_lightning.models.targets import build, check_arguments, check_part, is_allowed
+from clip_lightning.module import CLIPModule
 
 HEAD = "clip_lightning.models.MLPHead"
 
@@ -95,3 +98,35 @@ def test_library_loading_options_are_refused_where_the_tower_sets_them() -> None
     }
     with pytest.raises(ConfigError, match=r"model_kwargs\.weights_only is an option of how"):
         check_part(open_clip_tower, "model.image_encoder")
+
+
+def test_lora_and_layer_decay_settings_are_plain_data_of_their_types() -> None:
+    """model.lora and optimizer.layer_decay, as a checkpoint holds them, pass the same checks."""
+    copy = {"_target_": "shutil.copyfile", "src": "a", "dst": "b"}
+    adamw = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3}
+    refused = {
+        "model.lora.target_modules._target_ is not accepted here": {
+            "lora": {"r": 4, "target_modules": copy}
+        },
+        "model.lora.r must be an integer >= 1 or null, got a string": {"lora": {"r": "4"}},
+        "model.lora.towers must be a list of values, each one of image, text": {
+            "lora": {"r": 4, "towers": ["vision"]}
+        },
+        "model.lora.rank is not an argument of": {"lora": {"rank": 4}},
+        "model.optimizer.layer_decay._target_ is not accepted here": {
+            "optimizer": {**adamw, "layer_decay": copy}
+        },
+        "model.optimizer.layer_decay must be a float in (0, 1] or null, got float": {
+            "optimizer": {**adamw, "layer_decay": 1.5}
+        },
+        "model.optimizer.momentum is not an argument of torch.optim.adamw.AdamW": {
+            "optimizer": {**adamw, "layer_decay": 0.75, "momentum": 0.9}
+        },
+    }
+    for expected, arguments in refused.items():
+        with pytest.raises(ConfigError, match=re.escape(expected)):
+            check_arguments(CLIPModule, arguments, "model")
+    lora = {"r": 4, "alpha": 8, "dropout": 0.1, "towers": ["text"], "target_modules": ["fc1"]}
+    check_arguments(
+        CLIPModule, {"lora": lora, "optimizer": {**adamw, "layer_decay": 0.75}}, "model"
+    )

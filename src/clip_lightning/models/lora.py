@@ -29,7 +29,7 @@ from torch import nn
 
 from clip_lightning.errors import ConfigError
 from clip_lightning.models.freezing import count_parameters
-from clip_lightning.models.targets import check_arguments
+from clip_lightning.models.targets import ArgumentsOf
 from clip_lightning.utils.typecheck import Range
 
 if TYPE_CHECKING:
@@ -196,8 +196,7 @@ def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class LoRASettings:
-    """``model.lora``, checked: a checkpoint's copy is plain data held to these types, like the
-    user's config (:func:`~clip_lightning.models.targets.check_arguments`).
+    """``model.lora``: LoRA on (``r``) or off (``None``), and where the adapters go.
 
     ``target_modules`` ``None`` means :data:`DEFAULT_PATTERN`; else a regular expression over
     module names, or a list of name suffixes, as peft takes them. ``alpha`` ``None`` means ``r``.
@@ -209,11 +208,10 @@ class LoRASettings:
     towers: Sequence[Literal["image", "text"]] = ("image", "text")
     target_modules: str | Sequence[str] | None = None
 
-    @classmethod
-    def of(cls, options: Mapping[str, Any] | None) -> LoRASettings:
-        """The settings ``options`` (``model.lora``) give; one line for a bad key or value."""
-        check_arguments(cls, options or {}, "model.lora")
-        return cls(**(options or {}))
+
+#: ``model.lora`` as :class:`~clip_lightning.module.CLIPModule` takes it: plain data, checked
+#: against :class:`LoRASettings` (a checkpoint's copy as well as the user's config).
+LoRAConfig = Annotated[Mapping[str, Any], ArgumentsOf(LoRASettings)]
 
 
 def add_lora(towers: Mapping[str, nn.Module], settings: LoRASettings) -> None:
