@@ -1,6 +1,7 @@
 """embed -> index -> search on a captioned folder: the index folder is self-contained and
-states its recall, ``search index=`` answers several queries with the brute-force ranking and
-the captions, takes the model embed used, and refuses another model or a damaged manifest."""
+states its recall, ``search index=`` answers several queries (``query=[...]`` and
+``queries_file=``) with the brute-force ranking and the captions, takes the model embed used,
+and refuses another model or a damaged manifest."""
 
 from __future__ import annotations
 
@@ -82,12 +83,14 @@ def test_the_index_folder_holds_its_metadata_and_recall(built):
 
 def test_search_an_index_ranks_like_a_brute_force_scan(built, tiny_checkpoint):
     tmp = built["tmp"]
-    queries = ["photo number 3", "a bright red square"]
+    queries = ["photo number 3", "a bright red square", "photo number 11"]
+    (tmp / "queries.txt").write_text(f"\n{queries[2]}\n")
     cfg = compose_task(
         "search",
         tmp,
         f"index={tmp / 'index'}",
         f"query=[{queries[0]},{queries[1]}]",
+        f"queries_file={tmp / 'queries.txt'}",
         "k=4",
         "accelerator=cpu",
     )
@@ -97,6 +100,7 @@ def test_search_an_index_ranks_like_a_brute_force_scan(built, tiny_checkpoint):
     vectors = layout.load_embeddings(embeddings, "image", names)
     metadata = layout.load_metadata(embeddings, names).to_pydict()
     model = CLIPModule.load_from_checkpoint(tiny_checkpoint).eval()
+    assert [query for query, _ in results] == queries
     for (query, hits), text in zip(results, model.encode_text(queries).numpy(), strict=True):
         scores = vectors @ text
         order = np.argsort(-scores, kind="stable")[:4]
@@ -104,7 +108,7 @@ def test_search_an_index_ranks_like_a_brute_force_scan(built, tiny_checkpoint):
         assert [h.caption for h in hits] == [metadata["caption"][i] for i in order]
         np.testing.assert_allclose([h.score for h in hits], scores[order], atol=1e-5)
     written = json.loads((Path(cfg.paths.output_dir) / "search_results.json").read_text())
-    assert written["index"] == str(tmp / "index") and len(written["results"]) == 2
+    assert written["index"] == str(tmp / "index") and len(written["results"]) == 3
     assert (Path(cfg.paths.output_dir) / "search_results.png").is_file()  # files on disk
 
 

@@ -8,7 +8,7 @@ isotropic noise, normalised. Uniformly random directions would be a poor stand-i
 dimensions they are all nearly orthogonal and no neighbour is much nearer than another.
 The queries are held out: drawn from the same distribution, not indexed. One run measures the
 build time, recall@k against exact search, the latency of one query alone through the index
-and through an exact scan, and their ratio.
+and through an exact scan (medians, the two taking turns on each query), and their ratio.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -156,7 +157,7 @@ def tune_nprobe(
 @dataclass(frozen=True)
 class Measurement:
     """Recall@``k`` of an index against exact search on ``queries`` held-out queries, its build
-    time, and the mean query latency (one query at a time) of the index and of an exact scan."""
+    time, and the median query latency (one query at a time) of the index and of an exact scan."""
 
     build_seconds: float
     k: int
@@ -173,12 +174,17 @@ class Measurement:
         return data
 
 
-def per_query_ms(index: faiss.Index, queries: np.ndarray, k: int) -> float:
-    """Mean milliseconds of one query searched alone (the latency a user sees)."""
-    start = time.perf_counter()
+def per_query_ms(indexes: Sequence[faiss.Index], queries: np.ndarray, k: int) -> list[float]:
+    """Median milliseconds of one query searched alone (the latency a user sees) through each
+    of ``indexes``, the indexes taking turns on every query so that load from other processes
+    falls on all of them alike."""
+    times: list[list[float]] = [[] for _ in indexes]
     for row in queries:
-        index.search(row[None], k)
-    return 1000 * (time.perf_counter() - start) / max(1, len(queries))
+        for index, own in zip(indexes, times, strict=True):
+            start = time.perf_counter()
+            index.search(row[None], k)
+            own.append(1000 * (time.perf_counter() - start))
+    return [float(np.median(own)) if own else 0.0 for own in times]
 
 
 def build_and_measure(
@@ -208,15 +214,15 @@ def build_and_measure(
         shape = IndexShape(shape.kind, shape.ntotal, shape.dim, shape.nlist, shape.m, nprobe)
     else:
         recall, tried = recall_at_k(index.search(queries, k)[1], exact), {}
-    timed = queries[:latency_queries]
+    index_ms, exact_ms = per_query_ms([index, exact_index], queries[:latency_queries], k)
     measured = Measurement(
         build_seconds=build_seconds,
         k=k,
         queries=len(queries),
         recall=recall,
         query_source=query_source,
-        index_ms_per_query=per_query_ms(index, timed, k),
-        exact_ms_per_query=per_query_ms(exact_index, timed, k),
+        index_ms_per_query=index_ms,
+        exact_ms_per_query=exact_ms,
         nprobe_recalls=tried,
     )
     return index, shape, measured
