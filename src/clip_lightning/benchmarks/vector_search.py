@@ -74,13 +74,10 @@ def run(
         latency_queries=latency_queries,
         seed=seed,
     )
-    index = (
-        "flat" if shape.kind == "flat" else f"IVF{shape.nlist},PQ{shape.m} nprobe={shape.nprobe}"
-    )
     return {
         "vectors": num_vectors,
         "dim": dim,
-        "index": index,
+        "index": shape.describe(),
         "index_mib": shape.bytes() / 2**20,
         "build_seconds": measured.build_seconds,
         f"recall_at_{measured.k}": measured.recall,

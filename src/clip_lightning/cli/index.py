@@ -89,14 +89,9 @@ def index(cfg: DictConfig) -> dict[str, Any]:
     for column in ("field", "index", "vectors", "build s", "recall", "ms/query", "exact ms/query"):
         table.add_column(column, justify="left" if column in ("field", "index") else "right")
     for field, (_, shape, measured) in built.items():
-        kind = (
-            "flat"
-            if shape.kind == "flat"
-            else f"IVF{shape.nlist},PQ{shape.m} nprobe={shape.nprobe}"
-        )
         table.add_row(
             field,
-            kind,
+            shape.describe(),
             str(shape.ntotal),
             f"{measured.build_seconds:.1f}",
             f"{measured.recall:.3f}",
