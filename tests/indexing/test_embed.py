@@ -1,22 +1,28 @@
 """``embed`` in one process: a folder and a CSV table come out in clip-retrieval's layout with
 their names and captions, a rerun after a lost part rewrites only that part, another model or
-source is refused in the same ``out=``, and bad images follow ``on_bad_image``."""
+source is refused in the same ``out=``, bad images follow ``on_bad_image``, and the parts are
+dealt over ``num_workers`` streams per rank whatever number of loader workers a rank starts."""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 from PIL import Image
 
 from clip_lightning.cli.embed import embed
+from clip_lightning.data.datamodule import available_cores
 from clip_lightning.data.records import FileImage, load_rgb
 from clip_lightning.errors import DataError
 from clip_lightning.indexing import layout
+from clip_lightning.indexing.sources import EmbedDataModule, ItemSource, PartStream
 from clip_lightning.module import CLIPModule
 from clip_lightning.utils.config import register_resolvers
 from tests.helpers import CONFIG_DIR
@@ -123,3 +129,39 @@ def test_another_source_in_the_same_out_is_refused_and_bad_images_can_stop(
     with pytest.raises(DataError, match=r"broken\.jpg") as error:
         embed(cfg)
     assert "on_bad_image=skip" in str(error.value)
+
+
+def streams_of(parts: list[int], streams_per_rank: int, workers_of_rank: list[int], monkeypatch):
+    """The parts each (rank, loader worker) reads, ``workers_of_rank[r]`` workers on rank r."""
+    read = []
+    for rank, workers in enumerate(workers_of_rank):
+        stream = PartStream(
+            None, parts, ["image"], None, None, 0, 1, "skip", rank, len(workers_of_rank),
+            streams_per_rank,
+        )  # fmt: skip
+        for worker in range(max(1, workers)):
+            info = SimpleNamespace(id=worker, num_workers=workers) if workers else None
+            monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda info=info: info)
+            read.append(stream.my_parts())
+    return read
+
+
+def test_parts_are_dealt_once_whatever_workers_each_rank_could_start(monkeypatch, caplog):
+    parts = list(range(11))  # 2 ranks x 3 streams do not divide 11
+    full = streams_of(parts, 3, [3, 3], monkeypatch)
+    assert full == [[0, 6], [1, 7], [2, 8], [3, 9], [4, 10], [5]]
+    # fewer cores on rank 0 (2 workers), none to spare on rank 1: the same parts per rank
+    for workers in ([2, 0], [1, 2], [3, 1]):
+        read = streams_of(parts, 3, workers, monkeypatch)
+        assert sorted(p for stream in read for p in stream) == parts, workers
+        rank0 = sorted(p for stream in read[: max(1, workers[0])] for p in stream)
+        assert rank0 == [0, 1, 2, 6, 7, 8], workers
+
+    data = EmbedDataModule(
+        ItemSource([], 1, "none"), Path("out"), ["image"], None, None, 0, num_workers=99
+    )
+    with caplog.at_level(logging.WARNING):
+        loader = data.predict_dataloader()
+    assert loader.num_workers == available_cores() and loader.dataset.streams_per_rank == 99
+    assert f"num_workers=99 is more than the {available_cores()} CPU cores" in caplog.text
+    assert "dataset.num_workers" not in caplog.text

@@ -61,6 +61,8 @@ def build_source(cfg: DictConfig, model: CLIPModule) -> Source:
     dataset = cfg.dataset
     if "split_sizes" in dataset:  # every split is embedded: no image is held out for val/test
         dataset = OmegaConf.merge(dataset, {"split_sizes": {"val": 0, "test": 0}})
+    if "num_workers" in dataset:  # its loaders are never built: embed's takes num_workers=
+        dataset = OmegaConf.merge(dataset, {"num_workers": 0})
     # either datamodule class, whatever build_datamodule's hint says
     datamodule: L.LightningDataModule = build_datamodule(dataset, model)
     if isinstance(datamodule, WebDataModule):
@@ -152,10 +154,11 @@ def embed(cfg: DictConfig) -> dict[str, Any]:
 
 def report(summary: dict[str, Any]) -> None:
     done = summary["finished_parts"] - summary["parts_from_earlier_runs"]
+    parts = "part" if summary["parts"] == 1 else "parts"
     print(
-        f"Embedded {summary['rows']} samples in {summary['parts']} parts into {summary['out']} "
-        f"({done} parts now, {summary['parts_from_earlier_runs']} from an earlier run, "
-        f"{summary['seconds']:.1f} s)"
+        f"Embedded {summary['rows']} samples in {summary['parts']} {parts} into "
+        f"{summary['out']} ({done} now, {summary['parts_from_earlier_runs']} from an earlier "
+        f"run, {summary['seconds']:.1f} s)"
     )
     if summary["bad_samples_skipped"]:
         print(

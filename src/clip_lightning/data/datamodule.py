@@ -359,27 +359,29 @@ def _check_loader_numbers(**values: Any) -> None:
 def loader_options(
     num_workers: int, pin_memory: bool, persistent_workers: bool, prefetch_factor: int | None
 ) -> dict[str, Any]:
-    """DataLoader keyword arguments; the worker-only ones are dropped without workers.
-
-    More workers than CPU cores only compete with each other and the training step for the
-    same cores, so ``num_workers`` is capped at the core count, in one line.
-    """
-    cores = available_cores()
-    if num_workers > cores:
-        rank_zero_only(log.warning)(
-            "dataset.num_workers=%d is more than the %d CPU cores available: using %d loader "
-            "workers",
-            num_workers,
-            cores,
-            cores,
-        )
-        num_workers = cores
+    """DataLoader keyword arguments; the worker-only ones are dropped without workers."""
+    num_workers = capped_workers(num_workers)
     return {
         "num_workers": num_workers,
         "pin_memory": pin_memory,
         "persistent_workers": persistent_workers and num_workers > 0,
         "prefetch_factor": prefetch_factor if num_workers > 0 else None,
     }
+
+
+def capped_workers(num_workers: int, key: str = "dataset.num_workers") -> int:
+    """``num_workers`` (set by the override ``key``), at most the CPU cores: more workers only
+    compete with each other and the model's step for the same cores; said in one line."""
+    cores = available_cores()
+    if num_workers > cores:
+        rank_zero_only(log.warning)(
+            "%s=%d is more than the %d CPU cores available: using %d loader workers",
+            key,
+            num_workers,
+            cores,
+            cores,
+        )
+    return min(num_workers, cores)
 
 
 def available_cores() -> int:

@@ -2,8 +2,10 @@
 
 A part is the unit of work and of output: one WebDataset shard, or ``part_size`` consecutive
 images of a folder or caption dataset. The parts still to do are dealt out round-robin over
-every (rank, worker) stream, so each sample is read by exactly one stream however the counts
-divide, and a part is always embedded and written whole by one stream.
+``num_workers`` streams per rank, so each sample is read by exactly one stream however the
+counts divide, and a part is always embedded and written whole by one stream. A rank with fewer
+cores than ``num_workers`` starts fewer loader workers, and they share its streams: the
+dealing depends on the settings only, never on the machine.
 
 Each stream yields ready batches (images transformed by the model's evaluation transform,
 captions tokenized by its tokenizer) that never mix parts, so the writer can write a part as
@@ -26,6 +28,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset
 
 from clip_lightning.data.checks import check_policy
+from clip_lightning.data.datamodule import capped_workers
 from clip_lightning.data.records import BadImageError, CaptionRecord, ImageSource, load_rgb
 from clip_lightning.data.streaming import sample_captions, sample_image
 from clip_lightning.errors import DataError
@@ -159,20 +162,25 @@ class PartStream(IterableDataset):
         on_bad_image: str,
         rank: int = 0,
         world_size: int = 1,
+        streams_per_rank: int = 1,
     ) -> None:
         super().__init__()
         check_policy(on_bad_image, key="on_bad_image")
         self.source, self.parts, self.fields = source, list(parts), tuple(fields)
         self.transform, self.tokenizer, self.max_length = transform, tokenizer, max_length
         self.batch_size, self.on_bad_image = batch_size, on_bad_image
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.streams_per_rank = rank, world_size, streams_per_rank
 
     def my_parts(self) -> list[int]:
-        """This (rank, worker)'s parts: every ``streams``-th, from its stream index."""
+        """This loader worker's parts: stream ``s`` of the ``world_size · streams_per_rank``
+        takes every stream-th part from the ``s``-th; a rank's streams are shared out over its
+        workers."""
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        streams = self.world_size * workers
-        return self.parts[self.rank * workers + worker :: streams]
+        streams = self.world_size * self.streams_per_rank
+        first = self.rank * self.streams_per_rank
+        mine = range(first + worker, first + self.streams_per_rank, workers)
+        return sorted(part for stream in mine for part in self.parts[stream::streams])
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for part in self.my_parts():
@@ -263,5 +271,7 @@ class EmbedDataModule(L.LightningDataModule):
             self.on_bad_image,
             rank,
             world_size,
+            streams_per_rank=max(1, self.num_workers),
         )
-        return DataLoader(stream, batch_size=None, num_workers=self.num_workers)
+        workers = capped_workers(self.num_workers, key="num_workers")
+        return DataLoader(stream, batch_size=None, num_workers=workers)
