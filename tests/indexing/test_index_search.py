@@ -1,7 +1,8 @@
 """embed -> index -> search on a captioned folder: the index folder is self-contained and
 states its recall, ``search index=`` answers several queries (``query=[...]`` and
-``queries_file=``) with the brute-force ranking and the captions, takes the model embed used,
-and refuses another model or a damaged manifest."""
+``queries_file=``) with the brute-force ranking and the captions, takes the model embed used
+(a checkpoint, or a pretrained pair given again), and refuses another model or a damaged
+manifest."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from clip_lightning.cli.embed import embed
+from clip_lightning.cli.eval_model import load_eval_model
 from clip_lightning.cli.index import index
 from clip_lightning.cli.search import search
+from clip_lightning.data.records import FileImage, load_rgb
 from clip_lightning.errors import ClipLightningError, DataError
 from clip_lightning.indexing import layout
 from clip_lightning.indexing.store import IndexFolder
@@ -23,6 +26,7 @@ from clip_lightning.module import CLIPModule
 from clip_lightning.utils.config import register_resolvers
 from tests.helpers import CONFIG_DIR
 from tests.helpers.data import write_image
+from tests.pretrained import write_open_clip_weights
 
 # the tests share a module fixture that trains: one worker builds it once
 pytestmark = pytest.mark.xdist_group("index_search")
@@ -133,3 +137,39 @@ def test_another_model_or_a_damaged_manifest_is_refused_in_one_line(built, tmp_p
     (damaged / "index.json").write_text("{not json")
     with pytest.raises(DataError, match="is not valid JSON"):
         IndexFolder.load(damaged)
+
+
+def test_a_pretrained_pair_embeds_and_only_the_same_pair_searches_its_index(tmp_path):
+    for i in range(6):
+        write_image(tmp_path / "photos" / f"{i}.jpg", i)
+    weights = write_open_clip_weights("tiny-clip-test", tmp_path / "pair.pt")
+    pair = ["model=open_clip", "model.arch=tiny-clip-test", f"model.pretrained={weights}"]
+    embed(
+        compose_task(
+            "embed",
+            tmp_path,
+            *pair,
+            f"images={tmp_path / 'photos'}",
+            f"out={tmp_path / 'embeddings'}",
+            "num_workers=0",
+            "dtype=float32",
+            "trainer.accelerator=cpu",
+        )
+    )
+    embeddings = tmp_path / "embeddings"
+    names = layout.check_complete(embeddings, layout.read_manifest(embeddings))
+    paths = layout.load_metadata(embeddings, names).column("image_path").to_pylist()
+    cfg = compose_task("search", tmp_path, *pair)
+    model = load_eval_model(cfg).model
+    expected = model.encode_image([load_rgb(FileImage(Path(p))) for p in paths]).numpy()
+    np.testing.assert_allclose(
+        layout.load_embeddings(embeddings, "image", names), expected, atol=1e-5
+    )
+
+    index(compose_task("index", tmp_path, f"embeddings={embeddings}", f"out={tmp_path / 'index'}"))
+    search_with = [f"index={tmp_path / 'index'}", "query=a red square", "k=3", "accelerator=cpu"]
+    ((_, hits),) = search(compose_task("search", tmp_path, *pair, *search_with))
+    scores = expected @ model.encode_text(["a red square"]).numpy()[0]
+    assert [h.image for h in hits] == [paths[i] for i in np.argsort(-scores, kind="stable")[:3]]
+    with pytest.raises(ClipLightningError, match="built with a pretrained pair; pass the same"):
+        search(compose_task("search", tmp_path, *search_with))

@@ -73,12 +73,18 @@ def pretrained_model(model_cfg: DictConfig) -> CLIPModule:
             "model.pretrained to an open_clip tag or weights file (model=open_clip) or to true "
             "(model=hf_clip)"
         )
+    model: CLIPModule = build(scoring_config(model_cfg), "model")
+    return model
+
+
+def scoring_config(model_cfg: DictConfig) -> DictConfig:
+    """A copy of ``model_cfg`` with :data:`SCORING_PARTS` in place of the training groups it
+    interpolates (``${loss}``, ...), which the eval, embed and search configs do not have."""
     config = model_cfg.copy()
-    with open_dict(config):  # in place of the training groups the config interpolates
+    with open_dict(config):
         for key, value in SCORING_PARTS.items():
             config[key] = value
-    model: CLIPModule = build(config, "model")
-    return model
+    return config
 
 
 def pretrained_source(model_cfg: DictConfig) -> dict[str, Any]:
@@ -106,6 +112,6 @@ def model_identity(cfg: DictConfig) -> dict[str, str]:
     if model_cfg is None:
         path = Path(cfg.ckpt_path).expanduser().resolve()
         return {"model": f"sha256:{file_digest(path)}", "checkpoint": str(path)}
-    own = {k: v for k, v in model_cfg.items() if k not in SCORING_PARTS}
+    own = {k: v for k, v in scoring_config(model_cfg).items() if k not in SCORING_PARTS}
     text = json.dumps(OmegaConf.to_container(OmegaConf.create(own), resolve=True), sort_keys=True)
     return {"model": f"config:{hashlib.sha256(text.encode()).hexdigest()[:16]}"}
