@@ -15,6 +15,7 @@ from clip_lightning.errors import DataError
 from clip_lightning.indexing.vectors import (
     MIN_IVFPQ_VECTORS,
     IndexShape,
+    build,
     build_and_measure,
     choose_shape,
     parse_memory,
@@ -92,3 +93,24 @@ def test_a_float16_copy_re_ranks_what_the_codes_order_coarsely(tmp_path) -> None
     faiss.write_index(index, str(tmp_path / "image.index"))
     loaded = faiss.read_index(str(tmp_path / "image.index"))
     np.testing.assert_array_equal(loaded.search(queries, 10)[1], index.search(queries, 10)[1])
+
+
+def test_with_faiss_gpu_the_training_k_means_runs_on_the_gpus(monkeypatch) -> None:
+    vectors = clustered_unit_vectors(MIN_IVFPQ_VECTORS, 16, seed=0)
+    queries = clustered_unit_vectors(50, 16, seed=1)
+    shape = choose_shape(len(vectors), 16, kind="ivfpq", nlist=64, max_memory=150_000)
+    on_cpu = build(vectors, shape)
+    moved: list[faiss.Index] = []
+
+    def to_gpus(index: faiss.Index) -> faiss.Index:  # faiss-gpu's, on a machine without one
+        moved.append(index)
+        return index
+
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
+    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", to_gpus)
+    on_gpus = build(vectors, shape)
+    [assigner] = moved
+    assert (assigner.d, assigner.metric_type) == (16, faiss.METRIC_INNER_PRODUCT)
+    assert assigner.ntotal == shape.nlist  # the k-means assigned points to its centroids
+    assert faiss.extract_index_ivf(on_gpus).clustering_index is None  # nothing left on the GPUs
+    np.testing.assert_array_equal(on_gpus.search(queries, 10)[1], on_cpu.search(queries, 10)[1])
