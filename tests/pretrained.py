@@ -14,9 +14,9 @@ from pathlib import Path
 
 import open_clip
 import torch
-from hydra.utils import instantiate
 
 from clip_lightning.cli.loading import build_datamodule
+from clip_lightning.models.targets import build
 from clip_lightning.module import CLIPModule
 from tests.helpers import compose_train, quiet_trainer
 
@@ -212,7 +212,7 @@ def assert_one_step_trains_both_towers_and_the_scale(
 def finetuned_checkpoint(cfg, tmp_path: Path, steps: int = 2) -> Path:
     """A checkpoint of ``cfg.model`` after ``steps`` training steps (written by the trainer, so
     it records the pretrained towers it started from)."""
-    model = instantiate(cfg.model)
+    model = build(cfg.model, "model")  # as train builds it: through the registry
     trainer = quiet_trainer(tmp_path, max_steps=steps, limit_val_batches=0)
     trainer.fit(model, datamodule=build_datamodule(cfg.dataset, model))
     path = tmp_path / "finetuned.ckpt"

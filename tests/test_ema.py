@@ -1,6 +1,7 @@
 """EMA weights (callbacks=[default,ema]): validation (also callbacks scoring at its end), the
 best checkpoint, testing it right after fit, and eval/export loading use the averaged weights,
-not the raw training ones."""
+not the raw training ones; a resumed fit trains on from the raw weights and averages on from the
+saved average."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ import logging
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from clip_lightning.callbacks import EMAWeights
 from clip_lightning.cli.loading import build_datamodule, load_model
+from clip_lightning.models.targets import build
 from clip_lightning.utils.instantiate import instantiate_list
 from tests.helpers import compose_train, quiet_trainer
 from tests.pretrained import open_clip_cfg
@@ -26,6 +27,12 @@ class Snapshot(L.Callback):
 
     def _keep(self, stage: str, module: L.LightningModule) -> None:
         self.seen[stage] = {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    def on_train_batch_start(self, trainer, pl_module, *args) -> None:
+        self._keep("train", pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        self._keep("train_end", pl_module)
 
     def on_validation_batch_start(self, trainer, pl_module, *args) -> None:
         self._keep("val", pl_module)
@@ -46,7 +53,7 @@ def test_validation_best_checkpoint_test_and_eval_use_the_ema_weights(tmp_path, 
         tmp_path,
         extra=["optimizer.lr=1e-2", "model.tower_lr={image_encoder:1e-2,text_encoder:1e-2}"],
     )
-    model = instantiate(cfg.model)
+    model = build(cfg.model, "model")
     snapshot = Snapshot()
     best = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/rsum", mode="max")
     trainer = quiet_trainer(
@@ -70,6 +77,18 @@ def test_validation_best_checkpoint_test_and_eval_use_the_ema_weights(tmp_path, 
     trainer.test(model, datamodule=datamodule, ckpt_path=best.best_model_path, verbose=False)
     assert same(snapshot.seen["test"], averaged)
     assert same(load_model(best.best_model_path).state_dict(), averaged)  # eval and export
+
+    # resumed for one more step: from the raw weights, and the average continues from the
+    # saved one (decay 0.5: half the average, half the weights after the step)
+    resumed = Snapshot()
+    trainer = quiet_trainer(
+        tmp_path, max_steps=4, limit_val_batches=0, callbacks=[EMAWeights(decay=0.5), resumed]
+    )
+    model = build(cfg.model, "model")
+    trainer.fit(model, datamodule=datamodule, ckpt_path=best.best_model_path)
+    assert same(resumed.seen["train"], raw)
+    stepped = resumed.seen["train_end"][tower]
+    torch.testing.assert_close(model.state_dict()[tower], 0.5 * averaged[tower] + 0.5 * stepped)
 
 
 def test_the_ema_option_adds_the_callback_to_the_default_ones(tmp_path):

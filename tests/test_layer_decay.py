@@ -7,9 +7,9 @@ from __future__ import annotations
 import logging
 
 import pytest
-from hydra.utils import instantiate
 
 from clip_lightning.models.image_encoder import ImageEncoder
+from clip_lightning.models.targets import build
 from clip_lightning.optim import layer_ids
 from tests.pretrained import hf_clip_cfg, open_clip_cfg
 
@@ -24,7 +24,7 @@ def groups_by_parameter(model) -> dict[str, dict]:
 
 
 @pytest.mark.parametrize(
-    ("build", "expected_layers"),
+    ("make_cfg", "expected_layers"),
     [
         # open_clip: stem, resblocks.0, resblocks.1, then what follows (top = 3)
         (
@@ -55,9 +55,13 @@ def groups_by_parameter(model) -> dict[str, dict]:
         ),
     ],
 )
-def test_learning_rates_fall_geometrically_from_the_top(tmp_path, caplog, build, expected_layers):
-    cfg = build(tmp_path, extra=[*DECAY, "model.tower_lr={image_encoder:1e-5,text_encoder:2e-5}"])
-    model = instantiate(cfg.model)
+def test_learning_rates_fall_geometrically_from_the_top(
+    tmp_path, caplog, make_cfg, expected_layers
+):
+    cfg = make_cfg(
+        tmp_path, extra=[*DECAY, "model.tower_lr={image_encoder:1e-5,text_encoder:2e-5}"]
+    )
+    model = build(cfg.model, "model")  # as train builds it
     with caplog.at_level(logging.INFO):
         groups = groups_by_parameter(model)
     for name, layer in expected_layers.items():

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hydra.utils import instantiate
 from safetensors.torch import load_file
 from torch import nn
+from transformers import AutoModel
 
 from clip_lightning.cli.export import export
 from clip_lightning.cli.loading import build_datamodule, load_model
@@ -23,9 +23,13 @@ from clip_lightning.models.lora import (
     has_lora,
     merged,
 )
+from clip_lightning.models.targets import build
 from clip_lightning.wise_ft import WeightSpaceEnsemble
 from tests.helpers import compose_export, quiet_trainer
 from tests.pretrained import finetuned_checkpoint, hf_clip_cfg, open_clip_cfg
+
+# the tests share module fixtures that train: one worker builds them once
+pytestmark = pytest.mark.xdist_group("lora")
 
 CAPTIONS = ["a red square on the left", "two blue circles", "a large green triangle"]
 LORA = ["model.lora.r=4", "model.tower_lr={image_encoder:1e-2,text_encoder:1e-2}"]
@@ -36,6 +40,14 @@ def open_clip_lora(tmp_path_factory):
     """The tiny open_clip pair with LoRA r=4 on both towers, after 2 steps, and its checkpoint."""
     root = tmp_path_factory.mktemp("lora")
     cfg = open_clip_cfg(root, extra=LORA)
+    return cfg, finetuned_checkpoint(cfg, root)
+
+
+@pytest.fixture(scope="module")
+def hf_lora(tmp_path_factory):
+    """The same for the tiny transformers CLIP pair."""
+    root = tmp_path_factory.mktemp("hf_lora")
+    cfg = hf_clip_cfg(root, extra=LORA)
     return cfg, finetuned_checkpoint(cfg, root)
 
 
@@ -60,7 +72,7 @@ def test_linear_attention_equals_multihead_attention(batch_first):
 
 def test_only_adapters_and_the_temperature_train(open_clip_lora, tmp_path):
     cfg, _ = open_clip_lora
-    model = instantiate(cfg.model)
+    model = build(cfg.model, "model")
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable - {"loss.logit_scale"} == {n for n in trainable if ".lora_" in n}
     # the attention of every open_clip block is adapted (through the linear stand-in)
@@ -75,11 +87,11 @@ def test_only_adapters_and_the_temperature_train(open_clip_lora, tmp_path):
     assert any(".lora_B." in n for n in changed)  # B starts at zero: the update is real
 
 
-@pytest.mark.parametrize("build", [open_clip_cfg, hf_clip_cfg])
-def test_every_adapter_learns_under_grad_cache_and_activation_checkpointing(tmp_path, build):
+@pytest.mark.parametrize("make_cfg", [open_clip_cfg, hf_clip_cfg])
+def test_every_adapter_learns_under_grad_cache_and_activation_checkpointing(tmp_path, make_cfg):
     extra = ["model.grad_checkpointing=true", "model.grad_cache_chunk_size=4"]
-    cfg = build(tmp_path, extra=[*LORA, *extra])
-    model = instantiate(cfg.model)
+    cfg = make_cfg(tmp_path, extra=[*LORA, *extra])
+    model = build(cfg.model, "model")
     adapters = {n: p.detach().clone() for n, p in model.named_parameters() if ".lora_B." in n}
     trainer = quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0)
     trainer.fit(model, datamodule=build_datamodule(cfg.dataset, model))
@@ -91,7 +103,7 @@ def test_checkpoint_reloads_and_resumes(open_clip_lora, tmp_path):
     cfg, checkpoint = open_clip_lora
     reloaded = load_model(checkpoint)
     assert has_lora(reloaded) and reloaded.hparams.lora["r"] == 4
-    model = instantiate(cfg.model)
+    model = build(cfg.model, "model")
     trainer = quiet_trainer(tmp_path, max_steps=3, limit_val_batches=0)
     trainer.fit(model, datamodule=build_datamodule(cfg.dataset, model), ckpt_path=checkpoint)
     assert trainer.global_step == 3
@@ -106,13 +118,9 @@ def test_merged_model_has_no_adapters_and_the_same_embeddings(open_clip_lora):
     torch.testing.assert_close(plain.encode_text(CAPTIONS), model.encode_text(CAPTIONS))
 
 
-@pytest.mark.parametrize("kind", ["open_clip", "hf"])
-def test_export_merges_the_adapters(open_clip_lora, tmp_path, kind):
-    if kind == "open_clip":
-        _, checkpoint = open_clip_lora
-    else:
-        cfg = hf_clip_cfg(tmp_path / "hf", extra=LORA)
-        checkpoint = finetuned_checkpoint(cfg, tmp_path / "hf")
+@pytest.mark.parametrize(("kind", "pair"), [("open_clip", "open_clip_lora"), ("hf", "hf_lora")])
+def test_export_merges_the_adapters(request, tmp_path, kind, pair):
+    _, checkpoint = request.getfixturevalue(pair)
     out = tmp_path / "out"
     cfg = compose_export([f"ckpt_path={checkpoint}", f"format={kind}", f"out={out}"], tmp_path)
     result = export(cfg)  # loaded back by open_clip / transformers and compared
@@ -129,10 +137,24 @@ def test_wise_ft_interpolates_the_merged_weights(open_clip_lora):
     model = load_model(checkpoint)
     ensemble = WeightSpaceEnsemble(model)
     torch.testing.assert_close(ensemble.at(1.0).encode_text(CAPTIONS), model.encode_text(CAPTIONS))
-    pretrained = instantiate(cfg.model, lora={"r": None}).eval()
+    pretrained = build(cfg.model, "model", lora=None).eval()
     torch.testing.assert_close(
         ensemble.at(0.0).encode_text(CAPTIONS), pretrained.encode_text(CAPTIONS)
     )
+
+
+def test_wise_ft_export_to_transformers_interpolates_the_merged_weights(hf_lora, tmp_path):
+    _, checkpoint = hf_lora
+    out = tmp_path / "out"
+    overrides = [f"ckpt_path={checkpoint}", "wise_ft.alpha=0.5", "format=hf", f"out={out}"]
+    assert export(compose_export(overrides, tmp_path))["max_embedding_difference"] < 1e-4
+    expected = WeightSpaceEnsemble(load_model(checkpoint)).at(0.5)
+    layer = "encoder.layers.0.self_attn.q_proj.weight"  # an adapted projection, merged
+    loaded = AutoModel.from_pretrained(out).vision_model.get_parameter(layer)
+    wanted = expected.image_encoder.model.backbone.get_parameter(layer)
+    torch.testing.assert_close(loaded, wanted)
+    finetuned = merged(load_model(checkpoint)).image_encoder.model.backbone.get_parameter(layer)
+    assert not torch.allclose(loaded, finetuned)  # θ(0.5), not the fine-tuned weights
 
 
 def test_a_cnn_without_default_targets_names_the_option():
@@ -157,5 +179,5 @@ def test_a_cached_text_tower_refuses_lora(tmp_path):
         ],
     )
     with pytest.raises(Exception) as error:
-        instantiate(cfg.model)
+        build(cfg.model, "model")
     assert "model.text_encoder.cache=null" in str(find_user_error(error.value))

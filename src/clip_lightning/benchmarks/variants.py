@@ -1,18 +1,23 @@
 """Two or more variants of one model trained on the same batch, measured alike.
 
-Three figures per variant:
+Four figures per variant:
 
 * ``saved_activations_mib``: what autograd keeps for the backward pass after one forward (unique
   tensor storages seen by ``saved_tensors_hooks``, parameters excluded), exact and the same on
   every device;
+* ``training_state_mib``: the gradients (one per trainable parameter, of its size) and the
+  optimizer's state tensors, what training holds besides the weights and the activations; exact;
 * ``peak_mib``: the peak memory of one training step above the memory before it (CUDA: the
-  allocator's peak; CPU: the process's peak resident set, reset through ``clear_refs``);
+  allocator's peak; CPU: the process's peak resident set, reset through ``clear_refs``, after
+  freed heap memory went back to the system, so one variant's pages do not hide the next one's);
 * ``step_s``: median seconds per training step, variants alternating in the same process so a
   noisy machine slows all alike.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import functools
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -58,6 +63,26 @@ def _saved_activation_bytes(model: CLIPModule, batch: Batch, autocast: Callable[
     return saved
 
 
+def _training_state_bytes(model: CLIPModule, optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of the gradients and the optimizer's state tensors (after a step created them)."""
+    gradients = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    state = sum(
+        t.numel() * t.element_size()
+        for per_parameter in optimizer.state.values()
+        for t in per_parameter.values()
+        if isinstance(t, torch.Tensor)
+    )
+    return gradients + state
+
+
+def _release_freed_memory() -> None:
+    """Hand the C heap's free pages back to the system (glibc's ``malloc_trim``), if there."""
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
 def _rss_kib(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -74,6 +99,7 @@ def _peak_step_bytes(step: Callable[[], None], device: torch.device) -> int | No
         step()
         synchronize(device)
         return torch.cuda.max_memory_allocated(device) - before
+    _release_freed_memory()
     try:
         Path("/proc/self/clear_refs").write_text("5")  # reset the peak resident set (VmHWM)
         before = _rss_kib("VmRSS")
@@ -122,6 +148,7 @@ def measure_variants(
         peak = _peak_step_bytes(functools.partial(step(name), batch), device)
         figures[name] = {
             "saved_activations_mib": _saved_activation_bytes(models[name], batch, autocast) / MIB,
+            "training_state_mib": _training_state_bytes(models[name], optimizers[name]) / MIB,
             "peak_mib": None if peak is None else peak / MIB,
         }
     times: dict[str, list[float]] = {name: [] for name in names}
