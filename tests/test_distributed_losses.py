@@ -15,16 +15,15 @@ from unittest import mock
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
 from clip_lightning import losses
 from clip_lightning.losses import InfoNCELoss, SigLIPLoss, SoftTargetLoss
+from tests.helpers.distributed import WORLD_SIZE, run_ranks
 
 pytestmark = [pytest.mark.distributed, pytest.mark.xdist_group("distributed_losses")]
 
-WORLD_SIZE = 2
 LOCAL_BATCH = 4
 IMAGE_DIM, TEXT_DIM, EMBED_DIM = 6, 5, 4
 ATOL = 1e-5
@@ -110,9 +109,9 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
 
 @pytest.fixture(scope="module")
 def ddp_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Run all cases in one spawn (process start-up dominates the cost) and return the folder."""
+    """Run all cases in one pair of ranks and return the folder."""
     out_dir = tmp_path_factory.mktemp("ddp_losses")
-    mp.spawn(_worker, args=(str(out_dir / "rendezvous"), str(out_dir)), nprocs=WORLD_SIZE)
+    run_ranks(_worker, str(out_dir / "rendezvous"), str(out_dir))
     return out_dir
 
 

@@ -6,20 +6,18 @@ one rank receives a repeated sample as padding and the metric has to de-duplicat
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import Tensor
 from torch.nn.functional import normalize
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from clip_lightning.metrics import RetrievalRecall
+from tests.helpers.distributed import WORLD_SIZE, free_port, run_ranks
 
-WORLD_SIZE = 2
 NUM_IMAGES = 13
 CAPTIONS_PER_IMAGE = 5  # 65 caption samples: odd, so the sampler pads.
 
@@ -40,12 +38,6 @@ def evaluate(loader: DataLoader) -> dict[str, Tensor]:
     for image_embeddings, image_ids, text_embeddings, text_ids, text_image_ids in loader:
         metric.update(image_embeddings, image_ids, text_embeddings, text_ids, text_image_ids)
     return metric.compute()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def worker(rank: int, port: int, out_file: str, idle_rank: int | None = None) -> None:
@@ -76,7 +68,7 @@ def test_two_process_result_equals_single_process(tmp_path: Path) -> None:
     assert sampler.total_size > len(dataset)  # the fixture really exercises padding
 
     out_file = tmp_path / "rank0.pt"
-    mp.spawn(worker, args=(free_port(), str(out_file)), nprocs=WORLD_SIZE, join=True)
+    run_ranks(worker, free_port(), str(out_file))
 
     distributed = torch.load(out_file)
     single = evaluate(DataLoader(dataset, batch_size=6))
@@ -89,7 +81,7 @@ def test_two_process_result_equals_single_process(tmp_path: Path) -> None:
 def test_a_rank_without_batches_neither_hangs_nor_changes_the_result(tmp_path: Path) -> None:
     # An iterable eval stream can leave a rank with nothing; its empty states must sync.
     out_file = tmp_path / "rank0.pt"
-    mp.spawn(worker, args=(free_port(), str(out_file), 1), nprocs=WORLD_SIZE, join=True)
+    run_ranks(worker, free_port(), str(out_file), 1)
     distributed = torch.load(out_file)
     single = evaluate(DataLoader(make_dataset(), batch_size=6))
     for key in single:

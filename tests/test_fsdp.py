@@ -4,14 +4,11 @@ ordinary file gathered on rank 0 -- loads in ``eval`` and ``export`` like any ot
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
-import torch.multiprocessing as mp
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import open_dict
@@ -22,6 +19,7 @@ from clip_lightning.cli.loading import build_datamodule
 from clip_lightning.module import CLIPModule
 from clip_lightning.utils.config import register_resolvers
 from tests.helpers import CONFIG_DIR, TINY_TRAIN_OVERRIDES, compose_train
+from tests.helpers.distributed import free_port, join_as_rank, run_ranks
 
 pytestmark = [
     pytest.mark.slow,
@@ -29,7 +27,6 @@ pytestmark = [
     pytest.mark.xdist_group("distributed_losses"),
 ]
 
-WORLD_SIZE = 2
 MODEL = [*TINY_TRAIN_OVERRIDES, "model/head=linear", "++trainer.max_steps=2"]
 STRATEGIES = {
     "ddp": ["trainer=ddp_sim"],
@@ -52,15 +49,7 @@ DATA = [
 
 
 def _worker(rank: int, port: int, out: str) -> None:
-    # the processes exist already: Lightning joins them instead of launching its own
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        WORLD_SIZE=str(WORLD_SIZE),
-        NODE_RANK="0",
-        LOCAL_RANK=str(rank),
-    )
-    torch.set_num_threads(1)
+    join_as_rank(rank, port)
     for name, strategy in STRATEGIES.items():
         cfg = compose_train([*MODEL, *strategy], output_dir=Path(out) / name)
         L.seed_everything(0, verbose=False)
@@ -79,10 +68,7 @@ def _worker(rank: int, port: int, out: str) -> None:
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("fsdp")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    mp.spawn(_worker, args=(port, str(out)), nprocs=WORLD_SIZE)
+    run_ranks(_worker, free_port(), str(out))
     return out
 
 

@@ -8,18 +8,16 @@ per-chunk statistics or masks GradCache does not reproduce (see :mod:`clip_light
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
-import torch.multiprocessing as mp
 from hydra.utils import instantiate
 
 from clip_lightning.cli.loading import build_datamodule
 from tests.helpers import TINY_TRAIN_OVERRIDES, compose_train
+from tests.helpers.distributed import WORLD_SIZE, free_port, join_as_rank, run_ranks
 
 pytestmark = [
     pytest.mark.slow,
@@ -27,7 +25,6 @@ pytestmark = [
     pytest.mark.xdist_group("distributed_losses"),
 ]
 
-WORLD_SIZE = 2
 ATOL = 1e-5
 OVERRIDES = [
     *[o for o in TINY_TRAIN_OVERRIDES if not o.startswith("+model.text_encoder.config_overrides")],
@@ -63,15 +60,7 @@ class GradientRecorder(L.Callback):
 
 
 def _worker(rank: int, port: int, out: str) -> None:
-    # the processes exist already: Lightning joins them instead of launching its own
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        WORLD_SIZE=str(WORLD_SIZE),
-        NODE_RANK="0",
-        LOCAL_RANK=str(rank),
-    )
-    torch.set_num_threads(1)
+    join_as_rank(rank, port)
     for mode, extra in (("plain", []), ("grad_cache", ["+model.grad_cache_chunk_size=3"])):
         cfg = compose_train([*OVERRIDES, *extra], output_dir=Path(out) / mode)
         L.seed_everything(0, verbose=False)
@@ -86,10 +75,7 @@ def _worker(rank: int, port: int, out: str) -> None:
 
 
 def test_grad_cache_gradients_equal_plain_ddp_on_the_same_global_batch(tmp_path: Path) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    mp.spawn(_worker, args=(port, str(tmp_path)), nprocs=WORLD_SIZE)
+    run_ranks(_worker, free_port(), str(tmp_path))
     for rank in range(WORLD_SIZE):
         plain = torch.load(tmp_path / f"plain_{rank}.pt")
         chunked = torch.load(tmp_path / f"grad_cache_{rank}.pt")
