@@ -14,8 +14,8 @@ from tests.helpers import (
     PreemptedRun,
     read_metrics,
     run_dirs,
-    run_train,
 )
+from tests.helpers.tasks import train_in_process
 
 # The reference trains what the preempted run does (20 steps per epoch, 2 epochs) without a stop.
 RESUME = PREEMPTED_RUN_OVERRIDES
@@ -29,7 +29,7 @@ def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(
 ) -> None:
     reference = tmp_path / "reference"
     reference.mkdir()
-    run_train(reference, *RESUME)
+    train_in_process(reference, *RESUME)
     expected = read_metrics(run_dirs(reference)[0])
 
     # stopped two steps into epoch 2, read from a step marker the run writes
@@ -52,16 +52,16 @@ def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(
 
 
 def test_ckpt_path_last_without_earlier_run_is_one_clear_error(tmp_path: Path) -> None:
-    proc = run_train(tmp_path, *TINY_RUN_OVERRIDES, "ckpt_path=last", check=False)
-    assert proc.returncode == 1
-    assert "ckpt_path=last found no earlier run" in proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stderr
+    run = train_in_process(tmp_path, *TINY_RUN_OVERRIDES, "ckpt_path=last", check=False)
+    assert run.code == 1
+    assert "ckpt_path=last found no earlier run" in run.output
+    assert "Traceback" not in run.output
 
 
 @pytest.mark.slow
 def test_nan_loss_stops_with_one_line_and_keeps_last_checkpoint(tmp_path: Path) -> None:
     # lr=1e30 blows the weights up at the first step; the second step's loss is NaN.
-    proc = run_train(
+    run = train_in_process(
         tmp_path,
         *TINY_RUN_OVERRIDES,
         "optimizer.lr=1e30",
@@ -70,9 +70,8 @@ def test_nan_loss_stops_with_one_line_and_keeps_last_checkpoint(tmp_path: Path) 
         "callbacks.model_checkpoint.every_n_train_steps=1",
         check=False,
     )
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 1
-    assert "non-finite training loss" in output and "Traceback" not in output
+    assert run.code == 1
+    assert "non-finite training loss" in run.output and "Traceback" not in run.output
     (run,) = run_dirs(tmp_path)
     state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert state["global_step"] == 1  # saved before the failing step, not after it

@@ -1,0 +1,130 @@
+"""Command-line tasks run in the test process.
+
+``python -m clip_lightning.<task>`` composes its config with Hydra and hands it to
+:func:`clip_lightning.cli.task.run_task`, which checks it, runs the task and turns a user error
+into one logged line and exit status 1. Calling ``run_task`` here runs the same code on the same
+config without a new interpreter (whose imports cost more CPU than a tiny run); the tests in
+``tests/e2e`` cover the process itself: exit statuses, console output, signals.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from clip_lightning.cli.task import USER_ERROR_EXIT_CODE, run_task
+from clip_lightning.cli.train import train
+from clip_lightning.utils.config import register_resolvers
+from tests.helpers import CONFIG_DIR
+
+# what Hydra's console handler shows of a record (without the time)
+LINE_FORMAT = "[%(name)s][%(levelname)s] - %(message)s"
+
+
+@dataclass(frozen=True)
+class TaskRun:
+    """How a task ended: the command's exit status, what it logged and printed."""
+
+    code: int  # 0, or the status the task wrapper exits with
+    output: str  # the log lines (tracebacks included) and the printed text
+    errors: list[str]  # the messages logged at ERROR
+    result: Any = None  # the task's return value (None when it exited)
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.setFormatter(logging.Formatter(LINE_FORMAT))
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def run_in_process(task: Callable[[DictConfig], Any], cfg: DictConfig, name: str) -> TaskRun:
+    """Run ``task`` on ``cfg`` through the task wrapper of the entry point ``name``, as
+    ``python -m clip_lightning.<name>`` does after composing ``cfg``."""
+    records = _Records()
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(records)
+    root.setLevel(logging.INFO)
+    printed = io.StringIO()
+    code, result = 0, None
+    try:
+        with contextlib.redirect_stdout(printed):
+            result = run_task(task, cfg, name)
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        root.removeHandler(records)
+        root.setLevel(level)
+    lines = [records.format(record) for record in records.records]
+    return TaskRun(
+        code=code,
+        output="\n".join([*lines, printed.getvalue()]),
+        errors=[r.getMessage() for r in records.records if r.levelno >= logging.ERROR],
+        result=result,
+    )
+
+
+def one_error_line(task: Callable[[DictConfig], Any], cfg: DictConfig, name: str) -> str:
+    """Run ``task`` through the task wrapper; the one error line it logged (exit 1)."""
+    run = run_in_process(task, cfg, name)
+    assert run.code == USER_ERROR_EXIT_CODE, run.output[-3000:]
+    (message,) = run.errors
+    assert "\n" not in message
+    return message
+
+
+@contextlib.contextmanager
+def hydra_job(config_name: str, overrides: list[str], root: Path) -> Iterator[DictConfig]:
+    """``conf/<config_name>.yaml`` with ``overrides``, composed as the command run in ``root``
+    composes it, and Hydra's view of the job while it runs (what the task reads of Hydra: the
+    run directory, the overrides, the chosen groups). Logs go under ``root/logs``, data and
+    caches under ``root/data``; the run directory is created."""
+    register_resolvers()
+    where = {
+        "CLIP_LIGHTNING_LOG_DIR": str(root / "logs"),
+        "CLIP_LIGHTNING_DATA_DIR": str(root / "data"),
+    }
+    saved = {key: os.environ.get(key) for key in where}
+    os.environ.update(where)
+    try:
+        with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+            cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+            with open_dict(cfg):
+                cfg.hydra.runtime.output_dir = str(Path(cfg.hydra.run.dir).absolute())
+            Path(cfg.hydra.runtime.output_dir).mkdir(parents=True)
+            HydraConfig.instance().set_config(cfg)
+            job = copy.deepcopy(cfg)
+            with open_dict(job):
+                del job.hydra
+            yield job
+    finally:
+        HydraConfig.instance().cfg = None
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def train_in_process(root: Path, *overrides: str, check: bool = True) -> TaskRun:
+    """``python -m clip_lightning.train *overrides`` run in ``root``, in this process; with
+    ``check``, one that must end well."""
+    with hydra_job("train", list(overrides), root) as cfg:
+        run = run_in_process(train, cfg, "train")
+    assert not check or run.code == 0, run.output[-3000:]
+    return run
