@@ -1,5 +1,6 @@
-"""Config faults as a user hits them: ``python -m clip_lightning.train`` with a bad value or a
-checkpoint that cannot be resumed exits 1 with one line naming the key, and no traceback."""
+"""Config faults as a user hits them: ``train`` with a bad value or a checkpoint that cannot be
+resumed exits 1 with one line naming the key, and no traceback (run through the task wrapper in
+this process; ``tests/e2e`` covers the command's exit status)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import TINY_RUN_OVERRIDES, run_dirs, run_train
+from tests.helpers import TINY_RUN_OVERRIDES, run_dirs
+from tests.helpers.tasks import train_in_process
 
 
 def error_lines(output: str, needle: str) -> list[str]:
@@ -25,9 +27,9 @@ def error_lines(output: str, needle: str) -> list[str]:
     ],
 )
 def test_bad_value_exits_1_with_one_line(tmp_path: Path, override: str, line: str) -> None:
-    proc = run_train(tmp_path, *TINY_RUN_OVERRIDES, override, check=False, timeout=120)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 1, output[-2000:]
+    run = train_in_process(tmp_path, *TINY_RUN_OVERRIDES, override, check=False)
+    output = run.output
+    assert run.code == 1, output[-2000:]
     assert len(error_lines(output, line)) == 1, output[-2000:]
     assert "Traceback" not in output
     # refused before anything was built or written
@@ -37,9 +39,9 @@ def test_bad_value_exits_1_with_one_line(tmp_path: Path, override: str, line: st
 def test_truncated_checkpoint_exits_1_with_one_line(tmp_path: Path) -> None:
     broken = tmp_path / "broken.ckpt"
     broken.write_bytes(b"PK\x03\x04 not the rest of a checkpoint")
-    proc = run_train(tmp_path, *TINY_RUN_OVERRIDES, f"ckpt_path={broken}", check=False, timeout=180)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 1, output[-2000:]
+    run = train_in_process(tmp_path, *TINY_RUN_OVERRIDES, f"ckpt_path={broken}", check=False)
+    output = run.output
+    assert run.code == 1, output[-2000:]
     lines = error_lines(output, "truncated or not a clip-lightning checkpoint")
     assert len(lines) == 1 and str(broken) in lines[0]
     assert "Traceback" not in output
@@ -47,8 +49,8 @@ def test_truncated_checkpoint_exits_1_with_one_line(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_resume_with_a_changed_embed_dim_names_it(tmp_path: Path) -> None:
-    run_train(tmp_path, *TINY_RUN_OVERRIDES, "test=false")
-    proc = run_train(
+    train_in_process(tmp_path, *TINY_RUN_OVERRIDES, "test=false")
+    run = train_in_process(
         tmp_path,
         *TINY_RUN_OVERRIDES,
         "test=false",
@@ -56,8 +58,8 @@ def test_resume_with_a_changed_embed_dim_names_it(tmp_path: Path) -> None:
         "model.embed_dim=64",
         check=False,
     )
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 1, output[-2000:]
+    output = run.output
+    assert run.code == 1, output[-2000:]
     (line,) = error_lines(output, "cannot resume")
     assert "model.embed_dim=64 (checkpoint: 128)" in line
     assert "Traceback" not in output
