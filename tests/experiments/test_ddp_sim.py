@@ -4,7 +4,6 @@ gradient, or the ranks diverge)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import lightning as L
@@ -13,15 +12,14 @@ import yaml
 
 from clip_lightning.models.text_cache import hash_module_weights
 from clip_lightning.utils.config import package_path
-from tests.helpers import CONFIG_DIR, TINY_RUN_OVERRIDES, read_metrics, run_dirs, run_train
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import CONFIG_DIR, TINY_RUN_OVERRIDES, read_metrics, run_dirs
+from tests.helpers.distributed import train_on_ranks
 
 
 def _timm_hf_experiments() -> list[str]:
     """Shipped experiments on the timm + HF towers (those TINY_TOWERS can shrink offline), read
     from their defaults lists; open_clip experiments are covered by their own tests. No Hydra
-    here: the train subprocess imports this module for :class:`RankWeights`."""
+    here: the ranks import this module for :class:`RankWeights`."""
     names = []
     for path in sorted((Path(CONFIG_DIR) / "experiment").glob("*.yaml")):
         defaults = yaml.safe_load(path.read_text()).get("defaults", [])
@@ -66,13 +64,31 @@ class RankWeights(L.Callback):
         (self.dirpath / f"rank{trainer.global_rank}.txt").write_text(digest)
 
 
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One epoch of the tiny model with a trainable BERT text tower on two gloo ranks, each
+    rank's weight hash written at the end; the run-directory and rank tests read it."""
+    root = tmp_path_factory.mktemp("ddp_sim")
+    train_on_ranks(
+        root,
+        *TINY_RUN_OVERRIDES,
+        "trainer=ddp_sim",
+        "model.text_encoder.freeze=false",
+        "model.text_encoder.cache=null",
+        "test=false",
+        f"+callbacks.rank_weights._target_={__name__}.RankWeights",
+        f"+callbacks.rank_weights.dirpath={root}",
+    )
+    return root
+
+
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_ddp_sim_writes_one_run_dir(tmp_path: Path) -> None:
-    run_train(tmp_path, *TINY_RUN_OVERRIDES, "trainer=ddp_sim", "test=false")
-    runs = run_dirs(tmp_path)
+@pytest.mark.xdist_group("ddp_run")
+def test_ddp_sim_writes_one_run_dir(ddp_run: Path) -> None:
+    runs = run_dirs(ddp_run)
     assert len(runs) == 1, runs
-    assert len(list((tmp_path / "logs").rglob("metrics.json"))) == 1
+    assert len(list((ddp_run / "logs").rglob("metrics.json"))) == 1
     metrics = read_metrics(runs[0])
     assert {"val/rsum", "val/i2t_r1", "train/loss"} <= metrics.keys()
     assert (runs[0] / "checkpoints" / "last.ckpt").is_file()
@@ -80,22 +96,9 @@ def test_ddp_sim_writes_one_run_dir(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_trainable_bert_tower_keeps_ranks_identical(tmp_path: Path) -> None:
-    run_train(
-        tmp_path,
-        *TINY_RUN_OVERRIDES,
-        "trainer=ddp_sim",
-        "model.text_encoder.freeze=false",
-        "model.text_encoder.cache=null",
-        "++trainer.max_steps=2",
-        "++trainer.limit_val_batches=1",
-        "~callbacks.early_stopping",
-        "test=false",
-        f"+callbacks.rank_weights._target_={__name__}.RankWeights",
-        f"+callbacks.rank_weights.dirpath={tmp_path}",
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
-    )
-    ranks = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
+@pytest.mark.xdist_group("ddp_run")
+def test_trainable_bert_tower_keeps_ranks_identical(ddp_run: Path) -> None:
+    ranks = [(ddp_run / f"rank{r}.txt").read_text() for r in (0, 1)]
     assert ranks[0] == ranks[1]
 
 
@@ -103,6 +106,6 @@ def test_trainable_bert_tower_keeps_ranks_identical(tmp_path: Path) -> None:
 @pytest.mark.distributed
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_takes_two_steps_under_ddp(tmp_path: Path, experiment: str) -> None:
-    run_train(tmp_path, f"experiment={experiment}", *TINY_TOWERS, "trainer=ddp_sim")
+    train_on_ranks(tmp_path, f"experiment={experiment}", *TINY_TOWERS, "trainer=ddp_sim")
     metrics = [read_metrics(run.parent) for run in (tmp_path / "logs").rglob("metrics.json")]
     assert len(metrics) == 1 and "train/loss" in metrics[0]

@@ -12,10 +12,15 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.multiprocessing as mp
+from omegaconf import DictConfig
+
+from clip_lightning.cli.train import train
+from tests.helpers.tasks import hydra_job, run_in_process
 
 WORLD_SIZE = 2
 
@@ -45,3 +50,17 @@ def join_as_rank(rank: int, port: int, world_size: int = WORLD_SIZE) -> None:
         RANK=str(rank),
     )
     torch.set_num_threads(1)
+
+
+def train_on_ranks(root: Path, *overrides: str) -> None:
+    """``python -m clip_lightning.train *overrides`` in ``root``, run in-process as
+    :func:`~tests.helpers.tasks.train_in_process` runs it, on two forked ranks that share one
+    run directory, as the ranks Lightning launches share it."""
+    with hydra_job("train", list(overrides), root) as cfg:
+        run_ranks(_train_rank, cfg, free_port())
+
+
+def _train_rank(rank: int, cfg: DictConfig, port: int) -> None:
+    join_as_rank(rank, port)
+    run = run_in_process(train, cfg, "train")
+    assert run.code == 0, f"rank {rank}: {run.output[-3000:]}"
