@@ -22,6 +22,7 @@ from transformers import AutoModel, AutoProcessor, AutoTokenizer
 from clip_lightning.cli.export import export
 from clip_lightning.cli.loading import build_datamodule
 from clip_lightning.export import ExportError, export_model
+from clip_lightning.export.model_card import read_metrics
 from clip_lightning.module import CLIPModule
 from clip_lightning.utils.config import register_resolvers
 from tests.helpers import CONFIG_DIR, TINY_TRAIN_OVERRIDES, compose_train, quiet_trainer
@@ -229,3 +230,23 @@ def test_open_clip_export_of_a_local_text_tower_loads_from_its_hub_repository(
     fake_hub_repo(cache, "me/my-clip", tmp_path / "out")
     shutil.rmtree(tmp_path / "out")
     assert_open_clip_round_trip(model, "hf-hub:me/my-clip")
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ('{"test/i2t_r1": "abc"}', "'test/i2t_r1' is 'abc', not a number"),
+        ("[1, 2]", "holds list, not an object"),
+        ('{"test/i2t_r1": 1', "is not readable JSON"),
+    ],
+)
+def test_a_model_card_refuses_a_metrics_file_that_is_not_numbers(tmp_path, content, problem):
+    """A run's metrics.json that is not an object of numbers stops the export in one line that
+    names the file and the fix (the card never shows a table it cannot vouch for)."""
+    path = tmp_path / "metrics.json"
+    path.write_text(content)
+    with pytest.raises(ExportError, match=problem) as raised:
+        read_metrics(path)
+    assert f"fix {path} or move it away" in str(raised.value)
+    path.write_text('{"test/i2t_r1": 12.5, "test/rsum": NaN}')
+    assert read_metrics(path)["test/i2t_r1"] == 12.5

@@ -85,3 +85,27 @@ def test_last_prefers_the_newest_run_of_the_same_model_and_data(tmp_path: Path) 
     assert same_model_and_data(
         compose_train([*TINY_TRAIN_OVERRIDES, "dataset.adapter_options.train=96"])
     )(other_data.parents[1])
+
+
+def test_last_never_resolves_a_foreign_resolver_in_an_earlier_runs_saved_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A saved run config is data: ``${oc.env:...}`` of a variable that is not the package's
+    own, or any resolver its configs never use, makes the run a non-match unresolved (resolved,
+    both would equal the dataset's name and match)."""
+    cfg = compose_train(TINY_TRAIN_OVERRIDES)
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("SECRET_VALUE", cfg.dataset.name)
+    calls: list[str] = []
+    OmegaConf.register_new_resolver("canary", lambda: calls.append("x") or cfg.dataset.name)
+    try:
+        for name, value in (("env", "${oc.env:SECRET_VALUE}"), ("canary", "${canary:}")):
+            crafted = cfg.copy()
+            crafted.dataset.name = value
+            fake_run(runs, name, crafted, age=10)
+            assert not same_model_and_data(cfg)(runs / name)
+    finally:
+        OmegaConf.clear_resolver("canary")
+    assert calls == []
+    fake_run(runs, "plain", cfg, age=20)
+    assert same_model_and_data(cfg)(runs / "plain")

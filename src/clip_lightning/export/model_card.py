@@ -9,6 +9,7 @@ from typing import Any, cast
 
 from omegaconf import OmegaConf
 
+from clip_lightning.export.faithful import ExportError
 from clip_lightning.module import CLIPModule
 from clip_lightning.utils.results import RECALL_COLUMNS
 
@@ -64,7 +65,7 @@ def model_card(
         sections.append(f"## Training data\n\n{described}")
     metrics_file = run_dir / "metrics.json" if run_dir else None
     if metrics_file is not None and metrics_file.is_file():
-        sections.append("## Retrieval\n\n" + recall_table(json.loads(metrics_file.read_text())))
+        sections.append("## Retrieval\n\n" + recall_table(read_metrics(metrics_file)))
     config = run_config or {"model": _readable(dict(model.hparams))}
     sections.append(
         "## Training config\n\n```yaml\n" + OmegaConf.to_yaml(OmegaConf.create(config)) + "```"
@@ -84,6 +85,22 @@ def recall_table(metrics: dict[str, float]) -> str:
     rsum = metrics.get(f"{split}/rsum")
     caption = f"\n\n{split} split" + (f", RSUM {rsum:.2f}" if rsum is not None else "")
     return "\n".join(rows) + caption
+
+
+def read_metrics(path: Path) -> dict[str, float]:
+    """The run's ``metrics.json`` as numbers; anything else is refused in one line (the card
+    would otherwise show a table it cannot vouch for)."""
+    fix = f"fix {path} or move it away to export without the recall table"
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ExportError(f"{path} is not readable JSON ({exc}); {fix}") from None
+    if not isinstance(metrics, dict):
+        raise ExportError(f"{path} holds {type(metrics).__name__}, not an object; {fix}")
+    for key, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ExportError(f"{path}: {key!r} is {value!r}, not a number; {fix}")
+    return metrics
 
 
 def _run_config(run_dir: Path | None) -> dict | None:

@@ -68,6 +68,8 @@ def same_model_and_data(cfg: DictConfig) -> RunFilter:
         try:
             saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
             assert isinstance(saved, DictConfig)
+            if _foreign_resolvers(saved):  # not a config Hydra wrote for this package
+                return False
             saved_model = cast(dict[str, Any], OmegaConf.to_container(saved.model, resolve=True))
             saved_dataset = _identity(saved.dataset)
         except Exception:  # missing, unreadable or unresolvable: not a run to prefer
@@ -75,6 +77,22 @@ def same_model_and_data(cfg: DictConfig) -> RunFilter:
         return saved_dataset == dataset and not config_differences(saved_model, cfg)
 
     return matches
+
+
+# resolvers a config saved by this package's runs uses; ``oc.env`` only for its own variables
+_SAVED_RESOLVERS = {"package_path", "pid", "now", "hydra", "sweep_job_name"}
+_RESOLVER_CALL = re.compile(r"\$\{\s*([\w.]+)\s*:\s*([^,}]*)")
+
+
+def _foreign_resolvers(saved: DictConfig) -> bool:
+    """Whether a saved run config calls a resolver this package's configs never use (a file in
+    the runs folder is data: ``${oc.create:...}`` or ``${oc.env:HOME}`` there is not resolved)."""
+    text = OmegaConf.to_yaml(saved, resolve=False)
+    return any(
+        name not in _SAVED_RESOLVERS
+        and not (name == "oc.env" and argument.strip().startswith("CLIP_LIGHTNING_"))
+        for name, argument in _RESOLVER_CALL.findall(text)
+    )
 
 
 def _identity(dataset: DictConfig) -> dict[str, Any]:
