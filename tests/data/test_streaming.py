@@ -18,7 +18,6 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from transformers import AutoTokenizer
 
-from clip_lightning.data import streaming
 from clip_lightning.data.formats import load_records
 from clip_lightning.data.shards import write_shards
 from clip_lightning.data.streaming import (
@@ -28,6 +27,7 @@ from clip_lightning.data.streaming import (
     expand_sources,
     worker_share,
 )
+from clip_lightning.data.streaming import stream as shard_stream
 from clip_lightning.errors import DataError
 from clip_lightning.utils.config import package_path
 from tests.helpers import TINY_RUN_OVERRIDES, quiet_trainer, read_metrics, run_dirs, run_train
@@ -265,7 +265,7 @@ def test_bad_sample_under_skip_is_counted_and_logged(one_bad_sample, caplog) -> 
 
 
 def test_shards_of_only_bad_samples_stop_instead_of_skipping_forever(tmp_path, monkeypatch):
-    monkeypatch.setattr(streaming, "MAX_BAD_IN_A_ROW", 12)
+    monkeypatch.setattr(shard_stream, "MAX_BAD_IN_A_ROW", 12)
     write_tar(tmp_path / "0.tar", [{"__key__": f"{i}", "jpg": b"not a jpeg"} for i in range(5)])
     module = stream_module(str(tmp_path / "0.tar"), train_num_samples=4, on_bad_image="skip")
     with pytest.raises(DataError, match="12 samples in a row could not be read"):
