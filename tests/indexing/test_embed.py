@@ -18,7 +18,7 @@ from omegaconf import open_dict
 from PIL import Image
 
 from clip_lightning.cli.embed import embed
-from clip_lightning.data.datamodule import available_cores
+from clip_lightning.data.loader_settings import available_cores
 from clip_lightning.data.records import FileImage, load_rgb
 from clip_lightning.errors import DataError
 from clip_lightning.indexing import layout

@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 
 from clip_lightning.cli import preflight as preflight_module
 from clip_lightning.cli.preflight import QUICKSTART_HINT, hardware_problems, preflight
-from clip_lightning.data.datamodule import available_cores, loader_options
+from clip_lightning.data.loader_settings import available_cores, loader_options
 from clip_lightning.errors import ClipLightningError
 from clip_lightning.utils import hub
 from tests.helpers import compose_train, run_train

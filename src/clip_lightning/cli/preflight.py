@@ -26,8 +26,8 @@ from lightning.fabric.accelerators import CUDAAccelerator, MPSAccelerator, XLAAc
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
-from clip_lightning.data.datamodule import available_cores
 from clip_lightning.data.formats.common import ACCEPTED_LAYOUTS
+from clip_lightning.data.loader_settings import available_cores
 from clip_lightning.errors import ClipLightningError, find_user_error
 from clip_lightning.utils.hub import cached_dataset, cached_file, offline_reason
 

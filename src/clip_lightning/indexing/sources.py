@@ -28,7 +28,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset
 
 from clip_lightning.data.checks import check_policy
-from clip_lightning.data.datamodule import capped_workers
+from clip_lightning.data.loader_settings import capped_workers
 from clip_lightning.data.records import BadImageError, CaptionRecord, ImageSource, load_rgb
 from clip_lightning.data.streaming import sample_captions, sample_image
 from clip_lightning.errors import DataError

@@ -11,13 +11,9 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from clip_lightning.data.checks import check_policy
-from clip_lightning.data.datamodule import (
-    CaptionDataModule,
-    fit_batch_size,
-    loader_options,
-    model_side,
-)
+from clip_lightning.data.datamodule import CaptionDataModule
 from clip_lightning.data.formats import group_for
+from clip_lightning.data.loader_settings import fit_batch_size, loader_options, model_side
 from clip_lightning.data.records import CaptionRecord
 from clip_lightning.data.streaming.loader import StreamLoader
 from clip_lightning.data.streaming.shard_lists import (
@@ -234,7 +230,7 @@ class WebDataModule(L.LightningDataModule):
 
     def train_batch_size(self, world_size: int = 1) -> int:
         """The batch size an epoch of :meth:`num_samples` trains on (see
-        :func:`~clip_lightning.data.datamodule.fit_batch_size`); every rank yields whole
+        :func:`~clip_lightning.data.loader_settings.fit_batch_size`); every rank yields whole
         batches only."""
         samples = self.num_samples()
         return fit_batch_size(
