@@ -76,6 +76,10 @@ def test_layout_names_directions_as_clip_benchmark_does():
     results = {
         "dataset": "coco",
         "checkpoint": "runs/x/last.ckpt",
+        "protocol": "coco_1k",
+        "split": "test",
+        "images": 5000,
+        "captions": 25010,
         "metrics": {
             "test/i2t_r1": 40.0,
             "test/t2i_r1": 25.0,
@@ -98,6 +102,13 @@ def test_layout_names_directions_as_clip_benchmark_does():
     assert (
         file_name(layout) == "mscoco_captions_last.ckpt_clip-lightning_en_zeroshot_retrieval.json"
     )
+    # what it was scored on, which CLIP_benchmark's dataset name alone does not say
+    assert [layout[k] for k in ("protocol", "split", "images", "captions")] == [
+        "coco_1k",
+        "test",
+        5000,
+        25010,
+    ]
     zeroshot = classification_layout(
         {
             "checkpoint": "c.ckpt",

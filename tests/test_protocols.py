@@ -37,13 +37,17 @@ def baseline_eval(tmp_path, root, *extra: str):
     return compose_eval(overrides, tmp_path / "eval")
 
 
-def test_coco_1k_reports_the_mean_over_folds_of_the_karpathy_test_split(tmp_path, monkeypatch):
+def test_coco_1k_reports_the_mean_over_folds_of_the_karpathy_test_split(
+    tmp_path, monkeypatch, capsys
+):
     # 6 test images in folds of 2 stand in for 5,000 in folds of 1,000
     monkeypatch.setitem(
         PROTOCOLS, "coco_1k", replace(PROTOCOLS["coco_1k"], test_images=6, fold_size=2)
     )
     root = build_karpathy(tmp_path / "coco", total=12, n_val=2, n_test=6, coco=True)
     results = evaluate(baseline_eval(tmp_path, root, "protocol=coco_1k"))
+    console = " ".join(capsys.readouterr().out.split())  # the table's title, however wrapped
+    assert "protocol coco_1k, test split: 6 images, 30 captions" in console
     assert (results["protocol"], results["split"]) == ("coco_1k", "test")
     assert (results["images"], results["captions"]) == (6, 30)
     assert results["checkpoint"] is None and results["model"] == "tiny-clip-test"
@@ -54,10 +58,22 @@ def test_coco_1k_reports_the_mean_over_folds_of_the_karpathy_test_split(tmp_path
     assert "test/fold4/rsum" not in metrics
     written = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
     assert written == results
-    # CLIP_benchmark's naming, with the baseline's own model and pretrained names
-    assert (
+    # CLIP_benchmark's naming, with the baseline's own model and pretrained names; the file
+    # states what it scored, and its recalls are the means over folds
+    benchmark = (
         tmp_path / "eval" / "mscoco_captions_tiny.pt_tiny-clip-test_en_zeroshot_retrieval.json"
-    ).is_file()
+    )
+    assert benchmark.is_file()
+    layout = json.loads(benchmark.read_text())
+    assert [layout[k] for k in ("protocol", "split", "images", "captions")] == [
+        "coco_1k",
+        "test",
+        6,
+        30,
+    ]
+    assert layout["metrics"]["text_retrieval_recall@1"] == pytest.approx(
+        metrics["test/i2t_r1"] / 100
+    )
 
 
 @pytest.mark.parametrize(

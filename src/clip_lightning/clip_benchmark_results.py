@@ -3,7 +3,10 @@
 CLIP_benchmark (``clip_benchmark.cli``) dumps ``{dataset, model, pretrained, task, metrics,
 language}`` with fractions, not percent. Its retrieval names count the *retrieved* modality:
 ``image_retrieval_recall@K`` ranks images for each caption (our ``t2i``) and
-``text_retrieval_recall@K`` ranks captions for each image (our ``i2t``).
+``text_retrieval_recall@K`` ranks captions for each image (our ``i2t``). A retrieval dump also
+states the protocol, split and numbers of images and captions it was scored on (a ``coco_1k``
+mean over folds and a ``coco_5k`` figure are both ``mscoco_captions``); ``clip_benchmark build``
+keeps extra keys as columns.
 """
 
 from __future__ import annotations
@@ -32,7 +35,11 @@ def retrieval_layout(results: Mapping[str, Any]) -> dict[str, Any]:
             retrieved = "image" if direction == "t2i" else "text"
             metrics[f"{retrieved}_retrieval_recall@{k}"] = value / 100.0
     name = str(results["dataset"])
-    return _layout(DATASET_NAMES.get(name, name), results, "zeroshot_retrieval", metrics)
+    scored = {key: results[key] for key in ("protocol", "split", "images", "captions")}
+    return {
+        **_layout(DATASET_NAMES.get(name, name), results, "zeroshot_retrieval", metrics),
+        **scored,
+    }
 
 
 def classification_layout(results: Mapping[str, Any]) -> dict[str, Any]:
