@@ -12,11 +12,10 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from clip_lightning.checkpoints import read_training_checkpoint
+from clip_lightning.checkpoints import check_resume, read_training_checkpoint, tensor_mismatches
 from clip_lightning.cli.train import train
 from clip_lightning.errors import CheckpointError
 from clip_lightning.module import CLIPModule
-from clip_lightning.utils.resume import check_resume, tensor_mismatches
 from tests.helpers import TINY_TRAIN_OVERRIDES, compose_train
 
 # the tests share a module fixture that trains: one worker builds it once

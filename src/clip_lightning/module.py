@@ -26,7 +26,14 @@ from torch.distributed._composable import replicate
 from torch.distributed.fsdp import fully_shard
 
 from clip_lightning import embedding
-from clip_lightning.checkpoints import model_arguments, read_checkpoint
+from clip_lightning.checkpoints import (
+    SETTINGS_KEY,
+    describe_mismatch,
+    model_arguments,
+    read_checkpoint,
+    settings_saved_in,
+    weight_shaping_settings,
+)
 from clip_lightning.errors import (
     CheckpointError,
     ConfigError,
@@ -38,6 +45,9 @@ from clip_lightning.models.freezing import count_parameters
 from clip_lightning.models.lora import LoRAConfig, LoRASettings, add_lora
 from clip_lightning.models.targets import Config, PartialConfig, build, check_arguments, plain
 from clip_lightning.optim import OptimizerPart, describe_lrs, param_groups, split_layer_decay
+
+#: Where a checkpoint keeps the tower configs its run started from (see ``on_save_checkpoint``).
+START_KEY = "clip_lightning_pretrained_towers"
 
 
 def _plain(config: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -429,14 +439,8 @@ class CLIPModule(L.LightningModule):
         own = self.state_dict()
         for key in [k for k in state if ".pooler." in k and k not in own]:
             del state[key]  # older checkpoints hold the unused pooler the text tower now drops
-        saved = checkpoint.get(SETTINGS_KEY) or weight_shaping_settings(
-            checkpoint.get("hyper_parameters", {})
-        )
         problem = describe_mismatch(
-            saved,
-            weight_shaping_settings(self.hparams),
-            state,
-            own,
+            settings_saved_in(checkpoint), weight_shaping_settings(self.hparams), state, own
         )
         if problem is not None:
             raise CheckpointError(
@@ -444,54 +448,3 @@ class CLIPModule(L.LightningModule):
                 "settings (CLIPModule.load_from_checkpoint(path) without overrides) or start "
                 "a new run"
             )
-
-
-SETTINGS_KEY = "clip_lightning_settings"
-START_KEY = "clip_lightning_pretrained_towers"
-
-
-def weight_shaping_settings(hparams: Mapping[str, Any]) -> dict[str, Any]:
-    """The settings that decide the state dict's keys and shapes, as short comparable values."""
-
-    def tower(name: str, key: str) -> str:
-        config = hparams.get(name) or {}
-        return f"{config.get('_target_')}({config.get(key)})"
-
-    return {
-        "embed_dim": hparams.get("embed_dim"),
-        "head": (hparams.get("head") or {}).get("_target_"),
-        "image_encoder": tower("image_encoder", "name"),
-        "text_encoder": tower("text_encoder", "name_or_path"),
-        "lora": (hparams.get("lora") or {}).get("r"),
-    }
-
-
-def describe_mismatch(
-    saved_settings: Mapping[str, Any],
-    settings: Mapping[str, Any],
-    saved_state: Mapping[str, torch.Tensor],
-    state: Mapping[str, torch.Tensor],
-) -> str | None:
-    """What differs between a checkpoint and a model, or ``None`` when its state dict fits.
-
-    Explained by the first :func:`weight_shaping_settings` value that differs, otherwise by
-    the first mismatching state-dict keys.
-    """
-    missing = [k for k in state if k not in saved_state]
-    unexpected = [k for k in saved_state if k not in state]
-    reshaped = [
-        f"{k} {tuple(saved_state[k].shape)} vs {tuple(v.shape)}"
-        for k, v in state.items()
-        if k in saved_state and saved_state[k].shape != v.shape
-    ]
-    if not (missing or unexpected or reshaped):
-        return None
-    for name, value in settings.items():
-        if saved_settings.get(name) != value:
-            return f"checkpoint has {name} {saved_settings.get(name)}, the model {value}"
-    parts = []
-    for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", reshaped)):
-        if keys:
-            more = f" (+{len(keys) - 2} more)" if len(keys) > 2 else ""
-            parts.append(f"{label} {', '.join(keys[:2])}{more}")
-    return "; ".join(parts)

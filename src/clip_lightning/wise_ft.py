@@ -18,10 +18,11 @@ from typing import Any
 
 import torch
 
+from clip_lightning.checkpoints import describe_mismatch
 from clip_lightning.cli.loading import load_model
 from clip_lightning.errors import CheckpointError, ConfigError
 from clip_lightning.models.lora import merged
-from clip_lightning.module import CLIPModule, describe_mismatch
+from clip_lightning.module import CLIPModule
 
 TOWERS = {"image_encoder": "image", "text_encoder": "text"}
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from clip_lightning.callbacks import RNGStateCheckpoint
+from clip_lightning.checkpoints import resolve_ckpt_path
 from clip_lightning.errors import CheckpointError
 from clip_lightning.plugins import AtomicCheckpointIO
-from clip_lightning.utils.resume import resolve_ckpt_path
 
 
 def test_atomic_write_keeps_old_file_when_saving_fails(tmp_path: Path) -> None:

@@ -11,9 +11,9 @@ import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from clip_lightning.checkpoints import resolve_ckpt_path, same_model_and_data
 from clip_lightning.cli.train import train
 from clip_lightning.errors import CheckpointError, ConfigError
-from clip_lightning.utils.resume import resolve_ckpt_path, same_model_and_data
 from tests.helpers import TINY_TRAIN_OVERRIDES, compose_train
 
 # the tests share a module fixture that trains: one worker builds it once

@@ -18,6 +18,7 @@ import torch
 from omegaconf import open_dict
 from PIL import Image
 
+from clip_lightning.checkpoints import WANDB_ID_FILE, read_wandb_id, write_wandb_id
 from clip_lightning.cli.loading import load_model
 from clip_lightning.cli.task import run_task
 from clip_lightning.cli.train import train
@@ -26,7 +27,6 @@ from clip_lightning.indexing.folder import EMBEDDINGS, MANIFEST, build_folder_in
 from clip_lightning.models.carried_files import written_out
 from clip_lightning.models.text_cache import TextFeatureCache
 from clip_lightning.module import CLIPModule
-from clip_lightning.utils.resume import WANDB_ID_FILE, read_wandb_id, write_wandb_id
 from tests.helpers import compose_task
 from tests.helpers.security import SECRET, SECURITY_OVERRIDES, Payload, Targets
 

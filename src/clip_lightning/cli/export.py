@@ -13,11 +13,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from clip_lightning.checkpoints import checkpoint_run_dir
 from clip_lightning.cli.loading import load_model
 from clip_lightning.cli.task import hydra_task
 from clip_lightning.export import ExportError, check_out_folder, export_model
 from clip_lightning.models.lora import merged
-from clip_lightning.utils.resume import checkpoint_run_dir
 from clip_lightning.wise_ft import WeightSpaceEnsemble
 
 

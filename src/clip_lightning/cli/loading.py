@@ -9,11 +9,15 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from clip_lightning.checkpoints import (
+    describe_mismatch,
+    require_checkpoint_file,
+    weight_shaping_settings,
+)
 from clip_lightning.data.datamodule import CaptionDataModule
 from clip_lightning.data.streaming import WebDataModule
 from clip_lightning.errors import CheckpointError
-from clip_lightning.module import CLIPModule, describe_mismatch, weight_shaping_settings
-from clip_lightning.utils.paths import require_checkpoint_file
+from clip_lightning.module import CLIPModule
 
 
 def build_datamodule(cfg_dataset: DictConfig, model: CLIPModule) -> CaptionDataModule:

@@ -29,6 +29,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
+from clip_lightning.checkpoints import LAST
 from clip_lightning.cli.config_schema import check_config
 from clip_lightning.cli.console import quiet_console
 from clip_lightning.cli.dataset_choice import choose_dataset
@@ -36,7 +37,6 @@ from clip_lightning.cli.sweep import FailedJob, register_job_name_resolver
 from clip_lightning.cli.wandb_run import finish_wandb
 from clip_lightning.errors import ClipLightningError, find_cause, find_user_error
 from clip_lightning.utils.config import register_resolvers
-from clip_lightning.utils.resume import LAST
 
 log = logging.getLogger(__name__)
 Result = TypeVar("Result")

@@ -19,12 +19,22 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
 from clip_lightning.callbacks.dataset_config import DatasetConfigCheckpoint
-from clip_lightning.checkpoints import read_training_checkpoint
+from clip_lightning.checkpoints import (
+    ResumeLearningRates,
+    check_resume,
+    checkpoint_run_dir,
+    continue_wandb_run,
+    read_training_checkpoint,
+    read_wandb_id,
+    remember_wandb_run,
+    resolve_ckpt_path,
+    resume_folders,
+    same_model_and_data,
+)
 from clip_lightning.cli.dataset_choice import dataset_to_save
 from clip_lightning.cli.loading import load_init_model, load_weights, use_model
 from clip_lightning.cli.preflight import QUICKSTART_HINT, preflight
 from clip_lightning.cli.task import hydra_task
-from clip_lightning.cli.wandb_run import continue_wandb_run, remember_wandb_run
 from clip_lightning.errors import ConfigError
 from clip_lightning.models.freezing import count_parameters
 from clip_lightning.models.lora import trainable_summary
@@ -35,14 +45,6 @@ from clip_lightning.protocols import PROTOCOLS, use_protocol
 from clip_lightning.utils.config import print_config_tree
 from clip_lightning.utils.instantiate import instantiate_list
 from clip_lightning.utils.results import print_recall_table, to_floats, write_json
-from clip_lightning.utils.resume import (
-    ResumeLearningRates,
-    check_resume,
-    checkpoint_run_dir,
-    read_wandb_id,
-    resolve_ckpt_path,
-    same_model_and_data,
-)
 
 log = logging.getLogger(__name__)
 
@@ -132,15 +134,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
         )
         print_recall_table(metrics, stage, f"Retrieval recall (%), {scored}")
     return metrics
-
-
-def resume_folders(ckpt_path: str | None, resume_dir: str | None, runs_dir: Path) -> set[Path]:
-    """The checkpoint folders ``ckpt_path`` / ``resume_dir`` make a resume look in."""
-    if resume_dir is not None:
-        return {Path(resume_dir) / "checkpoints"}
-    if ckpt_path == "last":
-        return set(runs_dir.glob("*/checkpoints"))
-    return {Path(ckpt_path).parent} if ckpt_path else set()
 
 
 @rank_zero_only

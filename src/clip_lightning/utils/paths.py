@@ -7,8 +7,6 @@ import errno
 import os
 from pathlib import Path
 
-from clip_lightning.errors import CheckpointError
-
 MISSING = "does not exist"
 
 
@@ -31,20 +29,3 @@ def path_problem(path: Path) -> str:
             return MISSING
         return f"cannot be opened ({exc.strerror})"
     return "is neither a file nor a folder"
-
-
-def require_checkpoint_file(path: Path, key: str = "ckpt_path") -> Path:
-    """``path`` if it is a file, else a :class:`CheckpointError` that says what it is instead."""
-    if path.is_file():
-        return path
-    if path.is_dir():
-        found = [p for p in (path / "checkpoints" / "last.ckpt", path / "last.ckpt") if p.is_file()]
-        found += sorted(path.glob("*.ckpt")) + sorted(path.glob("checkpoints/*.ckpt"))
-        fix = f"e.g. {key}={found[0]}" if found else "it holds none"
-        raise CheckpointError(
-            f"{key}={path} is a folder, not a checkpoint file; pass a .ckpt file ({fix})"
-        )
-    raise CheckpointError(
-        f"{key}={path} {path_problem(path)}; pass {key}= a .ckpt file from the checkpoints/ "
-        "folder of a `clip_lightning.train` run"
-    )

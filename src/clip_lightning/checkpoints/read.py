@@ -1,4 +1,5 @@
-"""Reading checkpoints as data: the one place a ``.ckpt`` file is read.
+"""Reading checkpoints as data: the one place a ``.ckpt`` file is read, and the one place a
+file that cannot be read becomes a one-line :class:`~clip_lightning.errors.CheckpointError`.
 
 A checkpoint may come from anywhere (a colleague, a download), so reading one must not run code
 or reveal anything about the machine:
