@@ -16,7 +16,7 @@ from lightning.pytorch.loggers import CSVLogger
 from omegaconf import open_dict
 from PIL import Image
 
-from clip_lightning.callbacks.zeroshot import ZeroShotClassification
+from clip_lightning.callbacks.zeroshot_accuracy import ZeroShotClassification
 from clip_lightning.cli.eval import evaluate
 from clip_lightning.cli.loading import build_datamodule
 from clip_lightning.cli.train import train

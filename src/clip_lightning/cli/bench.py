@@ -34,7 +34,7 @@ def _train_step(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _text_cache(cfg: DictConfig) -> dict[str, Any]:
-    from clip_lightning.benchmarks.text_cache import run
+    from clip_lightning.benchmarks.text_cache_speedup import run
 
     return run(cfg, **cfg.text_cache)
 
