@@ -160,32 +160,38 @@ def test_an_unreadable_image_is_skipped_and_listed_or_stops_the_build(checkpoint
     assert "on_bad_image=skip" in message and "\n" not in message
 
 
-def test_a_read_only_folder_with_an_unwritable_cache_still_answers_with_one_warning(
-    checkpoint, tmp_path, caplog
+def compose_search(tmp_path: Path, *overrides: str):
+    register_resolvers()
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = compose("search", [*overrides, "accelerator=cpu"])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "run")
+        cfg.paths.data_dir = str(tmp_path / "data")
+    return cfg
+
+
+def test_a_read_only_folder_is_cached_under_the_data_dir_or_answered_with_one_warning(
+    checkpoint, tmp_path, caplog, capsys
 ):
     folder = make_images(tmp_path / "images")
     before = listing(folder)
     for path in [folder, *folder.rglob("*")]:
         path.chmod(0o555 if path.is_dir() else 0o444)
+    searched = [f"ckpt_path={checkpoint}", f"images={folder}", "query=a red square"]
+    # the default cache_dir: under the data directory, reused by the next call
+    for built in ("Built", "Reused"):
+        ((_, hits),) = run_task(search, compose_search(tmp_path, *searched), "search")
+        assert f"{built} the index of 7 images in {folder}" in capsys.readouterr().out
+    (entry,) = (tmp_path / "data" / "cache" / "search").iterdir()
+    assert {p.name for p in entry.iterdir()} == {"embeddings.npy", "manifest.json"}
+
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
-    register_resolvers()
-    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        cfg = compose(
-            "search",
-            [
-                f"ckpt_path={checkpoint}",
-                f"images={folder}",
-                "query=a red square",
-                f"cache_dir={blocker / 'cache'}",
-                "accelerator=cpu",
-            ],
-        )
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path / "run")
+    cfg = compose_search(tmp_path, *searched, f"cache_dir={blocker / 'cache'}")
     with caplog.at_level(logging.WARNING):
-        ((query, hits),) = run_task(search, cfg, "search")
-    assert query == "a red square" and len(hits) == 5
+        ((query, unwritten),) = run_task(search, cfg, "search")
+    assert query == "a red square" and len(unwritten) == 5
+    assert [h.image for h in unwritten] == [h.image for h in hits]
     assert listing(folder) == before
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert str(blocker / "cache") in warning and "pass cache_dir= a writable folder" in warning
