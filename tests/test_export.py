@@ -133,7 +133,7 @@ def test_export_entry_writes_a_model_card_with_the_runs_recall_table(tmp_path):
     (run / "checkpoints").mkdir(parents=True)
     (run / ".hydra").mkdir()
     (run / ".hydra" / "config.yaml").write_text(
-        "dataset:\n  name: synthetic\n  format: synthetic\n"
+        "dataset:\n  name: synthetic\n  format: synthetic\nprotocol:\n  test: coco_5k\n"
     )
     metrics = {
         "test/i2t_r1": 12.5,
@@ -143,6 +143,8 @@ def test_export_entry_writes_a_model_card_with_the_runs_recall_table(tmp_path):
         "test/t2i_r5": 62.5,
         "test/t2i_r10": 87.5,
         "test/rsum": 312.5,
+        "test/images": 5000.0,
+        "test/captions": 25010.0,
     }
     (run / "metrics.json").write_text(json.dumps(metrics))
     trainer = quiet_trainer(tmp_path, max_steps=0)
@@ -159,6 +161,7 @@ def test_export_entry_writes_a_model_card_with_the_runs_recall_table(tmp_path):
     assert "| image → text | 12.50 | 50.00 | 75.00 |" in card
     assert "| text → image | 25.00 | 62.50 | 87.50 |" in card
     assert "name: synthetic, format: synthetic" in card
+    assert "protocol coco_5k, test split: 5000 images, 25010 captions, RSUM 312.50" in card
     assert 'create_model_and_transforms("local-dir:' in card
     with pytest.raises(ExportError, match="exists and is not empty"):
         export(export_cfg)

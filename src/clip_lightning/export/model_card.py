@@ -4,6 +4,7 @@ scores, written from the run directory the checkpoint came from."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -11,6 +12,7 @@ from omegaconf import OmegaConf
 
 from clip_lightning.export.faithful import ExportError
 from clip_lightning.module import CLIPModule
+from clip_lightning.protocols import Protocol
 from clip_lightning.utils.results import RECALL_COLUMNS
 
 LOAD = {
@@ -65,7 +67,9 @@ def model_card(
         sections.append(f"## Training data\n\n{described}")
     metrics_file = run_dir / "metrics.json" if run_dir else None
     if metrics_file is not None and metrics_file.is_file():
-        sections.append("## Retrieval\n\n" + recall_table(read_metrics(metrics_file)))
+        protocols = (run_config or {}).get("protocol")
+        protocols = protocols if isinstance(protocols, Mapping) else {}
+        sections.append("## Retrieval\n\n" + recall_table(read_metrics(metrics_file), protocols))
     config = run_config or {"model": _readable(dict(model.hparams))}
     sections.append(
         "## Training config\n\n```yaml\n" + OmegaConf.to_yaml(OmegaConf.create(config)) + "```"
@@ -73,8 +77,9 @@ def model_card(
     return "\n\n".join(sections) + "\n"
 
 
-def recall_table(metrics: dict[str, float]) -> str:
-    """Recall@K (percent) of the run, test split when it has one, as a Markdown table."""
+def recall_table(metrics: dict[str, float], protocols: Mapping[str, Any]) -> str:
+    """Recall@K (percent) of the run, test split when it has one, as a Markdown table under
+    the protocol the run scored that split by (``protocols``: the run's ``protocol`` config)."""
     split = "test" if any(k.startswith("test/") for k in metrics) else "val"
     header = "| direction | " + " | ".join(f"R@{c[1:]}" for c in RECALL_COLUMNS) + " |"
     rows = [header, "|---" * (len(RECALL_COLUMNS) + 1) + "|"]
@@ -82,8 +87,14 @@ def recall_table(metrics: dict[str, float]) -> str:
         values = [metrics.get(f"{split}/{direction}_{c}") for c in RECALL_COLUMNS]
         cells = " | ".join("-" if v is None else f"{v:.2f}" for v in values)
         rows.append(f"| {label} | {cells} |")
+    protocol = Protocol(str(protocols.get(split, "split")))
+    images, captions = metrics.get(f"{split}/images"), metrics.get(f"{split}/captions")
+    if images is not None and captions is not None:
+        scored = protocol.describe(split, images, captions)
+    else:  # a metrics.json without the counts
+        scored = f"protocol {protocol.name}, {split} split"
     rsum = metrics.get(f"{split}/rsum")
-    caption = f"\n\n{split} split" + (f", RSUM {rsum:.2f}" if rsum is not None else "")
+    caption = f"\n\n{scored}" + (f", RSUM {rsum:.2f}" if rsum is not None else "")
     return "\n".join(rows) + caption
 
 
