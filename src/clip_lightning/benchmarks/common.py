@@ -5,14 +5,16 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+import lightning as L
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
+from clip_lightning.models.targets import build
 from clip_lightning.module import CLIPModule
 
 Batch = dict[str, torch.Tensor]
@@ -33,6 +35,16 @@ def autocast_for(precision: str | int, device: torch.device) -> Callable[[], Any
     if dtype is None:
         return contextlib.nullcontext
     return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def seeded_model(
+    cfg: DictConfig, seed: int, overrides: Mapping[str, Any] | None = None
+) -> CLIPModule:
+    """``cfg.model`` with ``overrides``, built right after seeding: every variant a benchmark
+    compares starts from the same weights."""
+    L.seed_everything(seed, verbose=False)
+    model: CLIPModule = build(OmegaConf.merge(cfg.model, overrides or {}), "model")
+    return model
 
 
 def trainer_device(cfg: DictConfig) -> torch.device:

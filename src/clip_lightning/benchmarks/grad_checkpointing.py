@@ -9,27 +9,25 @@ from __future__ import annotations
 
 from typing import Any
 
-import lightning as L
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from clip_lightning.benchmarks.common import seeded_model
 from clip_lightning.benchmarks.variants import measure_variants
-from clip_lightning.models.targets import build
 from clip_lightning.module import CLIPModule
 
 VARIANTS = ("plain", "checkpointed")
 
 
 def _model(cfg: DictConfig, grad_checkpointing: bool, seed: int) -> CLIPModule:
-    model_cfg = OmegaConf.merge(
-        cfg.model,
+    return seeded_model(
+        cfg,
+        seed,
         {
             "grad_checkpointing": grad_checkpointing,
             "image_encoder": {"freeze": False},
             "text_encoder": {"freeze": False, "cache": None},
         },
     )
-    L.seed_everything(seed, verbose=False)  # both variants get the same weights
-    return build(model_cfg, "model")
 
 
 def run(

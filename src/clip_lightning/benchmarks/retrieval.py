@@ -11,8 +11,9 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
+
+from clip_lightning.benchmarks.process_memory import reset_peak_rss, rss_kib
 
 _CHILD = (
     "import json, sys\n"
@@ -21,17 +22,10 @@ _CHILD = (
 )
 
 
-def _rss_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise OSError(f"/proc/self/status has no {field}")
-
-
 def _reset_peak() -> str:
     """Reset the kernel's peak-RSS counter (VmHWM); fall back to ``ru_maxrss`` where it can't."""
     try:
-        Path("/proc/self/clear_refs").write_text("5")
+        reset_peak_rss()
         return "VmHWM"
     except OSError:
         return "ru_maxrss"
@@ -39,7 +33,7 @@ def _reset_peak() -> str:
 
 def _peak_kib(method: str) -> int:
     if method == "VmHWM":
-        return _rss_kib("VmHWM")
+        return rss_kib("VmHWM")
     scale = 1024 if sys.platform == "darwin" else 1  # bytes on macOS, KiB on Linux
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // scale
 
@@ -77,7 +71,7 @@ def measure(
     evaluate(min(num_images, 100))
     method = _reset_peak()
     try:
-        baseline = _rss_kib("VmRSS")
+        baseline = rss_kib("VmRSS")
     except OSError:
         baseline = _peak_kib(method)
     seconds = []

@@ -11,9 +11,8 @@ import itertools
 import random
 from typing import Any
 
-import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from clip_lightning.benchmarks.common import (
     Batch,
@@ -21,13 +20,13 @@ from clip_lightning.benchmarks.common import (
     median,
     plain_train_step,
     random_images,
+    seeded_model,
     timed_steps,
     to_device,
     trainer_device,
 )
 from clip_lightning.data.formats.synthetic import load_synthetic
 from clip_lightning.data.records import CaptionRecord
-from clip_lightning.models.targets import build
 from clip_lightning.module import CLIPModule
 
 
@@ -45,12 +44,9 @@ def epoch_captions(
 
 
 def _model(cfg: DictConfig, cache: bool, seed: int) -> CLIPModule:
-    model_cfg = OmegaConf.merge(
-        cfg.model,
-        {"text_encoder": {"freeze": True, "cache": "memory" if cache else None}},
+    return seeded_model(
+        cfg, seed, {"text_encoder": {"freeze": True, "cache": "memory" if cache else None}}
     )
-    L.seed_everything(seed, verbose=False)  # both variants get the same weights
-    return build(model_cfg, "model")
 
 
 def run(

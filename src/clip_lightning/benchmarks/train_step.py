@@ -24,12 +24,12 @@ from clip_lightning.benchmarks.common import (
     plain_train_step,
     random_images,
     repeated_loader,
+    seeded_model,
     synchronize,
     to_device,
     trainer_device,
 )
 from clip_lightning.data.formats.synthetic import load_synthetic
-from clip_lightning.models.targets import build
 from clip_lightning.module import CLIPModule
 from clip_lightning.utils.instantiate import instantiate_list
 
@@ -113,8 +113,7 @@ def run(
     """
     if warmup_steps < 1 or steps < 1:
         raise ValueError("train_step needs warmup_steps and steps >= 1")
-    L.seed_everything(seed, verbose=False)
-    model: CLIPModule = build(cfg.model, "model")
+    model = seeded_model(cfg, seed)
     size = image_size or int(model.image_encoder.data_config["input_size"][-1])
     device = trainer_device(cfg)
     batch = caption_batch(model, batch_size, size, seed, text_length)

@@ -20,7 +20,6 @@ import ctypes
 import ctypes.util
 import functools
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,6 +36,7 @@ from clip_lightning.benchmarks.common import (
     to_device,
     trainer_device,
 )
+from clip_lightning.benchmarks.process_memory import reset_peak_rss, rss_kib
 from clip_lightning.module import CLIPModule
 
 MIB = 2**20
@@ -83,13 +83,6 @@ def _release_freed_memory() -> None:
         libc.malloc_trim(0)
 
 
-def _rss_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise OSError(f"/proc/self/status has no {field}")
-
-
 def _peak_step_bytes(step: Callable[[], None], device: torch.device) -> int | None:
     """Peak memory of one ``step`` above the memory in use before it (``None``: unmeasurable)."""
     if device.type == "cuda":
@@ -101,12 +94,12 @@ def _peak_step_bytes(step: Callable[[], None], device: torch.device) -> int | No
         return torch.cuda.max_memory_allocated(device) - before
     _release_freed_memory()
     try:
-        Path("/proc/self/clear_refs").write_text("5")  # reset the peak resident set (VmHWM)
-        before = _rss_kib("VmRSS")
+        reset_peak_rss()
+        before = rss_kib("VmRSS")
     except OSError:
         return None
     step()
-    return (_rss_kib("VmHWM") - before) * 1024
+    return (rss_kib("VmHWM") - before) * 1024
 
 
 def measure_variants(

@@ -63,6 +63,15 @@ class TiedRanks:
         )
 
 
+def check_matrices(image_embeddings: Tensor, text_embeddings: Tensor) -> None:
+    """Both sides are ``[N, D]`` matrices (either may have no rows)."""
+    if image_embeddings.ndim != 2 or text_embeddings.ndim != 2:
+        raise ValueError(
+            "Embeddings must be 2-D [N, D], got image "
+            f"{tuple(image_embeddings.shape)} and text {tuple(text_embeddings.shape)}"
+        )
+
+
 def _check_finite(embeddings: Tensor, name: str) -> None:
     bad = int((~torch.isfinite(embeddings)).any(dim=1).sum())
     if bad:
@@ -149,11 +158,7 @@ def retrieval_ranks(
     Raises:
         NonFiniteEmbeddingError: some embedding is NaN or infinite.
     """
-    if image_embeddings.ndim != 2 or text_embeddings.ndim != 2:
-        raise ValueError(
-            "Embeddings must be 2-D [N, D], got image "
-            f"{tuple(image_embeddings.shape)} and text {tuple(text_embeddings.shape)}"
-        )
+    check_matrices(image_embeddings, text_embeddings)
     if image_embeddings.shape[1] != text_embeddings.shape[1]:
         raise ValueError(
             f"Embedding dims differ: images have {image_embeddings.shape[1]}, "

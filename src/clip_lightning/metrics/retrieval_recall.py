@@ -13,7 +13,12 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 from torchmetrics.utilities.distributed import gather_all_tensors
 
-from clip_lightning.metrics.ranking import TIE_TOLERANCE, recall_at_k, retrieval_ranks
+from clip_lightning.metrics.ranking import (
+    TIE_TOLERANCE,
+    check_matrices,
+    recall_at_k,
+    retrieval_ranks,
+)
 
 _EMBEDDING_STATES = ("image_embeddings", "text_embeddings")
 _ID_STATES = ("image_ids", "text_ids", "text_image_ids")
@@ -112,11 +117,7 @@ class RetrievalRecall(Metric):
         text_image_ids: Tensor,
     ) -> None:
         """Store a batch of images and captions; either side may be empty in a given batch."""
-        if image_embeddings.ndim != 2 or text_embeddings.ndim != 2:
-            raise ValueError(
-                "Embeddings must be 2-D [N, D], got image "
-                f"{tuple(image_embeddings.shape)} and text {tuple(text_embeddings.shape)}"
-            )
+        check_matrices(image_embeddings, text_embeddings)
         if image_ids.shape != (image_embeddings.shape[0],):
             raise ValueError(
                 f"image_ids must have shape ({image_embeddings.shape[0]},) to match "
