@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import typing
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from hydra import compose, initialize_config_dir
 
 from clip_lightning.cli.config_schema import TASK_SCHEMAS, check_config
 from clip_lightning.errors import ClipLightningError, ConfigError
+from clip_lightning.utils.typecheck import describe, example, is_model, matches
 from tests.helpers import CONFIG_DIR, TINY_TRAIN_OVERRIDES, compose_train
 
 CONF = Path(CONFIG_DIR)
@@ -161,6 +163,30 @@ def test_bad_values_of_other_tasks(task: str, override: str, shown: str) -> None
     cfg = compose_task(task, [override])
     with pytest.raises(ConfigError, match=f"^{re.escape(shown)} must be "):
         check_config(cfg, task)
+
+
+def leaf_types(schema: type) -> list[tuple[str, object]]:
+    """Every (key, type) a schema checks that is not a section, nested sections included."""
+    found = []
+    for name, expected in typing.get_type_hints(schema, include_extras=True).items():
+        if name not in schema.model_fields:
+            continue
+        options = typing.get_args(expected) or (expected,)
+        sections = [t for t in options if is_model(t)]
+        if sections:
+            found += [(f"{name}.{key}", t) for key, t in leaf_types(sections[0])]
+        else:
+            found.append((name, expected))
+    return found
+
+
+@pytest.mark.parametrize("task", sorted(TASK_SCHEMAS))
+def test_every_derived_example_is_accepted(task: str) -> None:
+    leaves = leaf_types(TASK_SCHEMAS[task])
+    assert leaves
+    for key, expected in leaves:
+        fix = example(expected, given=5)  # the refused value a string key suggests quoted
+        assert matches(fix, expected), f"{key}: {fix!r} is not {describe(expected)}"
 
 
 def test_unknown_task_is_a_programming_error() -> None:
