@@ -7,10 +7,10 @@ records the figures with their commands.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import platform
-from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, cast
@@ -27,67 +27,27 @@ from clip_lightning.utils.results import write_json
 log = logging.getLogger(__name__)
 
 
-def _train_step(cfg: DictConfig) -> dict[str, Any]:
-    from clip_lightning.benchmarks.train_step import run
-
-    return run(cfg, **cfg.train_step)
-
-
-def _text_cache(cfg: DictConfig) -> dict[str, Any]:
-    from clip_lightning.benchmarks.text_cache_speedup import run
-
-    return run(cfg, **cfg.text_cache)
-
-
-def _retrieval(cfg: DictConfig) -> dict[str, Any]:
-    from clip_lightning.benchmarks.retrieval import run
-
-    return run(**cfg.retrieval)
-
-
-def _data_pipeline(cfg: DictConfig) -> dict[str, Any]:
-    from clip_lightning.benchmarks.data_pipeline import run
-
-    options = cast(dict[str, Any], OmegaConf.to_container(cfg.data_pipeline, resolve=True))
-    return run(**options)
-
-
-def _grad_checkpointing(cfg: DictConfig) -> dict[str, Any]:
-    from clip_lightning.benchmarks.grad_checkpointing import run
-
-    return run(cfg, **cfg.grad_checkpointing)
-
-
-def _vector_search(cfg: DictConfig) -> dict[str, Any]:
-    from clip_lightning.benchmarks.vector_search import run
-
-    return run(**cfg.vector_search)
-
-
-def _embed(cfg: DictConfig) -> dict[str, Any]:
-    from clip_lightning.benchmarks.embed_throughput import run
-
-    options = cast(dict[str, Any], OmegaConf.to_container(cfg.embed, resolve=True))
-    return run(cfg, **options)
-
-
-def _lora(cfg: DictConfig) -> dict[str, Any]:
-    from clip_lightning.benchmarks.lora import run
-
-    return run(cfg, **cfg.lora)
-
-
-# Imported lazily: each sub-benchmark pulls in only what it needs.
-BENCHMARKS: dict[str, Callable[[DictConfig], dict[str, Any]]] = {
-    "train_step": _train_step,
-    "text_cache": _text_cache,
-    "retrieval": _retrieval,
-    "data_pipeline": _data_pipeline,
-    "grad_checkpointing": _grad_checkpointing,
-    "vector_search": _vector_search,
-    "embed": _embed,
-    "lora": _lora,
+# name in only= -> (module of clip_lightning.benchmarks, whether its run() takes the whole bench
+# config besides its own options); imported lazily: each one pulls in only what it needs.
+BENCHMARKS: dict[str, tuple[str, bool]] = {
+    "train_step": ("train_step", True),
+    "text_cache": ("text_cache_speedup", True),
+    "retrieval": ("retrieval", False),
+    "data_pipeline": ("data_pipeline", False),
+    "grad_checkpointing": ("grad_checkpointing", True),
+    "vector_search": ("vector_search", False),
+    "embed": ("embed_throughput", True),
+    "lora": ("lora", True),
 }
+
+
+def run_benchmark(name: str, cfg: DictConfig) -> dict[str, Any]:
+    """The figures of one sub-benchmark, run with its options ``cfg[name]``."""
+    module, takes_config = BENCHMARKS[name]
+    run = importlib.import_module(f"clip_lightning.benchmarks.{module}").run
+    options = cast(dict[str, Any], OmegaConf.to_container(cfg[name], resolve=True))
+    figures: dict[str, Any] = run(cfg, **options) if takes_config else run(**options)
+    return figures
 
 
 def machine() -> dict[str, Any]:
@@ -122,7 +82,7 @@ def run_benchmarks(cfg: DictConfig) -> dict[str, Any]:
     results: dict[str, Any] = {"machine": machine()}
     for name in cfg.only:
         log.info("running %s", name)
-        results[name] = BENCHMARKS[name](cfg)
+        results[name] = run_benchmark(name, cfg)
         print_figures(name, results[name])
     return results
 
