@@ -83,6 +83,23 @@ def test_unknown_option_lists_the_available_ones() -> None:
     assert all(name in message for name in ("infonce", "siglip", "soft_target"))
 
 
+@pytest.mark.parametrize(("group", "base"), [("dataset", "_captions"), ("model", "_pair")])
+def test_options_built_on_a_base_hold_only_what_differs(group: str, base: str) -> None:
+    """A key an option shares with its base (same value) belongs in the base alone."""
+    shared = OmegaConf.to_container(OmegaConf.load(CONF / group / f"{base}.yaml"))
+    users = []
+    for path in sorted((CONF / group).glob("*.yaml")):
+        own = OmegaConf.to_container(OmegaConf.load(path))
+        if base not in own.get("defaults", []):
+            continue
+        users.append(path.stem)
+        repeated = [k for k, v in own.items() if k in shared and shared[k] == v]
+        assert not repeated, f"{path.name} repeats {repeated} of {base}.yaml"
+        composed = compose_train([f"{group}={path.stem}"])[group]
+        assert all(k in composed for k in shared)  # the base is composed in
+    assert len(users) >= 3
+
+
 def tower_experiments() -> list[str]:
     """Experiments built from the timm / Hugging Face towers, which TINY_MODEL_OVERRIDES swaps
     for tiny offline ones (open_clip ones train on tiny open_clip models in test_open_clip.py)."""
