@@ -13,12 +13,15 @@ put the raw training weights of that checkpoint back when testing it right after
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import EMAWeightAveraging
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
+_UNSHARDED_AVERAGE = "You're using the WeightAveraging callback with a model that overrides"
 
 
 class EMAWeights(EMAWeightAveraging):
@@ -30,7 +33,12 @@ class EMAWeights(EMAWeightAveraging):
         self.decay = decay
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
+        with warnings.catch_warnings():
+            if pl_module.device_mesh is None:
+                # Lightning warns that the average of a model with a configure_model hook is not
+                # sharded; CLIPModule's hook shards only under trainer=fsdp (a device mesh)
+                warnings.filterwarnings("ignore", message=_UNSHARDED_AVERAGE)
+            super().setup(trainer, pl_module, stage)
         if stage == TrainerFn.FITTING:
             rank_zero_info(
                 f"EMA of the weights (decay {self.decay:g}): validation, test, the best "
