@@ -15,6 +15,7 @@ from PIL import Image
 
 from clip_lightning.cli.loading import build_datamodule
 from clip_lightning.errors import ModelLoadError, find_user_error
+from clip_lightning.models.open_clip import OpenCLIPImageTower
 from clip_lightning.module import CLIPModule
 from tests.experiments.test_ddp_sim import RankWeights
 from tests.helpers import MARKER_PYTHONPATH, compose_train, quiet_trainer, run_train
@@ -153,6 +154,25 @@ def test_checkpoint_rebuilds_without_the_weights_file(tmp_path):
     model.eval()
     torch.testing.assert_close(reloaded.encode_text(CAPTIONS), model.encode_text(CAPTIONS))
     assert reloaded.loss.logit_scale.item() == pytest.approx(model.loss.logit_scale.item())
+
+
+def test_the_module_builds_the_pair_once_and_hands_it_to_both_towers(tmp_path, monkeypatch):
+    cfg = open_clip_cfg(tmp_path)
+    built: list[torch.nn.Module] = []
+
+    def create_model(*args, **kwargs):
+        built.append(create(*args, **kwargs))
+        return built[-1]
+
+    create = open_clip.create_model
+    monkeypatch.setattr(open_clip, "create_model", create_model)
+    first, second = instantiate(cfg.model), instantiate(cfg.model)
+    assert len(built) == 2  # one model per module, each shared by its two towers
+    for model, pair in zip((first, second), built, strict=True):
+        assert model.image_encoder.model is pair.visual
+        assert model.text_encoder.model is pair.text
+    tower = OpenCLIPImageTower("tiny-clip-test", pretrained=cfg.model.pretrained)
+    assert len(built) == 3 and tower.model is built[2].visual  # on its own: its own model
 
 
 def user_error(cfg) -> ModelLoadError:

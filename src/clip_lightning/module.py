@@ -44,6 +44,7 @@ from clip_lightning.metrics import RetrievalRecall
 from clip_lightning.models.freezing import count_parameters
 from clip_lightning.models.lora import LoRAConfig, LoRASettings, add_lora
 from clip_lightning.models.targets import Config, PartialConfig, build, check_arguments, plain
+from clip_lightning.models.towers import build_towers
 from clip_lightning.optim import OptimizerPart, describe_lrs, param_groups, split_layer_decay
 
 #: Where a checkpoint keeps the tower configs its run started from (see ``on_save_checkpoint``).
@@ -131,8 +132,9 @@ class CLIPModule(L.LightningModule):
         )
         # GradCache runs several backward passes per step, which needs manual optimization.
         self.automatic_optimization = grad_cache_chunk_size is None
-        self.image_encoder = build(self.hparams["image_encoder"], "model.image_encoder")
-        self.text_encoder = build(self.hparams["text_encoder"], "model.text_encoder")
+        self.image_encoder, self.text_encoder = build_towers(
+            self.hparams["image_encoder"], self.hparams["text_encoder"]
+        )
         self.image_head = build(
             self.hparams["head"],
             "model.head",

@@ -10,7 +10,7 @@ model's own tokenizer.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -36,14 +36,13 @@ from clip_lightning.models.carried_files import (
     loading_options,
     written_out,
 )
+from clip_lightning.models.pair_factory import ModuleArguments, pretrained_pair_module
 from clip_lightning.models.pretrained_pair import (
-    ModuleArguments,
+    Pair,
     PairTower,
     PixelNormalizer,
     PretrainedParts,
-    pretrained_pair_module,
     scalar,
-    take_tower,
     text_feature_cache,
 )
 from clip_lightning.models.text_cache import CachedTextTower, check_cache_option
@@ -117,14 +116,6 @@ def _build(source: str, pretrained: bool, local: bool) -> PretrainedParts:
     )
 
 
-def _take(
-    name_or_path: str, source: str, pretrained: bool, part: str, local: bool
-) -> tuple[Any, PretrainedParts]:
-    return take_tower(
-        ("hf", name_or_path, pretrained), part, lambda: _build(source, pretrained, local)
-    )
-
-
 def _load_preprocessor(loader: Any, name_or_path: str, source: str, local: bool) -> Any:
     """``loader.from_pretrained(source)`` (a tokenizer or image processor class), failures
     reported in one line naming ``name_or_path``."""
@@ -174,7 +165,22 @@ class _Half(nn.Module):
             param.requires_grad_(unlocked)
 
 
-class HFImageTower(PairTower):
+class _HFTower(PairTower):
+    """A tower cut from the transformers model its ``name_or_path`` and ``pretrained`` name
+    (built from the files a checkpoint carries, when it does)."""
+
+    @classmethod
+    def pair_identity(cls, arguments: Mapping[str, Any]) -> tuple[Any, ...]:
+        return ("hf", arguments["name_or_path"], arguments["pretrained"])
+
+    @classmethod
+    def build_pair(cls, arguments: Mapping[str, Any], key: str) -> PretrainedParts:
+        saved_files = arguments["saved_files"]
+        with _source(arguments["name_or_path"], saved_files, f"{key}.saved_files") as source:
+            return _build(source, arguments["pretrained"], local=saved_files is not None)
+
+
+class HFImageTower(_HFTower):
     """The vision half of a transformers CLIP/SigLIP model, normalising uint8 batches.
 
     Args:
@@ -185,7 +191,11 @@ class HFImageTower(PairTower):
         unfreeze_last_blocks: ... except its last N encoder layers and what follows them.
         saved_files: config and image-processor files a checkpoint carries, so the tower
             rebuilds without ``name_or_path`` (then only a label); see :meth:`checkpoint_config`.
+        pair: the transformers model, built once for both towers by whoever builds them;
+            ``None`` builds it here.
     """
+
+    pair_part = "image"
 
     def __init__(
         self,
@@ -194,15 +204,17 @@ class HFImageTower(PairTower):
         freeze: bool = False,
         unfreeze_last_blocks: int = 0,
         saved_files: CarriedFiles | None = None,
+        pair: Pair = None,
     ):
         super().__init__()
         self.model: _Half
         local = saved_files is not None
         with _source(name_or_path, saved_files, "model.image_encoder.saved_files") as source:
-            self.model, built = _take(name_or_path, source, pretrained, "image", local)
+            if pair is None:
+                pair = _build(source, pretrained, local)
             self.processor = _load_preprocessor(AutoImageProcessor, name_or_path, source, local)
-        self.pair_config: PretrainedConfig = built.config
-        self.adopt(built, pretrained)
+        self.pair_config: PretrainedConfig = pair.config
+        self.adopt(pair, pretrained)
         self.data_config = _timm_data_config(self.processor)
         self.normalize = PixelNormalizer(self.data_config["mean"], self.data_config["std"])
         if freeze:
@@ -253,7 +265,7 @@ def _timm_data_config(processor: Any) -> dict[str, Any]:
     }
 
 
-class HFTextTower(PairTower, CachedTextTower):
+class HFTextTower(_HFTower, CachedTextTower):
     """The text half of a transformers CLIP/SigLIP model with the model's own tokenizer.
 
     SigLIP was trained on captions padded to ``max_length`` and pools the last position, so
@@ -261,7 +273,7 @@ class HFTextTower(PairTower, CachedTextTower):
     the original); CLIP's causal tower takes dynamically padded batches with their mask.
 
     Args:
-        name_or_path, pretrained: as for :class:`HFImageTower` (shared model).
+        name_or_path, pretrained, pair: as for :class:`HFImageTower` (shared model).
         max_length: tokens per caption; defaults to the model's maximum (77 CLIP, 64 SigLIP).
         freeze: lock the tower ...
         unfreeze_last_layers: ... except its last N encoder layers and what follows them.
@@ -270,6 +282,8 @@ class HFTextTower(PairTower, CachedTextTower):
         saved_files: config and tokenizer files a checkpoint carries (see
             :class:`HFImageTower`).
     """
+
+    pair_part = "text"
 
     def __init__(
         self,
@@ -280,16 +294,18 @@ class HFTextTower(PairTower, CachedTextTower):
         unfreeze_last_layers: int = 0,
         cache: str | None = None,
         saved_files: CarriedFiles | None = None,
+        pair: Pair = None,
     ):
         super().__init__()
         check_cache_option(cache, freeze, unfreeze_last_layers)
         self.model: _Half
         local = saved_files is not None
         with _source(name_or_path, saved_files, "model.text_encoder.saved_files") as source:
-            self.model, built = _take(name_or_path, source, pretrained, "text", local)
+            if pair is None:
+                pair = _build(source, pretrained, local)
             self.tokenizer = _load_preprocessor(AutoTokenizer, name_or_path, source, local)
-        self.pair_config: PretrainedConfig = built.config
-        self.adopt(built, pretrained)
+        self.pair_config: PretrainedConfig = pair.config
+        self.adopt(pair, pretrained)
         config = self.model.backbone.config
         self.fixed_length = config.model_type.startswith("siglip")
         self.max_length: int = max_length or config.max_position_embeddings

@@ -11,7 +11,7 @@ Preprocessing and tokenization are open_clip's own, translated into the data pip
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
 
 import open_clip
@@ -23,14 +23,13 @@ from torch import nn
 from clip_lightning.data.records import to_rgb
 from clip_lightning.data.transforms import build_eval_transform
 from clip_lightning.errors import ModelLoadError
+from clip_lightning.models.pair_factory import ModuleArguments, pretrained_pair_module
 from clip_lightning.models.pretrained_pair import (
-    ModuleArguments,
+    Pair,
     PairTower,
     PixelNormalizer,
     PretrainedParts,
-    pretrained_pair_module,
     scalar,
-    take_tower,
     text_feature_cache,
 )
 from clip_lightning.models.targets import ExcludedKeys, plain
@@ -83,17 +82,6 @@ def _model_config(arch: str) -> dict[str, Any]:
     return config
 
 
-def _take(
-    arch: str, pretrained: str | Literal[False] | None, part: str, model_kwargs: dict[str, Any]
-) -> tuple[Any, PretrainedParts]:
-    """open_clip's ``visual`` or ``text`` module (untyped: open_clip ships no annotations)."""
-    return take_tower(
-        ("open_clip", arch, pretrained or None, model_kwargs),
-        part,
-        lambda: _build(arch, pretrained, model_kwargs),
-    )
-
-
 def _build(
     arch: str, pretrained: str | Literal[False] | None, model_kwargs: dict[str, Any]
 ) -> PretrainedParts:
@@ -115,6 +103,7 @@ def _build(
             f"open_clip.list_pretrained_tags_by_model({arch!r}) or, offline, to a local "
             "weights file"
         ) from exc
+    # open_clip's ``visual`` and ``text`` modules (untyped: open_clip ships no annotations)
     return PretrainedParts(
         towers={"visual": model.visual, "text": model.text},
         embed_dim=int(config["embed_dim"]),
@@ -123,7 +112,22 @@ def _build(
     )
 
 
-class OpenCLIPImageTower(PairTower):
+class _OpenCLIPTower(PairTower):
+    """A tower cut from the open_clip model its ``arch``, ``pretrained`` and ``model_kwargs``
+    name."""
+
+    @classmethod
+    def pair_identity(cls, arguments: Mapping[str, Any]) -> tuple[Any, ...]:
+        model_kwargs = dict(arguments["model_kwargs"] or {})
+        return ("open_clip", arguments["arch"], arguments["pretrained"] or None, model_kwargs)
+
+    @classmethod
+    def build_pair(cls, arguments: Mapping[str, Any], key: str) -> PretrainedParts:
+        model_kwargs = dict(arguments["model_kwargs"] or {})
+        return _build(arguments["arch"], arguments["pretrained"], model_kwargs)
+
+
+class OpenCLIPImageTower(_OpenCLIPTower):
     """open_clip's vision tower (projection included), normalising uint8 batches on its device.
 
     Args:
@@ -134,7 +138,11 @@ class OpenCLIPImageTower(PairTower):
         freeze: lock the tower (LiT) ...
         unfreeze_last_blocks: ... except its last N layer groups (open_clip's ``lock``).
         model_kwargs: forwarded to ``open_clip.create_model`` (``force_image_size``, ...).
+        pair: the open_clip model, built once for both towers by whoever builds them;
+            ``None`` builds it here.
     """
+
+    pair_part = "visual"
 
     def __init__(
         self,
@@ -143,10 +151,12 @@ class OpenCLIPImageTower(PairTower):
         freeze: bool = False,
         unfreeze_last_blocks: int = 0,
         model_kwargs: ModelKwargs | None = None,
+        pair: Pair = None,
     ):
         super().__init__()
-        self.model, built = _take(arch, pretrained, "visual", dict(model_kwargs or {}))
-        self.adopt(built, pretrained=bool(pretrained))
+        if pair is None:
+            pair = _build(arch, pretrained, dict(model_kwargs or {}))
+        self.adopt(pair, pretrained=bool(pretrained))
         self.preprocess_cfg = PreprocessCfg(**self.model.preprocess_cfg)
         self.data_config = _timm_data_config(self.preprocess_cfg)
         self.normalize = PixelNormalizer(self.preprocess_cfg.mean, self.preprocess_cfg.std)
@@ -221,11 +231,12 @@ def content_mask(input_ids: torch.Tensor, pad_id: int) -> torch.Tensor:
     return (positions <= last.unsqueeze(1)).long()
 
 
-class OpenCLIPTextTower(PairTower, CachedTextTower):
+class OpenCLIPTextTower(_OpenCLIPTower, CachedTextTower):
     """open_clip's text tower (projection included) with open_clip's tokenizer.
 
     Args:
-        arch, pretrained, model_kwargs: as for :class:`OpenCLIPImageTower` (shared model).
+        arch, pretrained, model_kwargs, pair: as for :class:`OpenCLIPImageTower` (shared
+            model).
         max_length: tokens per caption; defaults to the model's context length (its maximum).
         freeze: lock the tower ...
         unfreeze_last_layers: ... except its last N groups, counted as open_clip's ``lock``
@@ -233,6 +244,8 @@ class OpenCLIPTextTower(PairTower, CachedTextTower):
         cache: reuse a fully frozen tower's features: ``null``, ``memory`` or a folder, as in
             :class:`~clip_lightning.models.TextEncoder`.
     """
+
+    pair_part = "text"
 
     def __init__(
         self,
@@ -243,11 +256,13 @@ class OpenCLIPTextTower(PairTower, CachedTextTower):
         unfreeze_last_layers: int = 0,
         cache: str | None = None,
         model_kwargs: ModelKwargs | None = None,
+        pair: Pair = None,
     ):
         super().__init__()
         check_cache_option(cache, freeze, unfreeze_last_layers)
-        self.model, built = _take(arch, pretrained, "text", dict(model_kwargs or {}))
-        self.adopt(built, pretrained=bool(pretrained))
+        if pair is None:
+            pair = _build(arch, pretrained, dict(model_kwargs or {}))
+        self.adopt(pair, pretrained=bool(pretrained))
         # what open_clip's tokenizer pads to (an HF text tower's own limit may be larger)
         configured = _model_config(arch)["text_cfg"].get("context_length", 77)
         forced = (model_kwargs or {}).get("force_context_length")

@@ -1,40 +1,32 @@
 """What the pretrained CLIP pairs (open_clip, transformers) share: one model split into two
-towers, a config that names the model once, and on-device normalisation of uint8 batches."""
+towers, built once and handed to both, and on-device normalisation of uint8 batches.
+
+Whoever builds both towers (:func:`~clip_lightning.models.towers.build_towers`) asks the two
+tower classes which pretrained model they are cut from (:meth:`PairTower.pair_identity`); when
+it is the same one, it builds that model once (:func:`shared_pair`) and passes it to each tower
+as ``pair=``. A tower built on its own builds the model itself and keeps its half.
+"""
 
 from __future__ import annotations
 
-import json
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, TypeVar, overload
+from typing import Annotated, Any, ClassVar, TypeGuard, TypeVar, overload
 
 import torch
 from torch import nn
 
+from clip_lightning.errors import ConfigError
 from clip_lightning.models.freezing import set_frozen_eval
-from clip_lightning.models.targets import ArgumentsOf, plain
+from clip_lightning.models.targets import IGNORED_KEYS, lookup
 from clip_lightning.models.text_cache import TextFeatureCache, hash_module_weights, hash_tokenizer
-from clip_lightning.module import CLIPModule
-
-#: A pair factory's ``**module``: the :class:`CLIPModule` arguments it forwards.
-ModuleArguments = Annotated[Any, ArgumentsOf(CLIPModule)]
-
-
-def pretrained_pair_module(shared: dict[str, Any], embed_dim: int, **module: Any) -> CLIPModule:
-    """A :class:`CLIPModule` whose two towers get the same ``shared`` arguments.
-
-    Lets a model config say ``model.arch=ViT-B-16`` once instead of once per tower; the
-    towers' configs (hence checkpoints) still carry everything needed to rebuild them.
-    ``embed_dim`` is the pretrained model's joint width (the heads are identities).
-    """
-    for tower in ("image_encoder", "text_encoder"):
-        module[tower] = {**plain(module[tower]), **shared}
-    return CLIPModule(embed_dim=embed_dim, **module)
+from clip_lightning.utils.typecheck import Doc
 
 
 @dataclass
 class PretrainedParts:
-    """One built dual encoder, split into the towers no ``CLIPModule`` has taken yet."""
+    """One built dual encoder: its two halves by name, and what the heads and loss start from."""
 
     towers: dict[str, Any]
     embed_dim: int
@@ -44,23 +36,10 @@ class PretrainedParts:
     config: Any = None
 
 
-# Keyed by what built the model. An entry is dropped once both towers are taken, so a second
-# model built in the same process (a sweep, a test) starts from fresh weights.
-_UNCLAIMED: dict[str, PretrainedParts] = {}
-
-
-def take_tower(
-    key: Sequence[Any], part: str, build: Callable[[], PretrainedParts]
-) -> tuple[Any, PretrainedParts]:
-    """Tower ``part`` of the model identified by ``key``: built once for both towers."""
-    cache_key = json.dumps(list(key), sort_keys=True, default=str)
-    entry = _UNCLAIMED.get(cache_key)
-    if entry is None or part not in entry.towers:
-        entry = _UNCLAIMED[cache_key] = build()
-    tower = entry.towers.pop(part)
-    if not entry.towers:
-        del _UNCLAIMED[cache_key]
-    return tower, entry
+#: A tower's ``pair`` argument: the built model, handed in by code, never named in a config.
+Pair = Annotated[
+    PretrainedParts | None, Doc("null (the model that builds both towers hands the pair in)")
+]
 
 
 @overload
@@ -78,16 +57,39 @@ Tower = TypeVar("Tower", bound="PairTower")
 class PairTower(nn.Module):
     """Base of the towers cut from a pretrained pair: the parts frozen in ``self.model`` stay in
     eval mode (no dropout, fixed BatchNorm statistics) whatever mode the tower is put in.
-    Subclasses set ``self.model`` to their half of the pair (typed there)."""
 
+    Subclasses name their part of :attr:`PretrainedParts.towers`, say which model their
+    arguments name (:meth:`pair_identity`) and how it is built (:meth:`build_pair`).
+    """
+
+    #: this tower's key in :attr:`PretrainedParts.towers`
+    pair_part: ClassVar[str]
     model: Any
     num_features: int
     init_logit_scale: float | None
     init_logit_bias: float | None
 
+    @classmethod
+    def pair_identity(cls, arguments: Mapping[str, Any]) -> tuple[Any, ...]:
+        """What identifies the pretrained model a tower with these constructor ``arguments``
+        (defaults filled in) is cut from: two towers of equal identity share one model."""
+        raise NotImplementedError(f"{cls.__name__} must define pair_identity()")
+
+    @classmethod
+    def build_pair(cls, arguments: Mapping[str, Any], key: str) -> PretrainedParts:
+        """The pretrained model named by a tower's constructor ``arguments`` (config ``key``)."""
+        raise NotImplementedError(f"{cls.__name__} must define build_pair()")
+
     def adopt(self, parts: PretrainedParts, pretrained: bool) -> None:
-        """Report the pair's joint width and, for pretrained weights only, the temperature (and
-        SigLIP bias) the loss starts from; a rebuilt checkpoint restores its own."""
+        """Take this tower's half of ``parts`` as ``self.model``, the pair's joint width and,
+        for pretrained weights only, the temperature (and SigLIP bias) the loss starts from; a
+        rebuilt checkpoint restores its own."""
+        if self.pair_part not in parts.towers:
+            raise ConfigError(
+                f"{type(self).__name__} takes the {self.pair_part!r} half of a pair, but the pair "
+                f"it was given has {', '.join(sorted(parts.towers))}"
+            )
+        self.model = parts.towers[self.pair_part]
         self.num_features = parts.embed_dim
         self.init_logit_scale = parts.logit_scale if pretrained else None
         self.init_logit_bias = parts.logit_bias if pretrained else None
@@ -96,6 +98,35 @@ class PairTower(nn.Module):
         super().train(mode)
         set_frozen_eval(self.model)
         return self
+
+
+def shared_pair(image: Mapping[str, Any], text: Mapping[str, Any]) -> PretrainedParts | None:
+    """The pretrained model both (checked) tower configs are cut from, built once; ``None``
+    unless both are :class:`PairTower` s naming the same model."""
+    image_class = lookup(image["_target_"], "model.image_encoder")
+    text_class = lookup(text["_target_"], "model.text_encoder")
+    if not (_is_pair_tower(image_class) and _is_pair_tower(text_class)):
+        return None
+    try:
+        image_arguments = _with_defaults(image_class, image)
+        text_arguments = _with_defaults(text_class, text)
+    except TypeError:  # a required argument missing: building the tower names it
+        return None
+    if image_class.pair_identity(image_arguments) != text_class.pair_identity(text_arguments):
+        return None
+    return image_class.build_pair(image_arguments, "model.image_encoder")
+
+
+def _is_pair_tower(target: Callable[..., Any]) -> TypeGuard[type[PairTower]]:
+    return isinstance(target, type) and issubclass(target, PairTower)
+
+
+def _with_defaults(tower: type[PairTower], config: Mapping[str, Any]) -> dict[str, Any]:
+    bound = inspect.signature(tower).bind(
+        **{k: v for k, v in config.items() if k not in IGNORED_KEYS}
+    )
+    bound.apply_defaults()
+    return dict(bound.arguments)
 
 
 class PixelNormalizer(nn.Module):
