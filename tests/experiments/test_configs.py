@@ -16,8 +16,8 @@ from tests.helpers import (
     compose_train,
     read_metrics,
     run_dirs,
-    run_train,
 )
+from tests.helpers.tasks import train_in_process
 
 CONF = Path(CONFIG_DIR)
 # folders of YAML read as files (zero-shot prompt lists), not config groups
@@ -121,7 +121,7 @@ def test_every_trainer_argument_overrides_without_plus() -> None:
 @pytest.mark.parametrize("experiment", tower_experiments())
 def test_experiment_runs_fast_dev_run(experiment: str, tmp_path: Path) -> None:
     """The experiment's own settings (freezing, heads, loss) on tiny offline encoders."""
-    run_train(tmp_path, f"experiment={experiment}", *TINY_MODEL_OVERRIDES, "debug=fdr")
+    train_in_process(tmp_path, f"experiment={experiment}", *TINY_MODEL_OVERRIDES, "debug=fdr")
     (run,) = run_dirs(tmp_path, "debug")
     metrics = read_metrics(run)
     assert metrics["test/rsum"] >= 0.0
