@@ -18,7 +18,8 @@ from clip_lightning.errors import ModelLoadError, find_user_error
 from clip_lightning.models.open_clip import OpenCLIPImageTower
 from clip_lightning.module import CLIPModule
 from tests.experiments.test_ddp_sim import RankWeights
-from tests.helpers import MARKER_PYTHONPATH, compose_train, quiet_trainer, run_train
+from tests.helpers import compose_train, quiet_trainer
+from tests.helpers.distributed import train_on_ranks
 from tests.pretrained import (
     PRETRAINED_BIAS,
     PRETRAINED_SCALE,
@@ -219,13 +220,13 @@ def test_pretrained_experiments_start_from_a_validated_baseline(experiment, arch
 )
 def test_pretrained_experiment_trains_under_ddp_with_identical_ranks(tmp_path, experiment, extra):
     # the open_clip run trains LoRA adapters: their gradients are synchronised like any other
-    # a subprocess cannot see archs registered here: hand it the tiny model as a local-dir
+    # the tiny model goes in as a local-dir, the way a model open_clip does not list is given
     arch = "tiny-sigmoid-test" if "siglip" in experiment else "tiny-clip-test"
     folder = tmp_path / "tiny"
     folder.mkdir()
     (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_OPEN_CLIP[arch]}))
     write_open_clip_weights(arch, folder / "open_clip_model.pt")
-    run_train(
+    train_on_ranks(
         tmp_path,
         f"experiment={experiment}",
         f"model.arch=local-dir:{folder}",
@@ -240,7 +241,6 @@ def test_pretrained_experiment_trains_under_ddp_with_identical_ranks(tmp_path, e
         f"+callbacks.rank_weights._target_={RankWeights.__module__}.RankWeights",
         f"+callbacks.rank_weights.dirpath={tmp_path}",
         *extra,
-        PYTHONPATH=MARKER_PYTHONPATH,
     )
     ranks = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
     assert ranks[0] == ranks[1]
