@@ -9,9 +9,12 @@ do (:func:`join_as_rank`), so the strategy skips its own launcher and runs the s
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +35,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def start_ranks(
+    fn: Callable[..., Any], *args: Any, world_size: int = WORLD_SIZE
+) -> mp.ProcessContext:
+    """Start ``fn(rank, *args)`` in ``world_size`` forked processes without waiting for them."""
+    return mp.start_processes(fn, args=args, nprocs=world_size, start_method="fork", join=False)
+
+
 def run_ranks(fn: Callable[..., Any], *args: Any, world_size: int = WORLD_SIZE) -> None:
     """Run ``fn(rank, *args)`` in ``world_size`` forked processes and wait for all of them; an
     exception in a rank is raised here with that rank's traceback."""
-    mp.start_processes(fn, args=args, nprocs=world_size, start_method="fork")
+    context = start_ranks(fn, *args, world_size=world_size)
+    while not context.join():
+        pass
 
 
 def join_as_rank(rank: int, port: int, world_size: int = WORLD_SIZE) -> None:
@@ -52,15 +64,51 @@ def join_as_rank(rank: int, port: int, world_size: int = WORLD_SIZE) -> None:
     torch.set_num_threads(1)
 
 
-def train_on_ranks(root: Path, *overrides: str) -> None:
-    """``python -m clip_lightning.train *overrides`` in ``root``, run in-process as
-    :func:`~tests.helpers.tasks.train_in_process` runs it, on two forked ranks that share one
-    run directory, as the ranks Lightning launches share it."""
-    with hydra_job("train", list(overrides), root) as cfg:
-        run_ranks(_train_rank, cfg, free_port())
+def task_on_ranks(task: Callable[[DictConfig], Any], name: str, root: Path, *overrides: str) -> str:
+    """``python -m clip_lightning.<name> *overrides`` in ``root`` on two forked ranks that share
+    one run directory, as the ranks Lightning launches share it; each rank runs ``task`` in
+    process as :func:`~tests.helpers.tasks.run_in_process` does and must end well. Returns
+    what rank 0 logged and printed."""
+    with hydra_job(name, list(overrides), root) as cfg:
+        run_ranks(_task_rank, task, name, cfg, free_port(), root, False)
+    return (root / ".rank0.log").read_text()
 
 
-def _train_rank(rank: int, cfg: DictConfig, port: int) -> None:
+def train_on_ranks(root: Path, *overrides: str) -> str:
+    """:func:`task_on_ranks` for ``train``."""
+    return task_on_ranks(train, "train", root, *overrides)
+
+
+@contextlib.contextmanager
+def ranks_running(
+    task: Callable[[DictConfig], Any], name: str, root: Path, *overrides: str
+) -> Iterator[list[BaseProcess]]:
+    """:func:`task_on_ranks` started in the background: the ranks, each the leader of its own
+    process group (with its loader workers) for the test to kill; any still alive when the
+    block ends are killed."""
+    with hydra_job(name, list(overrides), root) as cfg:
+        context = start_ranks(_task_rank, task, name, cfg, free_port(), root, True)
+        try:
+            yield context.processes
+        finally:
+            for process in context.processes:
+                if process.is_alive():
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.join()
+
+
+def _task_rank(
+    rank: int,
+    task: Callable[[DictConfig], Any],
+    name: str,
+    cfg: DictConfig,
+    port: int,
+    root: Path,
+    own_group: bool,
+) -> None:
+    if own_group:
+        os.setpgid(0, 0)
     join_as_rank(rank, port)
-    run = run_in_process(train, cfg, "train")
+    run = run_in_process(task, cfg, name)
+    (root / f".rank{rank}.log").write_text(run.output)
     assert run.code == 0, f"rank {rank}: {run.output[-3000:]}"

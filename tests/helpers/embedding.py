@@ -46,7 +46,7 @@ def write_shards(folder: Path) -> tuple[str, dict[str, int]]:
 
 class PauseAfterParts(L.Callback):
     """On rank 0, once ``count`` parts are finished in ``out``, writes ``flag`` and sleeps, so
-    the test can kill the run there (a subprocess needs ``REPO_ROOT`` on its path)."""
+    the test can kill the run there."""
 
     def __init__(self, out: str, flag: str, count: int = 1) -> None:
         self.parts, self.flag, self.count = Path(out) / "parts", Path(flag), count

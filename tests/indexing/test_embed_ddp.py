@@ -8,8 +8,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import subprocess
-import sys
 import tarfile
 import time
 from pathlib import Path
@@ -18,19 +16,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from clip_lightning.cli.embed import embed
 from clip_lightning.indexing import layout
 from clip_lightning.module import CLIPModule
-from tests.helpers import REPO_ROOT, train_env
+from tests.helpers.distributed import ranks_running, task_on_ranks
 from tests.helpers.embedding import SHARD_SIZES, caption
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed, pytest.mark.xdist_group("embed_ddp")]
 
 
-def embed_command(checkpoint: Path, urls: str, out: Path, *extra: str) -> list[str]:
+def embed_overrides(checkpoint: Path, urls: str, out: Path, *extra: str) -> list[str]:
     return [
-        sys.executable,
-        "-m",
-        "clip_lightning.embed",
         f"ckpt_path={checkpoint}",
         "dataset=webdataset",
         f'dataset.urls="{urls}"',  # quoted: a brace range is not a Hydra dict
@@ -45,47 +41,36 @@ def embed_command(checkpoint: Path, urls: str, out: Path, *extra: str) -> list[s
 
 @pytest.fixture(scope="module")
 def killed_and_resumed(tiny_checkpoint, shards, tmp_path_factory) -> dict:
-    """Run 1 is killed (SIGKILL to both ranks) once rank 0 has finished a part; run 2 is the
-    same command. Returns the output folder and the parts on disk after the kill."""
+    """Run 1 is killed (SIGKILL to both ranks and their loader workers) once rank 0 has
+    finished a part; run 2 is the same command. Returns the output folder and the parts on disk
+    after the kill."""
     tmp = tmp_path_factory.mktemp("embed_ddp")
     urls, _ = shards
     out, flag = tmp / "out", tmp / "paused"
-    env = train_env(
-        tmp, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])
-    )
     pause = [
         "+callbacks.pause._target_=tests.helpers.embedding.PauseAfterParts",
         f"+callbacks.pause.out={out}",
         f"+callbacks.pause.flag={flag}",
     ]
-    run = subprocess.Popen(
-        embed_command(tiny_checkpoint, urls, out, *pause),
-        cwd=tmp,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,  # its own process group: both ranks are killed together
-    )
-    deadline = time.monotonic() + 300
-    while not flag.exists() and run.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if run.poll() is None:
-        os.killpg(run.pid, signal.SIGKILL)
-    stderr = run.communicate()[1].decode()
-    assert flag.exists(), stderr[-3000:]
+    first = tmp / "first"
+    first.mkdir()
+    with ranks_running(
+        embed, "embed", first, *embed_overrides(tiny_checkpoint, urls, out, *pause)
+    ) as ranks:
+        deadline = time.monotonic() + 300
+        while (
+            not flag.exists() and all(r.is_alive() for r in ranks) and time.monotonic() < deadline
+        ):
+            time.sleep(0.2)
+        for rank in ranks:
+            if rank.is_alive():
+                os.killpg(rank.pid, signal.SIGKILL)
+    assert flag.exists(), "the first run ended before rank 0 finished a part"
     before = {p.name: p.stat().st_mtime_ns for p in (out / "img_emb").glob("*.npy")}
     finished = sorted(p.stem for p in (out / "parts").glob("*.json"))
 
-    proc = subprocess.run(
-        embed_command(tiny_checkpoint, urls, out),
-        cwd=tmp,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    return {"out": out, "finished": finished, "mtimes": before, "stdout": proc.stdout}
+    stdout = task_on_ranks(embed, "embed", tmp, *embed_overrides(tiny_checkpoint, urls, out))
+    return {"out": out, "finished": finished, "mtimes": before, "stdout": stdout}
 
 
 def test_every_sample_is_written_once_with_uneven_counts(killed_and_resumed, shards):
