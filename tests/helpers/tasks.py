@@ -121,10 +121,17 @@ def hydra_job(config_name: str, overrides: list[str], root: Path) -> Iterator[Di
                 os.environ[key] = value
 
 
-def train_in_process(root: Path, *overrides: str, check: bool = True) -> TaskRun:
-    """``python -m clip_lightning.train *overrides`` run in ``root``, in this process; with
+def task_in_process(
+    task: Callable[[DictConfig], Any], name: str, root: Path, *overrides: str, check: bool = True
+) -> TaskRun:
+    """``python -m clip_lightning.<name> *overrides`` run in ``root``, in this process; with
     ``check``, one that must end well."""
-    with hydra_job("train", list(overrides), root) as cfg:
-        run = run_in_process(train, cfg, "train")
+    with hydra_job(name, list(overrides), root) as cfg:
+        run = run_in_process(task, cfg, name)
     assert not check or run.code == 0, run.output[-3000:]
     return run
+
+
+def train_in_process(root: Path, *overrides: str, check: bool = True) -> TaskRun:
+    """:func:`task_in_process` for ``train``."""
+    return task_in_process(train, "train", root, *overrides, check=check)

@@ -9,8 +9,6 @@ import io
 import logging
 import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -36,8 +34,9 @@ from tests.helpers import (
     dead_pid,
     read_metrics,
     run_dirs,
-    train_env,
 )
+from tests.helpers.distributed import start_ranks
+from tests.helpers.tasks import task_in_process, train_in_process
 
 
 @pytest.mark.slow
@@ -173,49 +172,28 @@ def test_disk_full_writing_results_names_the_file_and_keeps_the_checkpoints(
     assert state["global_step"] > 0  # the trained weights are on disk, whole
 
 
+def _fast_dev_run(index: int, root: Path) -> None:
+    train_in_process(root, *TINY_RUN_OVERRIDES, "trainer.fast_dev_run=true")
+
+
 @pytest.mark.slow
 def test_runs_started_together_get_their_own_run_directories(tmp_path):
-    command = [
-        sys.executable,
-        "-m",
-        "clip_lightning.train",
-        *TINY_RUN_OVERRIDES,
-        "trainer.fast_dev_run=true",
-    ]
-    procs = [
-        subprocess.Popen(
-            command,
-            cwd=tmp_path,
-            env=train_env(tmp_path),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    errors = [proc.communicate(timeout=300)[1] for proc in procs]
-    assert [proc.returncode for proc in procs] == [0, 0], errors
+    # two processes forked at once, each composing its config and training as the command does
+    runs = start_ranks(_fast_dev_run, tmp_path)
+    pids = [process.pid for process in runs.processes]
+    while not runs.join():  # raises if a run failed
+        pass
     dirs = run_dirs(tmp_path)
     # one directory per process, named after it: unique by construction, not by timing
-    assert sorted(d.name.rsplit("_", 1)[1] for d in dirs) == sorted(str(p.pid) for p in procs)
+    assert sorted(d.name.rsplit("_", 1)[1] for d in dirs) == sorted(str(pid) for pid in pids)
     assert all("test/rsum" in read_metrics(d) for d in dirs)
 
 
-def run_search(tmp_path, *overrides: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "clip_lightning.search", "accelerator=cpu", *overrides],
-        cwd=tmp_path,
-        env=train_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 def test_search_k_abc_is_one_line_and_exit_1(tmp_path):
-    proc = run_search(tmp_path, "ckpt_path=model.ckpt", "images=photos", "query=a dog", "k=abc")
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 1
+    query = ["ckpt_path=model.ckpt", "images=photos", "query=a dog", "k=abc"]
+    run = task_in_process(search, "search", tmp_path, "accelerator=cpu", *query, check=False)
+    output = run.output
+    assert run.code == 1
     (line,) = [line for line in output.splitlines() if "ERROR" in line]
     assert "k='abc' must be" in line
     assert "Traceback" not in output
@@ -243,16 +221,17 @@ def test_search_skips_a_file_that_is_not_an_image_and_names_it(tiny_checkpoint, 
     (photos / "notes.jpg").write_text("a text file with an image name")
     query = [f"ckpt_path={tiny_checkpoint}", f"images={photos}", "query=a red square", "k=2"]
 
-    proc = run_search(tmp_path, *query)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-3000:]
+    run = task_in_process(search, "search", tmp_path, "accelerator=cpu", *query)
+    output = run.output
     assert "1 of 4 image files are unreadable (notes.jpg: " in output
     assert "Built the index of 3 images" in output and "1 unreadable skipped" in output
     assert "Top 2 images for" in output and "│    2 │" in output
 
-    proc = run_search(tmp_path, *query, "on_bad_image=error")
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 1
+    run = task_in_process(
+        search, "search", tmp_path, "accelerator=cpu", *query, "on_bad_image=error", check=False
+    )
+    output = run.output
+    assert run.code == 1
     assert "notes.jpg" in output and "on_bad_image=skip" in output
     assert "Traceback" not in output and "Top 2" not in output
 
