@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import TINY_RUN_OVERRIDES, run_dirs, run_train
+from tests.helpers import TINY_RUN_OVERRIDES, run_dirs
+from tests.helpers.tasks import train_in_process
 
 
 @pytest.mark.slow
@@ -14,7 +15,7 @@ def test_wandb_offline_run_and_resume_keep_one_id(tmp_path: Path) -> None:
     # with the alignment plots (TINY_RUN_OVERRIDES drops them) and a throughput window that
     # fits the epoch
     with_plots = [o for o in TINY_RUN_OVERRIDES if o != "~callbacks.alignment_plots"]
-    run_train(
+    train_in_process(
         tmp_path,
         *with_plots,
         "logger=wandb",
@@ -40,7 +41,7 @@ def test_wandb_offline_run_and_resume_keep_one_id(tmp_path: Path) -> None:
     logged = {p.name.split("_")[0] for p in (offline / "files" / "media" / "images").rglob("*.png")}
     assert {"similarity", "text", "image"} <= logged, logged
 
-    run_train(tmp_path, *TINY_RUN_OVERRIDES, "logger=wandb", "test=false", "ckpt_path=last")
+    train_in_process(tmp_path, *TINY_RUN_OVERRIDES, "logger=wandb", "test=false", "ckpt_path=last")
     second = run_dirs(tmp_path)[-1]
     assert second != first
     assert (second / "wandb_run_id").read_text().strip() == run_id
