@@ -211,6 +211,8 @@ def test_checkpoint_reloads_without_arguments_and_inference_api(tiny_cfg, tmp_pa
 # On a CPU Lightning runs 16-mixed as bf16 autocast; on a GPU it adds a gradient scaler.
 @pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
 def test_mixed_precision_trains(tiny_cfg, tmp_path, precision):
+    with open_dict(tiny_cfg):
+        tiny_cfg.dataset.batch_size = 4  # CPU autocast convolutions take ~1 s per image
     model, datamodule = build(tiny_cfg)
     trainer = quiet_trainer(tmp_path, max_steps=2, limit_val_batches=0, precision=precision)
     trainer.fit(model, datamodule=datamodule)
