@@ -25,6 +25,7 @@ from omegaconf import DictConfig, open_dict
 
 import clip_lightning
 from clip_lightning.utils.config import register_resolvers
+from tests.helpers.tasks import TaskRun, train_in_process
 
 CONFIG_DIR = str(Path(clip_lightning.__file__).parent / "conf")
 
@@ -263,7 +264,8 @@ PREEMPTED_AT_STEP = 22
 @dataclass(frozen=True)
 class PreemptedRun:
     """A run of :data:`PREEMPTED_RUN_OVERRIDES` stopped by SIGTERM two steps into epoch 2, then
-    resumed with ``ckpt_path=last`` after a killed save's temporary was left in its folder."""
+    resumed with ``ckpt_path=last`` in the test process after a killed save's temporary was
+    left in its folder."""
 
     root: Path  # cwd of both runs; logs under root/logs
     exit_code: int
@@ -271,7 +273,7 @@ class PreemptedRun:
     runs_at_stop: list[Path]  # the run directories right after the SIGTERM
     stopped_checkpoint: Path  # a copy of last.ckpt as the SIGTERM left it
     stale: Path  # the temporary, in the stopped run's checkpoints folder
-    resumed: subprocess.CompletedProcess[str]
+    resumed: TaskRun  # the resumed run, in the test process
 
 
 def preempt_and_resume(root: Path) -> PreemptedRun:
@@ -286,5 +288,5 @@ def preempt_and_resume(root: Path) -> PreemptedRun:
     # a kill -9 in the middle of a later save leaves its temporary behind
     stale = checkpoints / f".last.ckpt.tmp-{socket.gethostname()}-{dead_pid()}"
     stale.write_bytes(b"\0" * 1_000_000)
-    resumed = run_train(root, *PREEMPTED_RUN_OVERRIDES, "ckpt_path=last")
+    resumed = train_in_process(root, *PREEMPTED_RUN_OVERRIDES, "ckpt_path=last")
     return PreemptedRun(root, exit_code, output, runs_at_stop, stopped_checkpoint, stale, resumed)

@@ -23,10 +23,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from clip_lightning.cli.task import USER_ERROR_EXIT_CODE, run_task
+from clip_lightning.cli.task import CONFIG_DIR, USER_ERROR_EXIT_CODE, run_task
 from clip_lightning.cli.train import train
 from clip_lightning.utils.config import register_resolvers
-from tests.helpers import CONFIG_DIR
 
 # what Hydra's console handler shows of a record (without the time)
 LINE_FORMAT = "[%(name)s][%(levelname)s] - %(message)s"
@@ -102,7 +101,7 @@ def hydra_job(config_name: str, overrides: list[str], root: Path) -> Iterator[Di
     saved = {key: os.environ.get(key) for key in where}
     os.environ.update(where)
     try:
-        with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
             cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
             with open_dict(cfg):
                 cfg.hydra.runtime.output_dir = str(Path(cfg.hydra.run.dir).absolute())

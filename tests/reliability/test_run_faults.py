@@ -57,7 +57,7 @@ def test_sigterm_exits_143_keeps_last_ckpt_and_a_killed_save_is_cleaned_on_resum
     # a kill -9 in the middle of a later save left its temporary behind before the resume
     stale, resumed = preempted_run.stale, preempted_run.resumed
     assert not stale.exists()
-    assert f"removed {stale}" in resumed.stdout + resumed.stderr
+    assert f"removed {stale}" in resumed.output
     assert (checkpoints / "last.ckpt").is_file()
     assert "val/rsum" in read_metrics(run_dirs(preempted_run.root)[-1])
 
