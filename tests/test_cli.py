@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import importlib
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ from setuptools.config.pyprojecttoml import read_configuration
 
 from clip_lightning.utils.config import register_resolvers
 from tests.helpers import CONFIG_DIR, REPO_ROOT
+from tests.helpers.tasks import command_in_process
 
 TASKS = sorted(path.stem for path in Path(CONFIG_DIR).glob("*.yaml"))
 # "  key=VALUE   description" lines of a --help header
@@ -58,18 +57,10 @@ def test_help_names_the_task_and_existing_main_keys(task: str) -> None:
         assert Path(CONFIG_DIR, key).is_dir() or has_key(tree, key), f"{task}: {key}"
 
 
-def test_train_help_prints_main_keys_groups_and_completion(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "clip_lightning.train", "--help"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "init_from=FILE                  start a new run from a checkpoint's weights" in (
-        proc.stdout
-    )
-    assert "experiment: coco_openclip_vitb32," in proc.stdout  # the config groups
-    assert 'eval "$(clip-lightning-train -sc install=bash)"' in proc.stdout
-    assert "_target_" not in proc.stdout  # not the raw config
+def test_train_help_prints_main_keys_groups_and_completion() -> None:
+    code, stdout = command_in_process("train", "--help")
+    assert code == 0, stdout[-2000:]
+    assert "init_from=FILE                  start a new run from a checkpoint's weights" in (stdout)
+    assert "experiment: coco_openclip_vitb32," in stdout  # the config groups
+    assert 'eval "$(clip-lightning-train -sc install=bash)"' in stdout
+    assert "_target_" not in stdout  # not the raw config

@@ -12,6 +12,7 @@ import pytest
 
 from clip_lightning.cli.train import train
 from tests.helpers import TINY_TRAIN_OVERRIDES, compose_train
+from tests.helpers.tasks import command_in_process, train_in_process
 
 RECALL_KEYS = [f"test/{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)] + ["test/rsum"]
 
@@ -68,11 +69,12 @@ def test_cli_fast_dev_run_writes_a_run_dir_under_logs(tmp_path):
     assert (metrics["test/images"], metrics["test/captions"]) == (24, 120)
 
 
-def test_cfg_job_prints_the_composed_config_from_any_cwd(tmp_path):
-    result = run_cli(["--cfg", "job"], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "_target_: clip_lightning.module.CLIPModule" in result.stdout
-    assert "name: resnet50" in result.stdout
+def test_cfg_job_prints_the_composed_config_from_any_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, stdout = command_in_process("train", "--cfg", "job")
+    assert code == 0, stdout
+    assert "_target_: clip_lightning.module.CLIPModule" in stdout
+    assert "name: resnet50" in stdout
     assert not (tmp_path / "logs").exists()
 
 
@@ -94,9 +96,9 @@ def test_quickstart_composes_offline_with_a_500_image_test_split():
 
 
 def test_real_defaults_fail_fast_offline_with_one_clear_message(tmp_path):
-    result = run_cli(["print_config=false"], cwd=tmp_path)
-    output = result.stdout + result.stderr
-    assert result.returncode == 1
+    result = train_in_process(tmp_path, "print_config=false", check=False)
+    output = result.output
+    assert result.code == 1
     assert "the resnet50 image weights (timm/resnet50.a1_in1k), not on this machine" in output
     assert "experiment=quickstart" in output
     assert "Traceback" not in output
@@ -104,9 +106,11 @@ def test_real_defaults_fail_fast_offline_with_one_clear_message(tmp_path):
 
 
 def test_a_bad_loader_value_fails_at_start_with_one_line(tmp_path):
-    result = run_cli(["experiment=quickstart", "dataset.batch_size=abc"], cwd=tmp_path)
-    output = result.stdout + result.stderr
-    assert result.returncode == 1
+    result = train_in_process(
+        tmp_path, "experiment=quickstart", "dataset.batch_size=abc", check=False
+    )
+    output = result.output
+    assert result.code == 1
     assert "dataset.batch_size='abc' must be an integer >= 1" in output
     assert "Traceback" not in output
     assert "Epoch" not in output

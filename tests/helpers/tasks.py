@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib
 import io
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,3 +136,21 @@ def task_in_process(
 def train_in_process(root: Path, *overrides: str, check: bool = True) -> TaskRun:
     """:func:`task_in_process` for ``train``."""
     return task_in_process(train, "train", root, *overrides, check=check)
+
+
+def command_in_process(name: str, *args: str) -> tuple[int, str]:
+    """``python -m clip_lightning.<name> *args`` for the arguments Hydra answers itself
+    (``--help``, ``--cfg job``), in this process: (exit status, what it printed)."""
+    main = importlib.import_module(f"clip_lightning.cli.{name}").main
+    printed = io.StringIO()
+    argv = sys.argv
+    sys.argv = [f"clip_lightning.{name}", *args]
+    code = 0
+    try:
+        with contextlib.redirect_stdout(printed):
+            main()
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        sys.argv = argv
+    return code, printed.getvalue()
