@@ -10,7 +10,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from clip_lightning.errors import CheckpointError, NonFiniteLossError
 from clip_lightning.module import CLIPModule
-from tests.helpers import TINY_TRAIN_OVERRIDES, compose_train, quiet_trainer, run_train
+from tests.helpers import TINY_TRAIN_OVERRIDES, compose_train, quiet_trainer
+from tests.helpers.tasks import train_in_process
 from tests.test_model import build
 
 
@@ -65,11 +66,11 @@ def test_nan_stop_names_the_last_checkpoint_only_when_one_exists(tmp_path):
 
 def test_missing_text_tower_folder_is_one_line_from_the_train_command(tmp_path):
     missing = tmp_path / "no-such-model"
-    proc = run_train(
+    run = train_in_process(
         tmp_path, "experiment=quickstart", f"model.text_encoder.name_or_path={missing}", check=False
     )
-    assert proc.returncode == 1
-    output = (proc.stdout + proc.stderr).strip()
+    assert run.code == 1
+    output = run.output.strip()
     assert "Traceback" not in output
     lines = [line for line in output.splitlines() if str(missing) in line]
     assert len(lines) == 1 and "does not exist" in lines[0]

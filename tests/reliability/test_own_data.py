@@ -24,7 +24,6 @@ from tests.helpers import (
     compose_train,
     read_metrics,
     run_dirs,
-    run_train,
 )
 from tests.helpers.data import (
     IMAGE_CONFIG,
@@ -35,6 +34,7 @@ from tests.helpers.data import (
     build_parquet,
     compose_data,
 )
+from tests.helpers.tasks import train_in_process
 
 # the tiny subprocess model, without the quickstart's synthetic data
 TINY_MODEL = [o for o in TINY_MODEL_OVERRIDES if not o.startswith("dataset")]
@@ -48,14 +48,14 @@ def test_a_40_image_csv_trains_from_dataset_root_alone_first_try(tmp_path: Path)
     the columns are found by name, 5 % val/test give 2 images each, and the default batch
     of 64 shrinks to the 36 training images with one line."""
     data = build_open_clip_csv(tmp_path / "own")
-    proc = run_train(tmp_path, *TINY_MODEL, "dataset.num_workers=0", f"dataset.root={data}")
-    output = proc.stdout + proc.stderr
+    run = train_in_process(tmp_path, *TINY_MODEL, "dataset.num_workers=0", f"dataset.root={data}")
+    output = run.output
     assert f"dataset.root={data} holds csv data: using dataset=csv" in output
     assert "using columns image='filepath', caption='title'" in output
     assert "csv: 36 training samples per epoch, fewer than dataset.batch_size=64" in output
-    (run,) = run_dirs(tmp_path, "train")
-    assert read_metrics(run)["test/rsum"] >= 0
-    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, mmap=True)
+    (run_dir,) = run_dirs(tmp_path, "train")
+    assert read_metrics(run_dir)["test/rsum"] >= 0
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True, mmap=True)
     dataset = saved["clip_lightning_dataset"]
     assert dataset["name"] == "csv" and dataset["root"] == str(data)
     assert dataset["split_sizes"] == {"val": 0.05, "test": 0.05}
