@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 from hydra import compose, initialize_config_dir
 
@@ -15,6 +11,7 @@ from clip_lightning.errors import DataError
 from clip_lightning.utils.config import register_resolvers
 from tests.helpers import CONFIG_DIR
 from tests.helpers.data import BUILDERS, truncate
+from tests.helpers.tasks import task_in_process
 
 
 def compose_prepare(*overrides: str):
@@ -62,20 +59,16 @@ def test_prepare_builds_the_configured_cache(tmp_path, capsys):
     assert "Image cache:" in capsys.readouterr().out
 
 
-def run_prepare(*args: str, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "clip_lightning.prepare", *args],
-        cwd=cwd,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 def test_cli_reports_a_missing_root_as_one_line(tmp_path):
-    result = run_prepare("dataset=flickr30k", f"dataset.root={tmp_path / 'none'}", cwd=tmp_path)
-    assert result.returncode == 1
-    output = result.stdout + result.stderr  # Hydra's console log handler writes to stdout
+    result = task_in_process(
+        prepare,
+        "prepare",
+        tmp_path,
+        "dataset=flickr30k",
+        f"dataset.root={tmp_path / 'none'}",
+        check=False,
+    )
+    assert result.code == 1
+    output = result.output
     errors = [line for line in output.splitlines() if "does not exist" in line]
     assert len(errors) == 1 and "dataset_flickr30k.json from Karpathy's splits" in errors[0]

@@ -11,8 +11,6 @@ import io
 import json
 import logging
 import os
-import subprocess
-import sys
 
 import datasets
 import lightning as L
@@ -25,6 +23,7 @@ from torch.utils.data import DataLoader
 from transformers import AutoTokenizer
 
 from clip_lightning.cli.loading import build_datamodule
+from clip_lightning.cli.prepare import prepare
 from clip_lightning.data.cache import ARRAY
 from clip_lightning.data.checks import MEMO_NAME, check_images, decode_all, image_problem
 from clip_lightning.data.datamodule import CaptionDataModule
@@ -33,6 +32,7 @@ from clip_lightning.data.records import BadImageError, FileImage, load_rgb
 from clip_lightning.errors import DataError, find_user_error
 from clip_lightning.utils.config import package_path
 from tests.helpers.data import BUILDERS, IMAGE_CONFIG, compose_data, picture, truncate
+from tests.helpers.tasks import task_in_process
 
 
 def png_with_corrupt_body(seed: int = 0) -> bytes:
@@ -65,17 +65,6 @@ def flickr(root, **kwargs) -> CaptionDataModule:
     return CaptionDataModule(name="flickr30k", root=str(root), **kwargs)
 
 
-def run_prepare(*args: str, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "clip_lightning.prepare", *args],
-        cwd=cwd,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 # -- 1. one full-decode check: start-up, prepare, skip and the cache agree --------------------
 
 
@@ -100,12 +89,14 @@ def test_seven_bad_images_are_counted_alike_by_error_skip_prepare_and_cache(tmp_
     reasons = [(r.image_id, why) for r, why in flickr(root).find_bad_records().images]
     assert [(r.image_id, why) for r, why in cached.find_bad_records().images] == reasons
 
-    result = run_prepare("dataset=flickr30k", f"dataset.root={root}", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "bad_images                 7" in result.stdout
+    result = task_in_process(
+        prepare, "prepare", tmp_path, "dataset=flickr30k", f"dataset.root={root}", check=False
+    )
+    assert result.code == 0, result.output[-2000:]
+    assert "bad_images                 7" in result.output
     listed = {
         line.split("bad image: ")[1].split(":")[0]
-        for line in result.stdout.splitlines()
+        for line in result.output.splitlines()
         if "bad image: " in line
     }
     assert {os.path.basename(p) for p in listed} == bad
@@ -322,10 +313,12 @@ def test_a_non_utf8_csv_names_the_file_and_how_to_convert_it(tmp_path):
     root = BUILDERS["kaggle_csv"](tmp_path / "kg")
     csv = root / "results.csv"
     csv.write_bytes(csv.read_bytes().replace(b"caption 2", "caption \xe9".encode("latin-1")))
-    result = run_prepare("dataset=flickr30k", f"dataset.root={root}", cwd=tmp_path)
-    assert result.returncode == 1
-    lines = [line for line in (result.stdout + result.stderr).splitlines() if "UTF-8" in line]
-    assert len(lines) == 1 and "Traceback" not in result.stdout + result.stderr
+    result = task_in_process(
+        prepare, "prepare", tmp_path, "dataset=flickr30k", f"dataset.root={root}", check=False
+    )
+    assert result.code == 1
+    lines = [line for line in result.output.splitlines() if "UTF-8" in line]
+    assert len(lines) == 1 and "Traceback" not in result.output
     assert f"{csv} is not UTF-8 text" in lines[0] and "iconv -f latin1 -t utf-8" in lines[0]
 
 
