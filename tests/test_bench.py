@@ -1,17 +1,16 @@
-"""Smoke test of ``python -m clip_lightning.bench``: every sub-benchmark at tiny sizes."""
+"""Smoke test of ``python -m clip_lightning.bench`` (run through the task wrapper): every
+sub-benchmark at tiny sizes."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 
-from clip_lightning.cli.bench import BENCHMARKS
+from clip_lightning.cli.bench import BENCHMARKS, bench
 from clip_lightning.errors import ClipLightningError
+from tests.helpers.tasks import task_in_process
 from tests.pretrained import TINY_OPEN_CLIP
 
 TINY_BENCH = [
@@ -70,13 +69,11 @@ def test_every_benchmark_runs_and_writes_json(tmp_path):
     config = {"model_cfg": TINY_OPEN_CLIP["tiny-clip-test"]}
     (tiny_open_clip / "open_clip_config.json").write_text(json.dumps(config))
     lora = [f"lora.arch=local-dir:{tiny_open_clip}", "lora.batch_size=4", "lora.steps=1"]
-    command = [
-        sys.executable, "-m", "clip_lightning.bench", f"only=[{','.join(names)}]",
-        f"out={out}", f"hydra.run.dir={tmp_path / 'run'}", *TINY_BENCH, *lora, "lora.repeats=1",
+    overrides = [
+        f"only=[{','.join(names)}]", f"out={out}", f"hydra.run.dir={tmp_path / 'run'}",
+        *TINY_BENCH, *lora, "lora.repeats=1",
     ]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
+    task_in_process(bench, "bench", tmp_path, *overrides)
 
     figures = json.loads(out.read_text())
     assert json.loads((tmp_path / "run" / "bench.json").read_text()) == figures

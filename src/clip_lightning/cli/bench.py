@@ -98,8 +98,7 @@ def print_figures(name: str, figures: dict[str, Any]) -> None:
     Console().print(table)
 
 
-@hydra_task("bench")
-def main(cfg: DictConfig) -> None:
+def bench(cfg: DictConfig) -> dict[str, Any]:
     """Run the benchmarks; write their figures to ``<run dir>/bench.json`` (and ``out=``)."""
     results = run_benchmarks(cfg)
     paths = [Path(cfg.paths.output_dir) / "bench.json"]
@@ -108,3 +107,9 @@ def main(cfg: DictConfig) -> None:
     for path in paths:
         write_json(path, results)
         print(f"Wrote {path}")
+    return results
+
+
+@hydra_task("bench")
+def main(cfg: DictConfig) -> None:
+    bench(cfg)
