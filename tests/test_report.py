@@ -58,17 +58,19 @@ def test_report_rows_hold_the_runs_own_figures(finetune_run, tmp_path, capsys):
     assert 0 < metrics["params/trainable"] < 0.2 * metrics["params/total"]
     (checkpoint,) = (run / "checkpoints").glob("epoch_*.ckpt")
     wise = tmp_path / "wise"
-    evaluate(
-        compose_eval(
-            [
-                *[o for o in synthetic_overrides() if o.startswith("dataset")],
-                "trainer.accelerator=cpu",
-                f"ckpt_path={checkpoint}",
-                "wise_ft.alphas=[0,1]",
-            ],
-            wise,
-        )
+    wise_cfg = compose_eval(
+        [
+            *[o for o in synthetic_overrides() if o.startswith("dataset")],
+            "trainer.accelerator=cpu",
+            f"ckpt_path={checkpoint}",
+            "wise_ft.alphas=[0,1]",
+        ],
+        wise,
     )
+    evaluate(wise_cfg)
+    # what Hydra writes for a CLI eval: its protocol is one name, not train's val/test pair
+    (wise / ".hydra").mkdir()
+    OmegaConf.save(wise_cfg, wise / ".hydra" / "config.yaml")
     report([str(run), str(wise), "--out", str(tmp_path / "report")])
     rows = read_table(tmp_path / "report.csv")
     assert rows[0]["figures"] == "pretrained (step 0)"
@@ -132,3 +134,13 @@ def test_a_folder_without_results_is_one_line(tmp_path, capsys):
     assert exit_info.value.code == 1
     error = capsys.readouterr().err
     assert "holds no results" in error and error.count("\n") == 1
+
+
+def test_a_result_file_that_is_not_an_object_is_one_line(tmp_path, capsys):
+    (tmp_path / "eval_results.json").write_text("[1, 2]")
+    with pytest.raises(SystemExit) as exit_info:
+        report([str(tmp_path)])
+    assert exit_info.value.code == 1
+    error = capsys.readouterr().err
+    assert "eval_results.json holds list, not a results object" in error
+    assert error.count("\n") == 1

@@ -111,12 +111,29 @@ def _csv_rows(run: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    """A result file as an object; anything else is one line naming the file."""
+    try:
+        loaded = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ReportError(f"{path} is not readable JSON ({exc})") from None
+    if not isinstance(loaded, dict):
+        raise ReportError(f"{path} holds {type(loaded).__name__}, not a results object")
+    return loaded
+
+
 def training_rows(run: Path) -> list[Row]:
-    """Baseline, best epoch and test rows of a training run folder."""
-    config = _config(run)
-    protocols = config.get("protocol") or {}
-    name = run.name
+    """Baseline, best epoch and test rows of a training run folder (none for an eval run's,
+    which has neither ``metrics.json`` nor ``csv/metrics.csv``)."""
+    metrics_file = run / "metrics.json"
     logged = _csv_rows(run)
+    if not logged and not metrics_file.is_file():
+        return []
+    config = _config(run)
+    protocols = config.get("protocol")
+    if not isinstance(protocols, dict):
+        protocols = {}
+    name = run.name
     by_step: dict[str, dict[str, str]] = {}
     for entry in logged:  # a step's metrics may be spread over several CSV lines
         merged = by_step.setdefault(entry.get("step", ""), {})
@@ -151,8 +168,7 @@ def training_rows(run: Path) -> list[Row]:
                 float(top1) if top1 else None,
             )
         )
-    metrics_file = run / "metrics.json"
-    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    metrics = _read_json(metrics_file) if metrics_file.is_file() else {}
     if "test/rsum" in metrics:
         rows.append(
             Row(
@@ -173,7 +189,7 @@ def eval_rows(run: Path) -> list[Row]:
     rows = []
     wise = run / "wise_ft.json"
     if wise.is_file():
-        results = json.loads(wise.read_text())
+        results = _read_json(wise)
         for entry in results["rows"]:
             rows.append(
                 Row(
@@ -189,7 +205,7 @@ def eval_rows(run: Path) -> list[Row]:
             )
     single = run / "eval_results.json"
     if single.is_file():
-        results = json.loads(single.read_text())
+        results = _read_json(single)
         what = (
             f"eval of {Path(results['checkpoint']).name}"
             if results.get("checkpoint")
@@ -218,7 +234,7 @@ def published_rows(runs: Sequence[Path], rows: Sequence[Row]) -> list[Row]:
             models.add((str(model["arch"]), str(model.get("pretrained"))))
         single = run / "eval_results.json"
         if single.is_file():
-            results = json.loads(single.read_text())
+            results = _read_json(single)
             if results.get("model") and results.get("pretrained"):
                 models.add((str(results["model"]), str(results["pretrained"])))
     protocols = sorted({row.protocol for row in rows})
