@@ -8,6 +8,7 @@ test fast: which session fixtures to reuse and when a subprocess run is justifie
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
 import signal
@@ -190,7 +191,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 class StepMarker(L.Callback):
     """Writes the global step to ``path`` when training starts and after every training batch,
-    so a test driving a subprocess run can act at a given step instead of after a guessed
+    so a test driving a run in another process can act at a given step instead of after a guessed
     delay."""
 
     def __init__(self, path: str):
@@ -204,15 +205,11 @@ class StepMarker(L.Callback):
 
 
 def step_marker_overrides(path: Path) -> list[str]:
-    """Overrides adding a :class:`StepMarker` (the subprocess needs ``REPO_ROOT`` on its path)."""
+    """Overrides adding a :class:`StepMarker` that writes to ``path``."""
     return [
         "+callbacks.step_marker._target_=tests.helpers.StepMarker",
         f"+callbacks.step_marker.path={path}",
     ]
-
-
-# the StepMarker callback lives in tests/; the caller's own path (a checkout's src/) stays first
-MARKER_PYTHONPATH = os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(REPO_ROOT)]))
 
 
 def start_and_signal(
@@ -222,25 +219,40 @@ def start_and_signal(
     at_step: int,
     settle: float = 0.5,
 ) -> tuple[int, str]:
-    """Run ``train``, send ``signum`` ``settle`` seconds after the run reached ``at_step`` (into
-    the next step, or the stalled fetch); (exit code, output)."""
-    marker = tmp_path / "global_step"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "clip_lightning.train", *overrides, *step_marker_overrides(marker)],
-        cwd=tmp_path,
-        env=train_env(tmp_path, PYTHONPATH=MARKER_PYTHONPATH),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    """Run ``train`` in a process forked from this one, send ``signum`` ``settle`` seconds after
+    the run reached ``at_step`` (into the next step, or the stalled fetch); (exit code, output).
+
+    The process runs the task as the command does (:func:`train_in_process`), with the signal
+    handlers a new interpreter starts with, and everything it writes is its output."""
+    marker, output = tmp_path / "global_step", tmp_path / "output.txt"
+    process = multiprocessing.get_context("fork").Process(
+        target=_train_and_exit,
+        args=(tmp_path, [*overrides, *step_marker_overrides(marker)], output),
     )
+    process.start()
     deadline = time.monotonic() + 240
     while not marker.is_file() or int(marker.read_text() or -1) < at_step:
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-3000:]
+        alive = process.is_alive() and time.monotonic() < deadline
+        assert alive, output.read_text()[-3000:] if output.exists() else "no output"
         time.sleep(0.05)
     time.sleep(settle)
-    proc.send_signal(signum)
-    output = proc.communicate(timeout=120)[0]
-    return proc.returncode, output
+    os.kill(process.pid, signum)
+    process.join(120)
+    assert process.exitcode is not None, "the run did not stop within 120 s of the signal"
+    return process.exitcode, output.read_text()
+
+
+def _train_and_exit(root: Path, overrides: list[str], output: Path) -> None:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    stream = output.open("w", buffering=1)
+    os.dup2(stream.fileno(), 1)
+    os.dup2(stream.fileno(), 2)
+    sys.stdout = sys.stderr = stream
+    run = train_in_process(root, *overrides, check=False)
+    stream.write(run.output)
+    stream.flush()
+    os._exit(run.code)
 
 
 def dead_pid() -> int:
