@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -31,6 +28,7 @@ from clip_lightning.errors import CheckpointError, ClipLightningError
 from clip_lightning.utils.config import register_resolvers
 from clip_lightning.utils.instantiate import instantiate_list
 from tests.helpers import CONFIG_DIR, TINY_TRAIN_OVERRIDES, quiet_trainer
+from tests.helpers.tasks import task_in_process
 
 # the tests share a module fixture that trains: one worker builds it once
 pytestmark = pytest.mark.xdist_group("eval_trained")
@@ -151,25 +149,17 @@ def test_missing_and_foreign_checkpoints_raise_checkpoint_errors(tmp_path):
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.slow
 def test_eval_entry_point_reports_a_bad_checkpoint_in_one_line_and_exits_1(tmp_path):
-    env = {**os.environ, "CLIP_LIGHTNING_LOG_DIR": str(tmp_path / "logs")}
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "clip_lightning.eval",
-            f"ckpt_path={tmp_path}/nope.ckpt",
-            "dataset=synthetic",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-        timeout=120,
+    result = task_in_process(
+        evaluate,
+        "eval",
+        tmp_path,
+        f"ckpt_path={tmp_path}/nope.ckpt",
+        "dataset=synthetic",
+        check=False,
     )
-    assert result.returncode == 1
-    output = result.stdout + result.stderr
+    assert result.code == 1
+    output = result.output
     assert "Traceback" not in output
     errors = [line for line in output.splitlines() if "does not exist" in line]
     assert len(errors) == 1 and "[ERROR]" in errors[0], output
