@@ -1,13 +1,15 @@
 """LoRA (model.lora): only adapters, heads and the temperature train, also under GradCache and
 activation checkpointing; checkpoints reload and resume; export merges the adapters, so
 open_clip / transformers load it without peft and give the checkpoint's embeddings; WiSE-FT
-interpolates the merged weights; a tower without default targets is one line naming
+interpolates the merged weights; the default targets are the attention and MLP projections of
+each tower family; a tower without default targets is one line naming
 model.lora.target_modules."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoModel
@@ -24,9 +26,15 @@ from clip_lightning.models.lora import (
     merged,
 )
 from clip_lightning.models.targets import build
+from clip_lightning.models.text_encoder import TextEncoder
 from clip_lightning.wise_ft import WeightSpaceEnsemble
 from tests.helpers import compose_export, quiet_trainer
-from tests.pretrained import finetuned_checkpoint, hf_clip_cfg, open_clip_cfg
+from tests.pretrained import (
+    finetuned_checkpoint,
+    hf_clip_cfg,
+    minilm_tokenizer_dir,
+    open_clip_cfg,
+)
 
 # the tests share module fixtures that train: one worker builds them once
 pytestmark = pytest.mark.xdist_group("lora")
@@ -155,6 +163,55 @@ def test_wise_ft_export_to_transformers_interpolates_the_merged_weights(hf_lora,
     torch.testing.assert_close(loaded, wanted)
     finetuned = merged(load_model(checkpoint)).image_encoder.model.backbone.get_parameter(layer)
     assert not torch.allclose(loaded, finetuned)  # θ(0.5), not the fine-tuned weights
+
+
+def adapted(tower: nn.Module) -> set[str]:
+    """Names of the modules of ``tower`` that carry a LoRA adapter."""
+    return {n for n, m in tower.named_modules() if isinstance(m, BaseTunerLayer)}
+
+
+def test_default_targets_are_every_attention_and_mlp_projection_of_timm_vits_and_bert():
+    vit = ImageEncoder(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=32,
+        patch_size=8,
+        depth=2,
+        embed_dim=32,
+        num_heads=2,
+    )
+    text = str(minilm_tokenizer_dir())
+    bert = TextEncoder(text, pretrained=False, config_overrides={"num_hidden_layers": 2})
+    distilbert = TextEncoder(
+        text,
+        pretrained=False,
+        architecture="distilbert",
+        config_overrides={"n_layers": 2, "dim": 32, "hidden_dim": 64, "n_heads": 2},
+    )
+    add_lora({"image_encoder": vit, "text_encoder": bert}, LoRASettings(r=4))
+    add_lora({"text_encoder": distilbert}, LoRASettings(r=4, towers=["text"]))
+    vit_parts = ["attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"]
+    assert adapted(vit) == {f"model.blocks.{i}.{part}" for i in (0, 1) for part in vit_parts}
+    bert_parts = [
+        "attention.self.query",
+        "attention.self.key",
+        "attention.self.value",
+        "attention.output.dense",
+        "intermediate.dense",
+        "output.dense",
+    ]
+    assert adapted(bert) == {
+        f"model.encoder.layer.{i}.{part}" for i in (0, 1) for part in bert_parts
+    }
+    distil_parts = ["attention.q_lin", "attention.k_lin", "attention.v_lin", "attention.out_lin"]
+    assert adapted(distilbert) == {
+        f"model.transformer.layer.{i}.{part}"
+        for i in (0, 1)
+        for part in [*distil_parts, "ffn.lin1", "ffn.lin2"]
+    }
+    for tower in (vit, bert, distilbert):  # the adapters train, the weights under them do not
+        trainable = {n for n, p in tower.named_parameters() if p.requires_grad}
+        assert trainable and all(".lora_" in n for n in trainable)
 
 
 def test_a_cnn_without_default_targets_names_the_option():
