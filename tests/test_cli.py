@@ -58,8 +58,9 @@ def test_help_names_the_task_and_existing_main_keys(task: str) -> None:
 
 
 def test_train_help_prints_main_keys_groups_and_completion() -> None:
-    code, stdout = command_in_process("train", "--help")
-    assert code == 0, stdout[-2000:]
+    run = command_in_process("train", "--help")
+    stdout = run.stdout
+    assert run.code == 0, run.stderr[-2000:]
     assert "init_from=FILE                  start a new run from a checkpoint's weights" in (stdout)
     assert "experiment: coco_openclip_vitb32," in stdout  # the config groups
     assert 'eval "$(clip-lightning-train -sc install=bash)"' in stdout

@@ -71,8 +71,9 @@ def test_cli_fast_dev_run_writes_a_run_dir_under_logs(tmp_path):
 
 def test_cfg_job_prints_the_composed_config_from_any_cwd(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code, stdout = command_in_process("train", "--cfg", "job")
-    assert code == 0, stdout
+    run = command_in_process("train", "--cfg", "job")
+    stdout = run.stdout
+    assert run.code == 0, run.stderr
     assert "_target_: clip_lightning.module.CLIPModule" in stdout
     assert "name: resnet50" in stdout
     assert not (tmp_path / "logs").exists()

@@ -1,5 +1,6 @@
-"""Grid multiruns and Optuna sweeps: one folder per job named after what the sweep chose, a
-summary table of every job (failed ones too), failing jobs do not stop the others."""
+"""Grid multiruns and Optuna sweeps (the train command with -m, in the test process): one
+folder per job named after what the sweep chose, a summary table of every job (failed ones
+too), failing jobs do not stop the others."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import TINY_RUN_OVERRIDES, run_train
+from tests.helpers import TINY_RUN_OVERRIDES
+from tests.helpers.tasks import command_in_process
 
 
 def sweep_dir(tmp_path: Path) -> Path:
@@ -25,8 +27,8 @@ def summary(sweep: Path) -> list[dict[str, str]]:
 @pytest.mark.slow
 def test_grid_sweep_survives_a_failing_job_and_summarises_both(tmp_path: Path) -> None:
     # lr=1e30 makes the loss non-finite at the second step: a real failing job
-    proc = run_train(
-        tmp_path, "-m", *TINY_RUN_OVERRIDES, "test=false", "optimizer.lr=1e30,1e-3", check=False
+    proc = command_in_process(
+        "train", "-m", *TINY_RUN_OVERRIDES, "test=false", "optimizer.lr=1e30,1e-3", root=tmp_path
     )
     output = proc.stdout + proc.stderr
     sweep = sweep_dir(tmp_path)
@@ -43,7 +45,7 @@ def test_grid_sweep_survives_a_failing_job_and_summarises_both(tmp_path: Path) -
     assert float(rows[1]["val/rsum"]) > 0 and rows[1]["run_dir"] == str(completed)
     assert (sweep / "summary.md").read_text().count("\n") == 4  # header, rule, two jobs
     # the failed job is one line, without a traceback, and the sweep exits 1
-    assert proc.returncode == 1
+    assert proc.code == 1
     assert "Traceback" not in output
     assert output.count("non-finite training loss") == 2  # the job's log line, the sweep's
 
@@ -51,8 +53,8 @@ def test_grid_sweep_survives_a_failing_job_and_summarises_both(tmp_path: Path) -
 @pytest.mark.slow
 def test_optuna_sweep_records_every_trial_and_prints_the_table_last(tmp_path: Path) -> None:
     # lr=1e30 diverges (non-finite loss); with seed 2 the sampler tries 1e30 first, then 1e-3
-    proc = run_train(
-        tmp_path,
+    proc = command_in_process(
+        "train",
         "-m",
         "hparams_search=optuna_lr",
         *TINY_RUN_OVERRIDES,
@@ -61,7 +63,9 @@ def test_optuna_sweep_records_every_trial_and_prints_the_table_last(tmp_path: Pa
         "hydra.sweeper.sampler.n_startup_trials=2",
         "hydra.sweeper.sampler.seed=2",
         "optimizer.lr=choice(1e30, 1e-3)",
+        root=tmp_path,
     )
+    assert proc.code == 0, proc.stderr[-3000:]
     sweep = sweep_dir(tmp_path)
     rows = summary(sweep)
     assert [r["status"] for r in rows] == ["failed", "completed"]

@@ -138,19 +138,53 @@ def train_in_process(root: Path, *overrides: str, check: bool = True) -> TaskRun
     return task_in_process(train, "train", root, *overrides, check=check)
 
 
-def command_in_process(name: str, *args: str) -> tuple[int, str]:
-    """``python -m clip_lightning.<name> *args`` for the arguments Hydra answers itself
-    (``--help``, ``--cfg job``), in this process: (exit status, what it printed)."""
+@dataclass(frozen=True)
+class CommandRun:
+    """How a command ended: its exit status and what it wrote to stdout and stderr."""
+
+    code: int
+    stdout: str
+    stderr: str
+
+
+def command_in_process(name: str, *args: str, root: Path | None = None) -> CommandRun:
+    """``python -m clip_lightning.<name> *args`` in this process: Hydra parses ``args`` (so
+    ``--help``, ``--cfg job`` and ``-m`` sweeps work as typed) and configures its logging for
+    the jobs, which is undone afterwards. With ``root``, it runs there as :func:`hydra_job`
+    says (logs under ``root/logs``, data under ``root/data``)."""
     main = importlib.import_module(f"clip_lightning.cli.{name}").main
-    printed = io.StringIO()
-    argv = sys.argv
+    stdout, stderr = io.StringIO(), io.StringIO()
+    where = {}
+    if root is not None:
+        where = {
+            "CLIP_LIGHTNING_LOG_DIR": str(root / "logs"),
+            "CLIP_LIGHTNING_DATA_DIR": str(root / "data"),
+        }
+    saved_env = {key: os.environ.get(key) for key in where}
+    os.environ.update(where)
+    logger = logging.getLogger()
+    handlers, level = list(logger.handlers), logger.level
+    argv, cwd = sys.argv, os.getcwd()
     sys.argv = [f"clip_lightning.{name}", *args]
     code = 0
     try:
-        with contextlib.redirect_stdout(printed):
+        if root is not None:
+            os.chdir(root)
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
             main()
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else 1
     finally:
         sys.argv = argv
-    return code, printed.getvalue()
+        os.chdir(cwd)
+        HydraConfig.instance().cfg = None
+        for handler in set(logger.handlers) - set(handlers):
+            handler.close()
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return CommandRun(code, stdout.getvalue(), stderr.getvalue())
