@@ -90,6 +90,9 @@ def test_every_benchmark_runs_and_writes_json(tmp_path):
     assert math.isfinite(figures["train_step"]["overhead_ms_per_step"])
     assert figures["lora"]["lora_trainable_params"] < figures["lora"]["full_trainable_params"]
     assert figures["lora"]["lora_total_params"] > figures["lora"]["full_total_params"]  # adapters
+    for variant in ("full", "lora"):  # lora.batch_size=4 pairs a step
+        step_s = figures["lora"][f"{variant}_step_s"]
+        assert figures["lora"][f"{variant}_pairs_per_s"] == pytest.approx(4 / step_s)
     rates = figures["data_pipeline"]["images_per_second"]
     assert all(rate > 0 for by_workers in rates.values() for rate in by_workers.values())
 

@@ -3,7 +3,8 @@
 Both variants are the same random-init open_clip model (``arch``, built offline), one with
 LoRA adapters of rank ``r`` on both towers' attention and MLP projections, trained on the same
 batch and measured by :func:`~clip_lightning.benchmarks.variants.measure_variants` (step time,
-peak step memory, saved activations), with their trainable and total parameter counts.
+peak step memory, saved activations, gradient + optimizer-state memory), with their throughput
+(image-text pairs per second) and trainable and total parameter counts.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def run(
     figures = {
         name: {
             **measured[name],
+            "pairs_per_s": batch_size / measured[name]["step_s"],
             "trainable_params": counts[name]["trainable"],
             "total_params": counts[name]["trainable"] + counts[name]["frozen"],
         }
