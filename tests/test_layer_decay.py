@@ -10,8 +10,9 @@ import pytest
 
 from clip_lightning.models.image_encoder import ImageEncoder
 from clip_lightning.models.targets import build
+from clip_lightning.models.text_encoder import TextEncoder
 from clip_lightning.optim import layer_ids
-from tests.pretrained import hf_clip_cfg, open_clip_cfg
+from tests.pretrained import hf_clip_cfg, minilm_tokenizer_dir, open_clip_cfg
 
 DECAY = ["optimizer.layer_decay=0.5", "model.scheduler=null"]
 TOWER_LR = {"image_encoder": 1e-5, "text_encoder": 2e-5}
@@ -79,4 +80,15 @@ def test_timm_towers_follow_their_group_matcher():
     assert ids["model.conv1.weight"] == 0  # the stem
     assert ids["model.layer1.0.conv1.weight"] < ids["model.layer4.1.conv2.weight"]
     assert ids["model.layer4.1.conv2.weight"] == max(ids.values())
+    assert set(ids) == {n for n, _ in tower.named_parameters()}
+
+
+def test_bert_text_towers_are_numbered_by_encoder_layer():
+    tower = TextEncoder(
+        str(minilm_tokenizer_dir()), pretrained=False, config_overrides={"num_hidden_layers": 2}
+    )
+    ids = layer_ids(tower)
+    assert ids["model.embeddings.word_embeddings.weight"] == 0
+    assert ids["model.encoder.layer.0.attention.self.query.weight"] == 1
+    assert ids["model.encoder.layer.1.output.dense.weight"] == 2 == max(ids.values())
     assert set(ids) == {n for n, _ in tower.named_parameters()}
