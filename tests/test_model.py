@@ -80,7 +80,7 @@ def test_frozen_text_tower_has_no_grads_and_stays_in_eval(tiny_cfg):
 
 
 def test_image_tower_locked_except_last_blocks_keeps_frozen_batchnorm_in_eval():
-    encoder = ImageEncoder("resnet18", pretrained=False, freeze=True, unfreeze_last_blocks=2)
+    encoder = ImageEncoder("resnet18", pretrained=False, freeze=True, unfreeze_last=2)
     trainable = {n for n, p in encoder.model.named_parameters() if p.requires_grad}
     assert trainable and all(n.startswith("layer4.") for n in trainable)
     assert any(n.startswith("layer4.0.") for n in trainable)
@@ -333,7 +333,7 @@ def test_text_tower_unfreezes_only_its_last_layers():
         MINILM,
         pooling="mean",
         freeze=True,
-        unfreeze_last_layers=1,
+        unfreeze_last=1,
         config_overrides={"num_hidden_layers": 2},
     )
     trainable = {n for n, p in encoder.named_parameters() if p.requires_grad}

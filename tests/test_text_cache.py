@@ -114,7 +114,7 @@ def test_cache_option_names_memory_or_a_folder_and_needs_a_frozen_tower(tmp_path
     in_memory = _encoder(tmp_path, cache="memory").feature_cache
     assert in_memory is not None and in_memory.path is None
     assert _encoder(tmp_path).feature_cache.path.parent == tmp_path
-    for learning in ({"freeze": False}, {"unfreeze_last_layers": 1}):
+    for learning in ({"freeze": False}, {"unfreeze_last": 1}):
         with pytest.raises(ModelLoadError, match="needs a fully frozen text tower"):
             _encoder(tmp_path, cache="memory", **learning)
 

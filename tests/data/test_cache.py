@@ -18,7 +18,7 @@ from tests.helpers.data import BUILDERS, IMAGE_CONFIG, compose_data, truncate
 
 def cached_module(root, cache, **kwargs) -> CaptionDataModule:
     return CaptionDataModule(
-        image_config=IMAGE_CONFIG, root=str(root), cache=str(cache), cache_size=40, **kwargs
+        image_config=IMAGE_CONFIG, root=str(root), cache=str(cache), cache_image_size=40, **kwargs
     )
 
 
@@ -57,7 +57,9 @@ def test_changed_source_or_size_rebuilds_the_cache(tmp_path):
     (root / "dataset_flickr30k.json").write_text(json.dumps(data))
     cached_module(root, tmp_path / "cache").load_splits()
     assert np.load(tmp_path / "cache" / ARRAY, mmap_mode="r").shape[0] == 13
-    CaptionDataModule(root=str(root), cache=str(tmp_path / "cache"), cache_size=24).load_splits()
+    CaptionDataModule(
+        root=str(root), cache=str(tmp_path / "cache"), cache_image_size=24
+    ).load_splits()
     assert np.load(tmp_path / "cache" / ARRAY, mmap_mode="r").shape[1:] == (24, 24, 3)
 
 

@@ -16,7 +16,7 @@ def test_run_measures_raw_cached_and_shard_loading(tmp_path, capsys):
     result = run(
         num_images=16,
         image_size=32,
-        cache_size=40,
+        cache_image_size=40,
         batch_size=4,
         workers=(0,),
         folder=tmp_path,

@@ -84,7 +84,7 @@ def test_seven_bad_images_are_counted_alike_by_error_skip_prepare_and_cache(tmp_
     assert len(kept) == 13 and not kept & bad
     assert "7 of 20 images dropped" in caplog.text
 
-    cached = flickr(root, on_bad_image="skip", cache=str(tmp_path / "cache"), cache_size=16)
+    cached = flickr(root, on_bad_image="skip", cache=str(tmp_path / "cache"), cache_image_size=16)
     assert {r.image.path.name for s in cached.load_splits().values() for r in s} == kept
     reasons = [(r.image_id, why) for r, why in flickr(root).find_bad_records().images]
     assert [(r.image_id, why) for r, why in cached.find_bad_records().images] == reasons
@@ -385,12 +385,12 @@ def test_a_dataset_root_that_is_a_file_says_to_use_its_folder(tmp_path):
 def test_a_truncated_cache_array_is_rebuilt_with_the_same_pixels(tmp_path, caplog):
     root = BUILDERS["karpathy"](tmp_path / "k")
     cache = tmp_path / "cache"
-    first = flickr(root, image_config=IMAGE_CONFIG, cache=str(cache), cache_size=24)
+    first = flickr(root, image_config=IMAGE_CONFIG, cache=str(cache), cache_image_size=24)
     before = np.asarray(first.train_dataset().images(2))
     array = cache / ARRAY
     array.write_bytes(array.read_bytes()[: array.stat().st_size // 2])  # a full disk
     with caplog.at_level(logging.WARNING):
-        second = flickr(root, image_config=IMAGE_CONFIG, cache=str(cache), cache_size=24)
+        second = flickr(root, image_config=IMAGE_CONFIG, cache=str(cache), cache_image_size=24)
         after = np.asarray(second.train_dataset().images(2))
     assert "is damaged" in caplog.text and "rebuilding it" in caplog.text
     assert np.array_equal(before, after)
@@ -429,7 +429,7 @@ def test_the_cache_picks_up_replaced_and_repaired_images(tmp_path):
             image_config=IMAGE_CONFIG,
             on_bad_image="skip",
             cache=str(tmp_path / "cache"),
-            cache_size=24,
+            cache_image_size=24,
         )
         return dm, {r.image_id: i for i, r in enumerate(dm.load_splits()["train"])}
 

@@ -94,7 +94,7 @@ def images_per_second(dataset: Dataset, workers: int, batch_size: int) -> float:
 def run(
     num_images: int = 1024,
     image_size: int = 224,
-    cache_size: int = 256,
+    cache_image_size: int = 256,
     batch_size: int = 64,
     workers: Sequence[int] = (0, 2),
     folder: str | Path | None = None,
@@ -113,7 +113,7 @@ def run(
         config = {**DATA_CONFIG, "input_size": (3, image_size, image_size)}
         train_transform, _ = build_image_transforms(config)
         start = time.perf_counter()
-        expected = fingerprint(records, f"benchmark:{root}", cache_size)
+        expected = fingerprint(records, f"benchmark:{root}", cache_image_size)
         cache = ImageCache.build(root / "cache", records, expected)
         build_seconds = time.perf_counter() - start
         start = time.perf_counter()
@@ -154,7 +154,7 @@ def run(
         "num_images": num_images,
         "repeats": repeats,
         "image_size": image_size,
-        "cache_size": cache_size,
+        "cache_image_size": cache_image_size,
         "cache_build_seconds": build_seconds,
         "shard_write_seconds": shard_seconds,
         "num_shards": len(sizes),

@@ -24,6 +24,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from clip_lightning.checkpoints.compare import describe_mismatch
 from clip_lightning.errors import CheckpointError
+from clip_lightning.utils.renamed_keys import RENAMED, upgrade
 
 # Config keys that may differ from the checkpoint's: the learning rates (applied, see
 # ResumeLearningRates), where the weights first came from (the checkpoint has them now), and
@@ -81,6 +82,12 @@ def config_differences(hparams: Mapping[str, Any], cfg: DictConfig) -> list[str]
     changed class already shows as a changed ``_target_``.
     """
     requested = cast(dict[str, Any], OmegaConf.to_container(cfg.model, resolve=True))
+    hparams = {  # a checkpoint saved before keys were renamed compares by the new names
+        name: upgrade(value, f"model.{name}", set(RENAMED.values()), announce=False)
+        if isinstance(value, Mapping)
+        else value
+        for name, value in hparams.items()
+    }
     differences = []
     for name in sorted(hparams.keys() & requested.keys()):
         key = name if name in TOP_LEVEL_GROUPS else f"model.{name}"

@@ -116,7 +116,8 @@ class ImageEncoderSchema(Schema):
     # below 16 px a CNN's feature map vanishes; above 4096 px is a typo, not a resolution
     image_size: Annotated[int, Range(ge=16, le=4096)] | None
     freeze: bool
-    unfreeze_last_blocks: NonNegativeInt
+    unfreeze_last: NonNegativeInt
+    unfreeze_last_blocks: NonNegativeInt | None  # the old name of unfreeze_last
     channels_last: bool
 
 
@@ -126,7 +127,8 @@ class TextEncoderSchema(Schema):
     pooling: Literal["cls", "mean"]
     max_length: PositiveInt | None
     freeze: bool
-    unfreeze_last_layers: NonNegativeInt
+    unfreeze_last: NonNegativeInt
+    unfreeze_last_layers: NonNegativeInt | None  # the old name of unfreeze_last
     # null, memory, or a folder that keeps the frozen tower's caption features
     cache: str | None
     cache_features: bool  # the open_clip / HF CLIP text towers' name for it
@@ -189,7 +191,8 @@ class DatasetSchema(Schema):
     augment: AugmentSchema | None
     on_bad_image: Literal["error", "skip"]
     cache: str | None
-    cache_size: Annotated[int, Range(ge=16)]
+    cache_image_size: Annotated[int, Range(ge=16)]
+    cache_size: Annotated[int, Range(ge=16)] | None  # the old name of cache_image_size
     batch_size: PositiveInt
     eval_batch_size: PositiveInt | None
     num_workers: NonNegativeInt

@@ -48,7 +48,7 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     records = datamodule.load_records()
     bad = datamodule.find_bad_records()
     if datamodule.cache_folder is not None:
-        print(f"Image cache: {datamodule.cache_folder} ({datamodule.cache_size} px)")
+        print(f"Image cache: {datamodule.cache_folder} ({datamodule.cache_image_size} px)")
     stats = dataset_stats(records, bad)
     print(f"Dataset {datamodule.name} ({datamodule.source})")
     for key, value in stats.items():

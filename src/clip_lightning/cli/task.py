@@ -37,6 +37,7 @@ from clip_lightning.cli.sweep import FailedJob, register_job_name_resolver
 from clip_lightning.cli.wandb_run import finish_wandb
 from clip_lightning.errors import ClipLightningError, find_cause, find_user_error
 from clip_lightning.utils.config import register_resolvers
+from clip_lightning.utils.renamed_keys import upgrade_config
 
 log = logging.getLogger(__name__)
 Result = TypeVar("Result")
@@ -80,6 +81,7 @@ def run_task(task: Callable[[DictConfig], Result], cfg: DictConfig, name: str) -
     try:
         choose_dataset(cfg, name)
         check_config(cfg, name)
+        upgrade_config(cfg)  # renamed keys given by their old names
         result = task(cfg)
     except SIGTERMException as exc:  # PreemptionCheckpoint saved last.ckpt and set the code
         code = exc.code if isinstance(exc.code, int) else PREEMPTED_EXIT_CODE

@@ -2,7 +2,7 @@
 
 Decoding a 500x375 JPEG costs more than the whole training transform, and it is repeated every
 epoch. The cache stores each image resized (shorter side) and centre-cropped to an ``S x S``
-square (``dataset.cache_size``, default 256) in ``images.npy``, plus ``index.json`` mapping
+square (``dataset.cache_image_size``, default 256) in ``images.npy``, plus ``index.json`` mapping
 image id -> row and a *fingerprint* of the source (format, location, record ids, files with
 their sizes and mtimes, ``S``). Training then only crops and normalises: the train
 RandomResizedCrop works on the square, the eval resize + centre crop sees the same centre as

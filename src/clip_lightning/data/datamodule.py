@@ -40,6 +40,7 @@ from clip_lightning.data.loader_settings import (
 )
 from clip_lightning.data.records import SPLITS, CaptionRecord, assign_splits, split_records
 from clip_lightning.errors import DataError
+from clip_lightning.utils.renamed_keys import renamed_argument
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,10 @@ class CaptionDataModule(L.LightningDataModule):
         on_bad_image: ``error`` or ``skip`` for missing/unreadable images and bad or missing
             captions, at start-up and for images that go bad during the run.
         cache: null, a folder, or ``auto`` (= ``cache_auto_dir``) for the decoded-image cache.
+        cache_image_size: the side, in pixels, of the cached square images.
         cache_auto_dir: also holds the memo of the start-up image check (unchanged files are
             not decoded again); null: no memo.
+        cache_size: the old name of ``cache_image_size``, read until the next release.
     """
 
     def __init__(
@@ -88,7 +91,7 @@ class CaptionDataModule(L.LightningDataModule):
         augment: Mapping[str, Any] | None = None,
         on_bad_image: str = "error",
         cache: str | None = None,
-        cache_size: int = 256,
+        cache_image_size: int = 256,
         cache_auto_dir: str | None = None,
         batch_size: int = 64,
         eval_batch_size: int | None = None,
@@ -98,6 +101,7 @@ class CaptionDataModule(L.LightningDataModule):
         prefetch_factor: int | None = None,
         eval_only: bool = False,
         root_key: str = "dataset.root",
+        cache_size: int | None = None,
     ):
         super().__init__()
         check_loader_numbers(
@@ -125,7 +129,9 @@ class CaptionDataModule(L.LightningDataModule):
         self.on_bad_image = on_bad_image
         self.cache_folder = self._cache_folder(cache, cache_auto_dir)
         self.check_memo = Path(cache_auto_dir).expanduser() / MEMO_NAME if cache_auto_dir else None
-        self.cache_size = cache_size
+        self.cache_image_size = renamed_argument(
+            cache_image_size, cache_size, "dataset.cache_size", "dataset.cache_image_size"
+        )
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.loader_options = loader_options(
@@ -209,7 +215,7 @@ class CaptionDataModule(L.LightningDataModule):
         """
         records = self.load_records()
         if self.cache_folder is not None:
-            expected = fingerprint(records, self.source, self.cache_size)
+            expected = fingerprint(records, self.source, self.cache_image_size)
             self.image_cache = ImageCache.open_or_build(self.cache_folder, records, expected)
             problems = self.image_cache.image_problems(records)
         else:
@@ -254,12 +260,12 @@ class CaptionDataModule(L.LightningDataModule):
         if transform is None or self.image_config is None:
             raise ValueError("CaptionDataModule needs image_config= to build data loaders")
         size = max(self.image_config["input_size"][1:])
-        if self.image_cache is not None and size > self.cache_size:
+        if self.image_cache is not None and size > self.cache_image_size:
             log.warning(
-                "the model reads %d px but dataset.cache_size=%d: cached images are upsampled; "
-                "raise dataset.cache_size",
+                "the model reads %d px but dataset.cache_image_size=%d: cached images are "
+                "upsampled; raise dataset.cache_image_size",
                 size,
-                self.cache_size,
+                self.cache_image_size,
             )
         return transform
 

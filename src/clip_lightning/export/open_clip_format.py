@@ -44,9 +44,17 @@ CREATE_OPTIONS = {
 }
 # ImageEncoder arguments that do not change the network (or that the config carries itself)
 IMAGE_ENCODER_ARGS = {
-    "_target_", "name", "pretrained", "weights_file", "image_size", "data_config", "freeze",
-    "unfreeze_last_blocks", "channels_last",
-}  # fmt: skip
+    "_target_",
+    "name",
+    "pretrained",
+    "weights_file",
+    "image_size",
+    "data_config",
+    "freeze",
+    "unfreeze_last",
+    "unfreeze_last_blocks",
+    "channels_last",
+}  # fmt: skip  (unfreeze_last_blocks: its name in checkpoints saved before the rename)
 
 
 def write_open_clip(model: CLIPModule, out: Path, ignore_crop_pct: bool = False) -> list[str]:

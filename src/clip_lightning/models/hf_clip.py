@@ -188,7 +188,7 @@ class HFImageTower(_HFTower):
         pretrained: load the weights; ``false`` builds the architecture from its config (what
             a checkpoint reload does, the state dict follows).
         freeze: lock the tower (LiT) ...
-        unfreeze_last_blocks: ... except its last N encoder layers and what follows them.
+        unfreeze_last: ... except its last N encoder layers and what follows them.
         saved_files: config and image-processor files a checkpoint carries, so the tower
             rebuilds without ``name_or_path`` (then only a label); see :meth:`checkpoint_config`.
         pair: the transformers model, built once for both towers by whoever builds them;
@@ -202,7 +202,7 @@ class HFImageTower(_HFTower):
         name_or_path: str,
         pretrained: bool = True,
         freeze: bool = False,
-        unfreeze_last_blocks: int = 0,
+        unfreeze_last: int = 0,
         saved_files: CarriedFiles | None = None,
         pair: Pair = None,
     ):
@@ -218,7 +218,7 @@ class HFImageTower(_HFTower):
         self.data_config = _timm_data_config(self.processor)
         self.normalize = PixelNormalizer(self.data_config["mean"], self.data_config["std"])
         if freeze:
-            self.model.lock(unfreeze_last_blocks)
+            self.model.lock(unfreeze_last)
             self.train(self.training)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -276,7 +276,7 @@ class HFTextTower(_HFTower, CachedTextTower):
         name_or_path, pretrained, pair: as for :class:`HFImageTower` (shared model).
         max_length: tokens per caption; defaults to the model's maximum (77 CLIP, 64 SigLIP).
         freeze: lock the tower ...
-        unfreeze_last_layers: ... except its last N encoder layers and what follows them.
+        unfreeze_last: ... except its last N encoder layers and what follows them.
         cache: reuse a fully frozen tower's features: ``null``, ``memory`` or a folder, as in
             :class:`~clip_lightning.models.TextEncoder`.
         saved_files: config and tokenizer files a checkpoint carries (see
@@ -291,13 +291,13 @@ class HFTextTower(_HFTower, CachedTextTower):
         pretrained: bool = True,
         max_length: int | None = None,
         freeze: bool = False,
-        unfreeze_last_layers: int = 0,
+        unfreeze_last: int = 0,
         cache: str | None = None,
         saved_files: CarriedFiles | None = None,
         pair: Pair = None,
     ):
         super().__init__()
-        check_cache_option(cache, freeze, unfreeze_last_layers)
+        check_cache_option(cache, freeze, unfreeze_last)
         self.model: _Half
         local = saved_files is not None
         with _source(name_or_path, saved_files, "model.text_encoder.saved_files") as source:
@@ -311,7 +311,7 @@ class HFTextTower(_HFTower, CachedTextTower):
         self.max_length: int = max_length or config.max_position_embeddings
         self.pad_id = int(self.tokenizer.pad_token_id or 0)
         if freeze:
-            self.model.lock(unfreeze_last_layers)
+            self.model.lock(unfreeze_last)
             self.train(self.training)
         identity = {"name_or_path": str(name_or_path), "max_length": self.max_length}
         self.feature_cache = text_feature_cache(cache, self.model, self.tokenizer, identity)

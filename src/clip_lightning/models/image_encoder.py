@@ -40,7 +40,7 @@ class ImageEncoder(nn.Module):
         weights_file: a local weights file to use instead of downloading.
         image_size: override the model's default input resolution.
         freeze: lock the whole tower (LiT-style) ...
-        unfreeze_last_blocks: ... except its last N blocks (timm's fine-grained block groups).
+        unfreeze_last: ... except its last N blocks (timm's fine-grained block groups).
         channels_last: NHWC memory format, faster for CNNs under mixed precision on GPUs.
         data_config: the preprocessing (input size, mean/std, crop) to use instead of timm's
             defaults for ``name``; checkpoints store it (see :meth:`checkpoint_config`) so an
@@ -59,7 +59,7 @@ class ImageEncoder(nn.Module):
         weights_file: str | None = None,
         image_size: int | None = None,
         freeze: bool = False,
-        unfreeze_last_blocks: int = 0,
+        unfreeze_last: int = 0,
         channels_last: bool = False,
         data_config: dict[str, Any] | None = None,
         **model_kwargs: TimmModelArgument,
@@ -106,9 +106,9 @@ class ImageEncoder(nn.Module):
             self.model.to(memory_format=torch.channels_last)
         if freeze:
             self.model.requires_grad_(False)
-            if unfreeze_last_blocks > 0:
+            if unfreeze_last > 0:
                 groups = group_parameters(self.model, self.model.group_matcher(coarse=False))
-                trainable = {n for g in sorted(groups)[-unfreeze_last_blocks:] for n in groups[g]}
+                trainable = {n for g in sorted(groups)[-unfreeze_last:] for n in groups[g]}
                 for param_name, param in self.model.named_parameters():
                     param.requires_grad_(param_name in trainable)
             self.train(self.training)

@@ -136,7 +136,7 @@ class OpenCLIPImageTower(_OpenCLIPTower):
             ``false``, what a checkpoint stores) builds random weights: a checkpoint reload
             does, the state dict follows.
         freeze: lock the tower (LiT) ...
-        unfreeze_last_blocks: ... except its last N layer groups (open_clip's ``lock``).
+        unfreeze_last: ... except its last N layer groups (open_clip's ``lock``).
         model_kwargs: forwarded to ``open_clip.create_model`` (``force_image_size``, ...).
         pair: the open_clip model, built once for both towers by whoever builds them;
             ``None`` builds it here.
@@ -149,7 +149,7 @@ class OpenCLIPImageTower(_OpenCLIPTower):
         arch: str = "ViT-B-32",
         pretrained: str | Literal[False] | None = None,
         freeze: bool = False,
-        unfreeze_last_blocks: int = 0,
+        unfreeze_last: int = 0,
         model_kwargs: ModelKwargs | None = None,
         pair: Pair = None,
     ):
@@ -161,7 +161,7 @@ class OpenCLIPImageTower(_OpenCLIPTower):
         self.data_config = _timm_data_config(self.preprocess_cfg)
         self.normalize = PixelNormalizer(self.preprocess_cfg.mean, self.preprocess_cfg.std)
         if freeze:
-            self.model.lock(unlocked_groups=unfreeze_last_blocks, freeze_bn_stats=True)
+            self.model.lock(unlocked_groups=unfreeze_last, freeze_bn_stats=True)
             self.train(self.training)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -239,7 +239,7 @@ class OpenCLIPTextTower(_OpenCLIPTower, CachedTextTower):
             model).
         max_length: tokens per caption; defaults to the model's context length (its maximum).
         freeze: lock the tower ...
-        unfreeze_last_layers: ... except its last N groups, counted as open_clip's ``lock``
+        unfreeze_last: ... except its last N groups, counted as open_clip's ``lock``
             does: 1 is the projection, 2 adds the last block and final LayerNorm, and so on.
         cache: reuse a fully frozen tower's features: ``null``, ``memory`` or a folder, as in
             :class:`~clip_lightning.models.TextEncoder`.
@@ -253,13 +253,13 @@ class OpenCLIPTextTower(_OpenCLIPTower, CachedTextTower):
         pretrained: str | Literal[False] | None = None,
         max_length: int | None = None,
         freeze: bool = False,
-        unfreeze_last_layers: int = 0,
+        unfreeze_last: int = 0,
         cache: str | None = None,
         model_kwargs: ModelKwargs | None = None,
         pair: Pair = None,
     ):
         super().__init__()
-        check_cache_option(cache, freeze, unfreeze_last_layers)
+        check_cache_option(cache, freeze, unfreeze_last)
         if pair is None:
             pair = _build(arch, pretrained, dict(model_kwargs or {}))
         self.adopt(pair, pretrained=bool(pretrained))
@@ -283,9 +283,9 @@ class OpenCLIPTextTower(_OpenCLIPTower, CachedTextTower):
                 f"({type(exc).__name__}); it is downloaded once from the Hugging Face hub: "
                 "run once online or pre-fill HF_HOME"
             ) from exc
-        self.frozen = freeze and not unfreeze_last_layers
+        self.frozen = freeze and not unfreeze_last
         if freeze:
-            self.model.lock(unlocked_layers=unfreeze_last_layers, freeze_layer_norm=True)
+            self.model.lock(unlocked_layers=unfreeze_last, freeze_layer_norm=True)
             self.train(self.training)
         identity = {"arch": arch, "max_length": self.max_length}
         self.feature_cache = text_feature_cache(cache, self.model, self.tokenizer, identity)

@@ -37,6 +37,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from clip_lightning.errors import ConfigError
+from clip_lightning.utils.renamed_keys import upgrade
 from clip_lightning.utils.typecheck import Doc, describe, is_union, matches
 
 
@@ -200,6 +201,7 @@ def check_part(config: Any, key: str, partial: bool = False) -> None:
     if not isinstance(config, Mapping):
         raise ConfigError(f"{key} must be a config with a _target_, got {type(config).__name__}")
     target = lookup(config.get("_target_"), key)
+    config = upgrade(config, key, inspect.signature(target).parameters, announce=False)
     if "_args_" in config:
         raise ConfigError(f"{key}._args_ is not supported: pass arguments by name")
     if "_partial_" in config and config["_partial_"] is not partial:
@@ -316,6 +318,9 @@ def build(config: Any, key: str, partial: bool = False, **kwargs: Any) -> Any:
     (an optimizer gets its parameter groups, a scheduler its optimizer).
     """
     config = plain(config)
+    if isinstance(config, Mapping):  # a checkpoint's arguments may have their old names
+        takes = inspect.signature(lookup(config.get("_target_"), key)).parameters
+        config = upgrade(config, key, takes)
     check_part(config, key, partial)
     target = lookup(config["_target_"], key)
     arguments = {k: v for k, v in config.items() if k not in IGNORED_KEYS} | kwargs

@@ -197,14 +197,14 @@ def _is_cache_payload(payload: Any) -> bool:
     )
 
 
-def check_cache_option(cache: str | None, freeze: bool, unfreeze_last_layers: int) -> None:
+def check_cache_option(cache: str | None, freeze: bool, unfreeze_last: int) -> None:
     """A feature cache is only valid for a fully frozen tower (a learning one gives new
     features every step); anything else is a configuration error."""
-    if cache is not None and (not freeze or unfreeze_last_layers):
+    if cache is not None and (not freeze or unfreeze_last):
         raise ModelLoadError(
             "model.text_encoder.cache needs a fully frozen text tower (a learning one gives new "
             "features every step): set model.text_encoder.freeze=true and "
-            "model.text_encoder.unfreeze_last_layers=0, or model.text_encoder.cache=null"
+            "model.text_encoder.unfreeze_last=0, or model.text_encoder.cache=null"
         )
 
 

@@ -39,7 +39,7 @@ class TextEncoder(CachedTextTower):
             tokens, what sentence-transformers models such as MiniLM were trained with).
         max_length: captions are truncated to this many tokens.
         freeze: lock the whole tower: no gradients, eval mode (dropout off) ...
-        unfreeze_last_layers: ... except its last N transformer layers.
+        unfreeze_last: ... except its last N transformer layers.
         cache: features of a fully frozen tower computed once per distinct caption: ``null``
             (off), ``memory``, or a folder that also keeps them on disk between runs (see
             :meth:`TextFeatureCache.from_option <.text_cache.TextFeatureCache.from_option>`).
@@ -63,14 +63,14 @@ class TextEncoder(CachedTextTower):
         pooling: str = "cls",
         max_length: int = 77,
         freeze: bool = False,
-        unfreeze_last_layers: int = 0,
+        unfreeze_last: int = 0,
         config_overrides: dict[str, Any] | None = None,
         cache: str | None = None,
         architecture: str | None = None,
         saved_files: CarriedFiles | None = None,
     ):
         super().__init__()
-        check_cache_option(cache, freeze, unfreeze_last_layers)
+        check_cache_option(cache, freeze, unfreeze_last)
         if architecture is not None and pretrained:
             raise ModelLoadError(
                 "model.text_encoder.architecture builds random weights: set "
@@ -93,10 +93,8 @@ class TextEncoder(CachedTextTower):
         self.unfrozen_layers: tuple[nn.Module, ...] = ()
         if freeze:
             self.model.requires_grad_(False)
-            if unfreeze_last_layers > 0:
-                self.unfrozen_layers = tuple(
-                    _transformer_layers(self.model)[-unfreeze_last_layers:]
-                )
+            if unfreeze_last > 0:
+                self.unfrozen_layers = tuple(_transformer_layers(self.model)[-unfreeze_last:])
                 for layer in self.unfrozen_layers:
                     layer.requires_grad_(True)
             self.train(self.training)
@@ -214,5 +212,5 @@ def _transformer_layers(model: PreTrainedModel) -> nn.ModuleList:
             return module
     raise ModelLoadError(
         f"cannot find the {count} transformer layers of {type(model).__name__} for "
-        "model.text_encoder.unfreeze_last_layers; use freeze=true without it"
+        "model.text_encoder.unfreeze_last; use freeze=true without it"
     )
