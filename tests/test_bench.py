@@ -44,6 +44,9 @@ TINY_BENCH = [
     "embed.batch_size=4",
     "embed.workers=[0]",
     "embed.samples_per_shard=4",
+    "image_check.num_images=8",
+    "image_check.repeats=1",
+    "image_check.workers=1",
 ]
 
 
@@ -95,6 +98,25 @@ def test_every_benchmark_runs_and_writes_json(tmp_path):
         assert figures["lora"][f"{variant}_pairs_per_s"] == pytest.approx(4 / step_s)
     rates = figures["data_pipeline"]["images_per_second"]
     assert all(rate > 0 for by_workers in rates.values() for rate in by_workers.values())
+    assert all(rate > 0 for rate in figures["image_check"]["images_per_second"].values())
+
+
+def test_image_check_times_a_first_and_a_second_start(tmp_path):
+    from omegaconf import OmegaConf
+
+    from clip_lightning.cli.bench import run_benchmark
+
+    cfg = OmegaConf.create({"image_check": {"num_images": 6, "repeats": 1, "workers": 1}})
+    figures = run_benchmark("image_check", cfg)
+    assert (figures["num_images"], figures["repeats"], figures["workers"]) == (6, 1, 1)
+    rates = figures["images_per_second"]
+    assert sorted(rates) == [
+        "first start: full decode, 1 processes, memo written",
+        "full decode, 1 process",
+        "full decode, 1 threads",
+        "second start: memo read, nothing decoded",
+    ]
+    assert all(rate > 0 for rate in rates.values())
 
 
 def test_unknown_benchmark_is_rejected():

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from clip_lightning.cli.eval import evaluate
 from clip_lightning.cli.loading import build_datamodule
-from clip_lightning.clip_benchmark_results import (
+from clip_lightning.clip_benchmark_format import (
     classification_layout,
     file_name,
     retrieval_layout,

@@ -1,17 +1,14 @@
-"""Start-up image check throughput: ``python -m clip_lightning.benchmarks.image_check``.
+"""Start-up image check throughput: ``python -m clip_lightning.bench only=[image_check]``.
 
 Times :func:`~clip_lightning.data.checks.check_images` -- the full-decode check every training
 start runs without ``dataset.cache`` -- on Flickr-sized JPEGs (500x375, the data-pipeline
 benchmark's images): a first start (worker processes, memo written) and a second start (memo
-read, nothing decoded), next to the same decode in one process and on a thread pool, and the
-header-only check training used to run. Variants alternate within each repetition so machine
-noise hits them alike; figures are medians.
+read, nothing decoded), next to the same decode in one process and on a thread pool. Variants
+alternate within each repetition so machine noise hits them alike; figures are medians.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -23,15 +20,6 @@ from typing import Any
 from clip_lightning.benchmarks.data_pipeline import make_jpegs
 from clip_lightning.data.checks import check_images, default_workers, image_problem
 from clip_lightning.data.records import ImageSource
-
-
-def _header_only(sources: Sequence[ImageSource], threads: int) -> None:
-    def open_header(source: ImageSource) -> None:
-        with source.open():
-            pass
-
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        list(pool.map(open_header, sources, chunksize=64))
 
 
 def _decode_on_threads(sources: Sequence[ImageSource], threads: int) -> None:
@@ -59,9 +47,6 @@ def run(
             check_images(sources, memo, workers)
 
         variants: dict[str, Callable[[], object]] = {
-            f"header only, {4 * workers} threads (before)": lambda: _header_only(
-                sources, 4 * workers
-            ),
             "full decode, 1 process": lambda: check_images(sources, None, workers=1),
             f"full decode, {workers} threads": lambda: _decode_on_threads(sources, workers),
             f"first start: full decode, {workers} processes, memo written": first_start,
@@ -83,19 +68,3 @@ def run(
         "workers": workers,
         "images_per_second": rates,
     }
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=1000)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=None, help="default: the usable cores")
-    parser.add_argument("--out", type=Path, default=None, help="also write the figures here")
-    args = parser.parse_args()
-    result = run(args.images, args.repeats, args.workers)
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=2))
-
-
-if __name__ == "__main__":
-    main()

@@ -38,6 +38,7 @@ BENCHMARKS: dict[str, tuple[str, bool]] = {
     "vector_search": ("vector_search", False),
     "embed": ("embed_throughput", True),
     "lora": ("lora", True),
+    "image_check": ("image_check", False),
 }
 
 

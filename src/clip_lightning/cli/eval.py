@@ -22,7 +22,7 @@ from clip_lightning.cli.eval_model import EvalModel, load_eval_model
 from clip_lightning.cli.loading import checkpoint_file, resolve_device, use_model
 from clip_lightning.cli.preflight import preflight
 from clip_lightning.cli.task import hydra_task, run_dir
-from clip_lightning.clip_benchmark_results import (
+from clip_lightning.clip_benchmark_format import (
     classification_layout,
     file_name,
     retrieval_layout,
