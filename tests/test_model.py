@@ -273,6 +273,34 @@ def test_tower_hands_its_pretrained_temperature_to_the_loss():
     assert model.loss.logit_bias.item() == -7.0
 
 
+class BareImageTower(torch.nn.Module):
+    """A user's image tower with features but none of the rest of the tower interface."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.num_features = 8
+        self.data_config = {"input_size": (3, 32, 32)}
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images.float().flatten(1)[:, :8]
+
+
+def test_a_tower_without_the_tower_interface_is_refused_in_one_line():
+    allow_target(BareImageTower)
+    cfg = compose_train(TINY_TRAIN_OVERRIDES)
+    with open_dict(cfg):
+        cfg.model.image_encoder = {"_target_": f"{__name__}.BareImageTower"}
+    with pytest.raises(Exception) as raised:
+        instantiate(cfg.model)
+    error = find_user_error(raised.value)
+    assert isinstance(error, ConfigError)
+    assert str(error) == (
+        "model.image_encoder: BareImageTower lacks init_logit_scale, init_logit_bias, "
+        "transform, preprocess, checkpoint_config, set_grad_checkpointing of the tower "
+        "interface clip_lightning.models.towers.ImageTower; add them to the class"
+    )
+
+
 def test_identity_head_passes_features_and_checks_the_width():
     cfg = compose_train([*TINY_TRAIN_OVERRIDES, "model/head=identity", "model.embed_dim=384"])
     with pytest.raises(Exception) as raised:

@@ -105,7 +105,7 @@ class CLIPModule(L.LightningModule):
         lora: LoRAConfig | None = None,
     ):
         super().__init__()
-        parts = {
+        parts: dict[str, Any] = {
             "image_encoder": _plain(image_encoder),
             "text_encoder": _plain(text_encoder),
             "head": _plain(head),
@@ -130,37 +130,41 @@ class CLIPModule(L.LightningModule):
             },
             logger=False,
         )
+        # What the steps read back, typed (the hyperparameters keep the same, for checkpoints).
+        self.tower_configs: dict[str, dict[str, Any]] = {
+            name: parts[name] for name in ("image_encoder", "text_encoder")
+        }
+        self.optimizer_config: dict[str, Any] = parts["optimizer"]
+        self.scheduler_config: dict[str, Any] | None = parts["scheduler"]
+        self.tower_lr: dict[str, float] = _plain(tower_lr) or {}
+        self.grad_cache_chunk_size = grad_cache_chunk_size
+        self.clip_grad_norm = clip_grad_norm
         # GradCache runs several backward passes per step, which needs manual optimization.
         self.automatic_optimization = grad_cache_chunk_size is None
         self.image_encoder, self.text_encoder = build_towers(
-            self.hparams["image_encoder"], self.hparams["text_encoder"]
+            parts["image_encoder"], parts["text_encoder"]
         )
         self.image_head = build(
-            self.hparams["head"],
+            parts["head"],
             "model.head",
             in_features=self.image_encoder.num_features,
             embed_dim=embed_dim,
         )
         self.text_head = build(
-            self.hparams["head"],
+            parts["head"],
             "model.head",
             in_features=self.text_encoder.num_features,
             embed_dim=embed_dim,
         )
-        self.loss = build(self.hparams["loss"], "model.loss")
+        self.loss = build(parts["loss"], "model.loss")
         self._init_loss_from_towers()
         self.lora = LoRASettings(**(lora or {}))
         add_lora(
             {"image_encoder": self.image_encoder, "text_encoder": self.text_encoder}, self.lora
         )
         if grad_checkpointing:
-            for tower in (self.image_encoder, self.text_encoder):
-                if not hasattr(tower, "set_grad_checkpointing"):
-                    raise ConfigError(
-                        f"model.grad_checkpointing=true but {type(tower).__name__} has no "
-                        "set_grad_checkpointing(enable); set model.grad_checkpointing=false"
-                    )
-                tower.set_grad_checkpointing(True)
+            self.image_encoder.set_grad_checkpointing(True)
+            self.text_encoder.set_grad_checkpointing(True)
         if compile:
             self.image_encoder.compile()
             self.text_encoder.compile()
@@ -173,15 +177,13 @@ class CLIPModule(L.LightningModule):
     def _init_loss_from_towers(self) -> None:
         """Hand the loss a pretrained temperature when a tower carries one (open_clip, HF CLIP).
 
-        A tower may expose ``init_logit_scale`` (log space) and ``init_logit_bias`` (floats or
-        ``None``); the first tower that sets either wins. A checkpoint's state dict restores
+        A tower's ``init_logit_scale`` (log space) and ``init_logit_bias`` are floats or
+        ``None``; the first tower that sets either wins. A checkpoint's state dict restores
         the trained values afterwards, so this only shapes a fresh start.
         """
         for tower in (self.image_encoder, self.text_encoder):
-            scale = getattr(tower, "init_logit_scale", None)
-            bias = getattr(tower, "init_logit_bias", None)
-            if scale is not None or bias is not None:
-                self.loss.init_from_pretrained(scale, bias)
+            if tower.init_logit_scale is not None or tower.init_logit_bias is not None:
+                self.loss.init_from_pretrained(tower.init_logit_scale, tower.init_logit_bias)
                 return
 
     # ----------------------------------------------------------------- embedding
@@ -224,7 +226,7 @@ class CLIPModule(L.LightningModule):
         mesh = self.device_mesh
         if mesh is None:
             return
-        if self.hparams["grad_cache_chunk_size"] is not None:
+        if self.grad_cache_chunk_size is not None:
             raise ConfigError(
                 "model.grad_cache_chunk_size is not supported with trainer=fsdp (its chunked "
                 "backward passes need DDP's no_sync); use trainer=ddp, or unset it"
@@ -300,6 +302,7 @@ class CLIPModule(L.LightningModule):
         strategy = self.trainer.strategy
         optimizer = self.optimizers()
         assert isinstance(optimizer, LightningOptimizer)  # configure_optimizers returns one
+        assert self.grad_cache_chunk_size is not None  # manual optimization is GradCache's
         optimizer.zero_grad()
         loss = grad_cache_backward(
             self.embed_images,
@@ -307,7 +310,7 @@ class CLIPModule(L.LightningModule):
             self.loss,
             batch["images"],
             {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]},
-            chunk_size=self.hparams["grad_cache_chunk_size"],
+            chunk_size=self.grad_cache_chunk_size,
             backward=self.manual_backward,
             no_sync=(
                 strategy.block_backward_sync
@@ -327,8 +330,8 @@ class CLIPModule(L.LightningModule):
         # Lightning clips automatic steps itself (configure_gradient_clipping). A manual
         # (GradCache) step clips here: under 16-mixed the gradients are unscaled only now;
         # clipped before optimizer.step() they would be clipped at loss scale (~65536x).
-        if not self.automatic_optimization and self.hparams["clip_grad_norm"]:
-            self.clip_gradients(optimizer, gradient_clip_val=self.hparams["clip_grad_norm"])
+        if not self.automatic_optimization and self.clip_grad_norm:
+            self.clip_gradients(optimizer, gradient_clip_val=self.clip_grad_norm)
 
     def configure_gradient_clipping(
         self,
@@ -336,9 +339,7 @@ class CLIPModule(L.LightningModule):
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str | None = None,
     ) -> None:
-        clip = (
-            gradient_clip_val if gradient_clip_val is not None else self.hparams["clip_grad_norm"]
-        )
+        clip = gradient_clip_val if gradient_clip_val is not None else self.clip_grad_norm
         if clip:
             self.clip_gradients(optimizer, clip, gradient_clip_algorithm or "norm")
 
@@ -371,13 +372,13 @@ class CLIPModule(L.LightningModule):
 
     # ---------------------------------------------------------------- optimizer
     def configure_optimizers(self) -> OptimizerConfig | OptimizerLRSchedulerConfig:
-        settings, layer_decay = split_layer_decay(self.hparams["optimizer"])
+        settings, layer_decay = split_layer_decay(self.optimizer_config)
         factory = build(settings, "model.optimizer", partial=True)
-        keywords = getattr(factory, "keywords", {})
+        keywords = factory.keywords  # a functools.partial
         groups = param_groups(
             towers={"image_encoder": self.image_encoder, "text_encoder": self.text_encoder},
             rest=self,
-            tower_lr=self.hparams["tower_lr"],
+            tower_lr=self.tower_lr,
             lr=keywords.get("lr", 1e-3),
             weight_decay=keywords.get("weight_decay", 0.0),
             layer_decay=layer_decay,
@@ -385,9 +386,9 @@ class CLIPModule(L.LightningModule):
         if layer_decay is not None:
             rank_zero_info(f"layer-wise LR decay {layer_decay:g}: {describe_lrs(groups)}")
         optimizer = factory(groups)
-        if self.hparams["scheduler"] is None:
+        if self.scheduler_config is None:
             return {"optimizer": optimizer}
-        scheduler = build(self.hparams["scheduler"], "model.scheduler", partial=True)(
+        scheduler = build(self.scheduler_config, "model.scheduler", partial=True)(
             optimizer=optimizer, num_training_steps=int(self.trainer.estimated_stepping_batches)
         )
         return {
@@ -422,17 +423,19 @@ class CLIPModule(L.LightningModule):
         # Rebuild anywhere without downloading or the original model folders: each tower says
         # which of its config keys to override (weights are in the state dict).
         hparams = checkpoint["hyper_parameters"]
-        for name in ("image_encoder", "text_encoder"):
-            tower = getattr(self, name)
-            portable = getattr(tower, "checkpoint_config", lambda: {"pretrained": False})()
-            hparams[name] = {**hparams[name], **portable}
+        hparams["image_encoder"] = {
+            **hparams["image_encoder"],
+            **self.image_encoder.checkpoint_config(),
+        }
+        hparams["text_encoder"] = {
+            **hparams["text_encoder"],
+            **self.text_encoder.checkpoint_config(),
+        }
         # Lightning merges load-time overrides into "hyper_parameters"; this copy stays as saved.
         checkpoint[SETTINGS_KEY] = weight_shaping_settings(self.hparams)
         # The towers as the run built them (pretrained tag, file or hub id): WiSE-FT rebuilds
         # its pretrained start from these. A reloaded model passes on what it was loaded with.
-        checkpoint[START_KEY] = self.pretrained_start or {
-            name: self.hparams[name] for name in ("image_encoder", "text_encoder")
-        }
+        checkpoint[START_KEY] = self.pretrained_start or dict(self.tower_configs)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.pretrained_start = checkpoint.get(START_KEY)

@@ -75,6 +75,7 @@ def run(
     cached.to(device).train()
     uncached.to(device).train()
     cache = cached.text_encoder.feature_cache
+    assert cache is not None  # a frozen text tower with cache=memory
     for batch in batches(epoch_captions(records, batch_size, rng)):  # warm-up epoch
         cached.text_encoder(batch["input_ids"], batch["attention_mask"])
     timed_batches = batches(epoch_captions(records, batch_size, rng))

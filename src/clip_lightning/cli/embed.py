@@ -63,8 +63,7 @@ def build_source(cfg: DictConfig, model: CLIPModule) -> Source:
         dataset = OmegaConf.merge(dataset, {"split_sizes": {"val": 0, "test": 0}})
     if "num_workers" in dataset:  # its loaders are never built: embed's takes num_workers=
         dataset = OmegaConf.merge(dataset, {"num_workers": 0})
-    # either datamodule class, whatever build_datamodule's hint says
-    datamodule: L.LightningDataModule = build_datamodule(dataset, model)
+    datamodule = build_datamodule(dataset, model)
     if isinstance(datamodule, WebDataModule):
         check_local_shards(datamodule.shards)
         return ShardSource(datamodule.shards, datamodule.caption_field)

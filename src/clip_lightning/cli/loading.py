@@ -15,19 +15,20 @@ from clip_lightning.checkpoints import (
     weight_shaping_settings,
 )
 from clip_lightning.data.datamodule import CaptionDataModule
+from clip_lightning.data.interface import DataModule
 from clip_lightning.data.streaming import WebDataModule
 from clip_lightning.errors import CheckpointError
 from clip_lightning.module import CLIPModule
 
 
-def build_datamodule(cfg_dataset: DictConfig, model: CLIPModule) -> CaptionDataModule:
+def build_datamodule(cfg_dataset: DictConfig, model: CLIPModule) -> DataModule:
     """The ``dataset`` config group instantiated with the data-side facts of ``model``."""
-    datamodule: CaptionDataModule = instantiate(cfg_dataset)
+    datamodule: CaptionDataModule | WebDataModule = instantiate(cfg_dataset)
     use_model(datamodule, model)
     return datamodule
 
 
-def use_model(datamodule: CaptionDataModule | WebDataModule, model: CLIPModule) -> None:
+def use_model(datamodule: DataModule, model: CLIPModule) -> None:
     """Give ``datamodule`` the data-side facts of ``model``, so the image transforms and the
     tokenizer always match the encoders (training and evaluation)."""
     datamodule.use_model(

@@ -61,9 +61,16 @@ def write_open_clip(model: CLIPModule, out: Path, ignore_crop_pct: bool = False)
     """Write ``open_clip_config.json``, the weights and tokenizer files; returns card notes."""
     image, text = model.image_encoder, model.text_encoder
     if isinstance(image, OpenCLIPImageTower) and isinstance(text, OpenCLIPTextTower):
-        config, notes = _open_clip_config(model)
+        config, notes = _open_clip_config(model, image, text)
+        parts: dict[str, nn.Module] = {"visual.": image.model, "text.": text.model}
     elif isinstance(image, ImageEncoder) and isinstance(text, TextEncoder):
-        config, notes = _timm_hf_config(model, out, ignore_crop_pct)
+        config, notes = _timm_hf_config(model, image, text, out, ignore_crop_pct)
+        parts = {
+            "visual.trunk.": image.model,
+            "visual.head.": model.image_head,
+            "text.transformer.": text.model,
+            "text.": model.text_head,
+        }
     else:
         raise ExportError(
             f"format=open_clip takes model=open_clip models or a timm image tower with an HF "
@@ -71,7 +78,7 @@ def write_open_clip(model: CLIPModule, out: Path, ignore_crop_pct: bool = False)
         )
     (out / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n")
     target = open_clip.create_model(f"local-dir:{out}", pretrained_text=False)
-    state = _state_dict(model)
+    state = _state_dict(model, parts)
     if isinstance(text, TextEncoder):  # open_clip builds the HF model without its pooler
         state = {k: v for k, v in state.items() if not k.startswith("text.transformer.pooler.")}
     target_state = target.state_dict()
@@ -138,10 +145,12 @@ def _logit_config(model: CLIPModule, config: dict[str, Any]) -> None:
         config["init_logit_bias"] = float(model.loss.logit_bias.detach())
 
 
-def _open_clip_config(model: CLIPModule) -> tuple[dict[str, Any], list[str]]:
+def _open_clip_config(
+    model: CLIPModule, image: OpenCLIPImageTower, text: OpenCLIPTextTower
+) -> tuple[dict[str, Any], list[str]]:
     tower = model.hparams["image_encoder"]
     config = copy.deepcopy(open_clip.get_model_config(tower["arch"]))
-    preprocess = dict(model.image_encoder.model.preprocess_cfg)
+    preprocess = dict(image.model.preprocess_cfg)
     for option, value in (tower.get("model_kwargs") or {}).items():
         if option in CREATE_OPTIONS:
             section, key = CREATE_OPTIONS[option]
@@ -155,7 +164,6 @@ def _open_clip_config(model: CLIPModule) -> tuple[dict[str, Any], list[str]]:
             )
     config["custom_text"] = True
     _logit_config(model, config)
-    text = model.text_encoder
     notes = []
     if text.max_length != text.context_length:
         notes.append(
@@ -166,9 +174,8 @@ def _open_clip_config(model: CLIPModule) -> tuple[dict[str, Any], list[str]]:
 
 
 def _timm_hf_config(
-    model: CLIPModule, out: Path, ignore_crop_pct: bool
+    model: CLIPModule, image: ImageEncoder, text: TextEncoder, out: Path, ignore_crop_pct: bool
 ) -> tuple[dict[str, Any], list[str]]:
-    image, text = model.image_encoder, model.text_encoder
     for name, head in (("image", model.image_head), ("text", model.text_head)):
         if not isinstance(head, LinearHead):
             raise ExportError(
@@ -249,18 +256,8 @@ def _timm_hf_config(
     return {"model_cfg": config, "preprocess_cfg": preprocess}, notes
 
 
-def _state_dict(model: CLIPModule) -> dict[str, torch.Tensor]:
-    """The module's weights under open_clip's ``CustomTextCLIP`` names."""
-    image, text = model.image_encoder, model.text_encoder
-    if isinstance(image, OpenCLIPImageTower):
-        parts: dict[str, nn.Module] = {"visual.": image.model, "text.": text.model}
-    else:
-        parts = {
-            "visual.trunk.": image.model,
-            "visual.head.": model.image_head,
-            "text.transformer.": text.model,
-            "text.": model.text_head,
-        }
+def _state_dict(model: CLIPModule, parts: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+    """The module's weights under open_clip's ``CustomTextCLIP`` names (``parts`` by prefix)."""
     state = {
         prefix + key: value.detach().cpu()
         for prefix, module in parts.items()

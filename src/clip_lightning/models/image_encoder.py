@@ -51,6 +51,9 @@ class ImageEncoder(nn.Module):
 
     pixel_mean: torch.Tensor
     pixel_std: torch.Tensor
+    # a timm backbone carries no pretrained temperature: the loss starts from its own
+    init_logit_scale: float | None = None
+    init_logit_bias: float | None = None
 
     def __init__(
         self,

@@ -126,6 +126,11 @@ class _OpenCLIPTower(PairTower):
         model_kwargs = dict(arguments["model_kwargs"] or {})
         return _build(arguments["arch"], arguments["pretrained"], model_kwargs)
 
+    def checkpoint_config(self) -> dict[str, Any]:
+        """Config keys a checkpoint overrides: random init (the weights are in the state
+        dict); open_clip builds the architecture from ``arch`` alone."""
+        return {"pretrained": False}
+
 
 class OpenCLIPImageTower(_OpenCLIPTower):
     """open_clip's vision tower (projection included), normalising uint8 batches on its device.

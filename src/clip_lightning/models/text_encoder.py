@@ -56,6 +56,10 @@ class TextEncoder(CachedTextTower):
     ``last_hidden_state`` itself, and parameters that get no gradient break DDP.
     """
 
+    # a text encoder carries no pretrained temperature: the loss starts from its own
+    init_logit_scale: float | None = None
+    init_logit_bias: float | None = None
+
     def __init__(
         self,
         name_or_path: str = "distilbert-base-uncased",
