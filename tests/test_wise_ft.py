@@ -92,6 +92,9 @@ def test_endpoints_reproduce_the_checkpoint_and_pretrained_evals(finetuned, tmp_
     with (folder / "wise_ft.csv").open() as handle:
         table = list(csv.DictReader(handle))
     assert [float(r["alpha"]) for r in table] == [0.0, 0.5, 1.0]
+    assert {(r["protocol"], r["test/images"], r["test/captions"]) for r in table} == {
+        ("split", "12.0", "60.0")
+    }
     assert float(table[1]["test/rsum"]) == pytest.approx(middle["test/rsum"])
     assert (folder / "wise_ft.png").stat().st_size > 1000
 

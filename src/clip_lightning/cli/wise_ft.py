@@ -57,19 +57,21 @@ def evaluate_wise_ft(cfg: DictConfig) -> dict[str, Any]:
     }
     folder = run_dir(cfg)
     write_json(folder / RESULTS_NAME, results)
-    write_csv(folder / "wise_ft.csv", rows)
+    write_csv(folder / "wise_ft.csv", rows, results["protocol"])
     print_table(results)
     wise_ft_curve(rows, results["split"], folder / "wise_ft.png")
     print(f"Results: {folder / RESULTS_NAME}")
     return results
 
 
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    """One row per α, one column per figure."""
+def write_csv(path: Path, rows: list[dict[str, Any]], protocol: str) -> None:
+    """One row per α, one column per figure, and the protocol they were scored by (the split
+    prefixes the figures' names; the numbers of images and captions are figures too)."""
+    table = [{"alpha": row["alpha"], "protocol": protocol, **row} for row in rows]
     with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(handle, fieldnames=list(table[0]))
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(table)
 
 
 def print_table(results: dict[str, Any]) -> None:
