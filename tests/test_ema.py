@@ -8,11 +8,13 @@ from __future__ import annotations
 import logging
 
 import lightning as L
+import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from clip_lightning.callbacks import EMAWeights
 from clip_lightning.cli.loading import build_datamodule, load_model
+from clip_lightning.errors import ConfigError
 from clip_lightning.models.targets import build
 from clip_lightning.utils.instantiate import instantiate_list
 from tests.helpers import compose_train, quiet_trainer
@@ -98,3 +100,11 @@ def test_the_ema_option_adds_the_callback_to_the_default_ones(tmp_path):
     callbacks = instantiate_list(cfg.callbacks)
     assert any(isinstance(c, EMAWeights) and c.decay == 0.999 for c in callbacks)
     assert any(isinstance(c, ModelCheckpoint) for c in callbacks)
+
+
+def test_a_model_sharded_by_fsdp_is_refused_in_one_line():
+    module = L.LightningModule()
+    module._device_mesh = object()  # what trainer=fsdp's strategy sets before callbacks set up
+    with pytest.raises(ConfigError, match=r"trainer=fsdp .* use trainer=ddp") as error:
+        EMAWeights().setup(L.Trainer(logger=False), module, "fit")
+    assert "\n" not in str(error.value)

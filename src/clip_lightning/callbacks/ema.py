@@ -21,6 +21,8 @@ from lightning.pytorch.callbacks import EMAWeightAveraging
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
+from clip_lightning.errors import ConfigError
+
 _UNSHARDED_AVERAGE = "You're using the WeightAveraging callback with a model that overrides"
 
 
@@ -33,11 +35,16 @@ class EMAWeights(EMAWeightAveraging):
         self.decay = decay
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == TrainerFn.FITTING and pl_module.device_mesh is not None:
+            raise ConfigError(
+                "callbacks=[default,ema] cannot average a model sharded by trainer=fsdp "
+                "(Lightning's EMAWeightAveraging keeps a whole, unsharded copy of it); use "
+                "trainer=ddp, or drop ema from callbacks"
+            )
         with warnings.catch_warnings():
-            if pl_module.device_mesh is None:
-                # Lightning warns that the average of a model with a configure_model hook is not
-                # sharded; CLIPModule's hook shards only under trainer=fsdp (a device mesh)
-                warnings.filterwarnings("ignore", message=_UNSHARDED_AVERAGE)
+            # Lightning warns that the average of a model with a configure_model hook is not
+            # sharded; CLIPModule's hook shards only under trainer=fsdp, refused above
+            warnings.filterwarnings("ignore", message=_UNSHARDED_AVERAGE)
             super().setup(trainer, pl_module, stage)
         if stage == TrainerFn.FITTING:
             rank_zero_info(
