@@ -21,12 +21,10 @@ from pathlib import Path
 
 import lightning as L
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
 import clip_lightning
-from clip_lightning.utils.config import register_resolvers
-from tests.helpers.tasks import TaskRun, train_in_process
+from tests.helpers.tasks import TaskRun, compose_config, train_in_process
 
 CONFIG_DIR = str(Path(clip_lightning.__file__).parent / "conf")
 
@@ -83,9 +81,7 @@ def compose_train(
 ) -> DictConfig:
     """Compose ``conf/train.yaml`` like the CLI; ``output_dir`` stands in for Hydra's run dir,
     ``hydra=True`` keeps the ``hydra`` node."""
-    register_resolvers()
-    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=hydra)
+    cfg = compose_config("train", overrides, hydra)
     if output_dir is not None:
         with open_dict(cfg):
             cfg.paths.output_dir = str(output_dir)
@@ -95,9 +91,7 @@ def compose_train(
 
 def compose_task(task: str, overrides: list[str], output_dir: str | os.PathLike) -> DictConfig:
     """Compose ``conf/<task>.yaml`` like the CLI, writing results into ``output_dir``."""
-    register_resolvers()
-    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        cfg = compose(task, overrides=overrides)
+    cfg = compose_config(task, overrides)
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
     return cfg
