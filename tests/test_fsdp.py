@@ -61,7 +61,10 @@ def _worker(rank: int, port: int, out: str) -> None:
             limit_val_batches=0,
             enable_progress_bar=False,
         )
-        trainer.fit(model, datamodule=build_datamodule(cfg.dataset, model))
+        datamodule = build_datamodule(cfg.dataset, model)
+        # validate_before_fit: a validation first shards the model; fit must not shard it again
+        trainer.validate(model, datamodule=datamodule, verbose=False)
+        trainer.fit(model, datamodule=datamodule)
         trainer.save_checkpoint(Path(out) / f"{name}.ckpt")  # every rank: FSDP gathers
 
 

@@ -23,7 +23,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from lightning.pytorch.utilities.types import OptimizerConfig, OptimizerLRSchedulerConfig
 from PIL import Image
 from torch.distributed._composable import replicate
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import FSDPModule, fully_shard
 
 from clip_lightning import embedding
 from clip_lightning.checkpoints import (
@@ -224,8 +224,8 @@ class CLIPModule(L.LightningModule):
         ``fully_shard`` over the data-parallel ranks. Other strategies have no device mesh and
         leave the model as it is."""
         mesh = self.device_mesh
-        if mesh is None:
-            return
+        if mesh is None or isinstance(self.image_encoder, FSDPModule):
+            return  # not sharded, or sharded already (validate_before_fit's validation)
         if self.grad_cache_chunk_size is not None:
             raise ConfigError(
                 "model.grad_cache_chunk_size is not supported with trainer=fsdp (its chunked "
