@@ -136,11 +136,18 @@ def test_a_folder_without_results_is_one_line(tmp_path, capsys):
     assert "holds no results" in error and error.count("\n") == 1
 
 
-def test_a_result_file_that_is_not_an_object_is_one_line(tmp_path, capsys):
-    (tmp_path / "eval_results.json").write_text("[1, 2]")
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("[1, 2]", "eval_results.json holds list, not a results object"),
+        ('{"task": "retrieval"}', "without the fields clip_lightning writes (KeyError: 'split')"),
+    ],
+)
+def test_a_result_file_that_is_not_ours_is_one_line(tmp_path, capsys, content, message):
+    (tmp_path / "eval_results.json").write_text(content)
     with pytest.raises(SystemExit) as exit_info:
         report([str(tmp_path)])
     assert exit_info.value.code == 1
     error = capsys.readouterr().err
-    assert "eval_results.json holds list, not a results object" in error
+    assert message in error
     assert error.count("\n") == 1

@@ -264,7 +264,14 @@ def build_report(runs: Sequence[Path]) -> list[Row]:
     for run in runs:
         if not run.is_dir():
             raise ReportError(f"{run} is not a folder; pass run directories (logs/<task>/runs/...)")
-        found = training_rows(run) + eval_rows(run)
+        try:
+            found = training_rows(run) + eval_rows(run)
+        except (KeyError, TypeError, ValueError) as exc:  # a result file is data, not ours
+            raise ReportError(
+                f"{run} holds a result file without the fields clip_lightning writes "
+                f"({type(exc).__name__}: {exc}); pass the folder of a clip_lightning.train or "
+                "clip_lightning.eval run as it wrote it"
+            ) from None
         if not found:
             raise ReportError(
                 f"{run} holds no results (metrics.json with test figures, csv/metrics.csv, "
