@@ -4,6 +4,10 @@ The module is built from plain config mappings (each with a ``_target_``) rather
 ready-made objects, so ``CLIPModule.load_from_checkpoint(path)`` rebuilds the whole model from
 the checkpoint alone -- no Hydra, no extra arguments -- through the same registry and checks as
 a config (:mod:`clip_lightning.models.targets`, :mod:`clip_lightning.checkpoints`).
+
+The file is one class and stays whole: Lightning's hooks (steps, optimizers, the sharding hook
+and the checkpoint hooks) are read together, and each does its work through the helpers it
+calls (``gradcache``, ``optim``, ``checkpoints``, ``metrics``).
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ every group stays open, so any timm or HF keyword, optimizer argument or Lightni
 passes untouched. Unknown keys and missing groups remain Hydra's to report. Values are validated
 and worded by :mod:`clip_lightning.utils.typecheck`, which also checks the arguments of model
 configs.
+
+The file is one declaration, the schema of every task, kept together so a key's type is found in
+one place; the checking machinery is in :mod:`~clip_lightning.utils.typecheck`.
 """
 
 from __future__ import annotations
