@@ -29,7 +29,7 @@ from clip_lightning.data.records import load_rgb
 from clip_lightning.export import export_model
 from clip_lightning.utils.config import register_resolvers
 from tests.helpers import CONFIG_DIR, compose_train, quiet_trainer
-from tests.pretrained import write_open_clip_weights
+from tests.helpers.pretrained import write_open_clip_weights
 
 WORDS = ["red", "green", "blue", "bright", "dark", "small", "large", "striped", "round", "wavy"]
 

@@ -12,7 +12,7 @@ from clip_lightning.models.image_encoder import ImageEncoder
 from clip_lightning.models.targets import build
 from clip_lightning.models.text_encoder import TextEncoder
 from clip_lightning.optim import layer_ids
-from tests.pretrained import hf_clip_cfg, minilm_tokenizer_dir, open_clip_cfg
+from tests.helpers.pretrained import hf_clip_cfg, minilm_tokenizer_dir, open_clip_cfg
 
 DECAY = ["optimizer.layer_decay=0.5", "model.scheduler=null"]
 TOWER_LR = {"image_encoder": 1e-5, "text_encoder": 2e-5}

@@ -17,18 +17,12 @@ from omegaconf import open_dict
 from PIL import Image
 from torch.amp import GradScaler
 
-from clip_lightning.cli.loading import build_datamodule
 from clip_lightning.embedding import embed_images, embed_texts
 from clip_lightning.errors import ConfigError, find_user_error
 from clip_lightning.models import IdentityHead, ImageEncoder, TextEncoder, allow_target
 from clip_lightning.module import CLIPModule
 from clip_lightning.utils.config import package_path
-from tests.helpers import TINY_TRAIN_OVERRIDES, compose_train, quiet_trainer
-
-
-def build(cfg):
-    model = instantiate(cfg.model)
-    return model, build_datamodule(cfg.dataset, model)
+from tests.helpers import TINY_TRAIN_OVERRIDES, build, compose_train, quiet_trainer
 
 
 def first_batch(datamodule) -> dict[str, torch.Tensor]:

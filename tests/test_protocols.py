@@ -16,7 +16,7 @@ from clip_lightning.errors import ConfigError, DataError
 from clip_lightning.protocols import PROTOCOLS, check_protocol
 from tests.helpers import compose_eval
 from tests.helpers.data import build_coco, build_kaggle, build_karpathy
-from tests.pretrained import register_tiny_open_clip, write_open_clip_weights
+from tests.helpers.pretrained import register_tiny_open_clip, write_open_clip_weights
 
 NO_WORKERS = ["dataset.num_workers=0", "dataset.eval_batch_size=4", "trainer.accelerator=cpu"]
 

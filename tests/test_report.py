@@ -16,7 +16,7 @@ from clip_lightning.cli.report import main as report
 from clip_lightning.cli.train import train
 from tests.helpers import compose_eval
 from tests.helpers.data import COLOURS, make_folder
-from tests.pretrained import open_clip_cfg, synthetic_overrides
+from tests.helpers.pretrained import open_clip_cfg, synthetic_overrides
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from clip_lightning.errors import ConfigError
 from clip_lightning.wise_ft import WeightSpaceEnsemble, interpolate
 from tests.helpers import compose_eval, compose_export
 from tests.helpers.data import COLOURS, make_folder
-from tests.pretrained import finetuned_checkpoint, open_clip_cfg
+from tests.helpers.pretrained import finetuned_checkpoint, open_clip_cfg
 
 # the tests share a module fixture that trains: one worker builds it once
 pytestmark = pytest.mark.xdist_group("wise_ft")

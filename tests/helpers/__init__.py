@@ -21,6 +21,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 from omegaconf import DictConfig, open_dict
 
 import clip_lightning
@@ -46,6 +47,11 @@ TINY_TRAIN_OVERRIDES = [
     "++trainer.enable_model_summary=false",
     "print_config=false",
 ]
+# the test recall figures train writes to metrics.json
+RECALL_KEYS = [f"test/{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)] + ["test/rsum"]
+# tests of what a machine without a GPU is told
+needs_no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks a GPU-less machine")
+
 # TINY_TRAIN_OVERRIDES without its synthetic-data options, for other datasets
 TINY_TRAIN_MODEL_OVERRIDES = [o for o in TINY_TRAIN_OVERRIDES if not o.startswith("dataset.")]
 
@@ -107,6 +113,16 @@ def compose_export(overrides: list[str], output_dir: str | os.PathLike) -> DictC
     return compose_task("export", overrides, output_dir)
 
 
+def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule]:
+    """The model of ``cfg`` and its datamodule, as train builds them."""
+    from hydra.utils import instantiate
+
+    from clip_lightning.cli.loading import build_datamodule
+
+    model = instantiate(cfg.model)
+    return model, build_datamodule(cfg.dataset, model)
+
+
 def save_tiny_checkpoint(tmp_path: Path) -> Path:
     """A checkpoint of the tiny quickstart model after one optimizer step; tests take the
     session's copy through the ``tiny_checkpoint`` fixture instead of training their own."""
@@ -152,23 +168,30 @@ def train_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def run_train(
-    tmp_path: Path, *overrides: str, check: bool = True, timeout: float = 300, **env: str
+def run_process(
+    command: list[str], cwd: Path, env: dict[str, str], check: bool = True, timeout: float = 600
 ) -> subprocess.CompletedProcess[str]:
-    """``python -m clip_lightning.train`` with cwd and the log dir inside ``tmp_path``."""
+    """Run ``command`` in ``cwd`` with ``env``, its output captured; with ``check``, one that
+    must exit 0. The one way the tests start a process (``tests/e2e`` and the few tests whose
+    behaviour is the process itself)."""
     proc = subprocess.run(
-        [sys.executable, "-m", "clip_lightning.train", *overrides],
-        cwd=tmp_path,
-        env=train_env(tmp_path, **env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
     if check and proc.returncode != 0:
         pytest.fail(
-            f"train failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+            f"{' '.join(command)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
+            f"{proc.stderr[-3000:]}"
         )
     return proc
+
+
+def run_command(
+    tmp_path: Path, task: str, *args: str, check: bool = True, timeout: float = 300, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """``python -m clip_lightning.<task> *args`` with cwd and the log dir inside ``tmp_path``
+    (:func:`train_env`, plus ``env``)."""
+    command = [sys.executable, "-m", f"clip_lightning.{task}", *args]
+    return run_process(command, tmp_path, train_env(tmp_path, **env), check, timeout)
 
 
 def run_dirs(tmp_path: Path, task: str = "quickstart") -> list[Path]:

@@ -18,14 +18,27 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 import torch.multiprocessing as mp
 from omegaconf import DictConfig
 
 from clip_lightning.cli.train import train
+from clip_lightning.models.text_cache import hash_module_weights
 from tests.helpers.tasks import hydra_job, run_in_process
 
 WORLD_SIZE = 2
+
+
+class RankWeights(L.Callback):
+    """Writes a hash of each rank's weights after training, to compare ranks."""
+
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath = Path(dirpath)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        digest = hash_module_weights(pl_module)
+        (self.dirpath / f"rank{trainer.global_rank}.txt").write_text(digest)
 
 
 def free_port() -> int:

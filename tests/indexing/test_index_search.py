@@ -26,7 +26,7 @@ from clip_lightning.module import CLIPModule
 from clip_lightning.utils.config import register_resolvers
 from tests.helpers import CONFIG_DIR
 from tests.helpers.data import write_image
-from tests.pretrained import write_open_clip_weights
+from tests.helpers.pretrained import write_open_clip_weights
 
 # the tests share a module fixture that trains: one worker builds it once
 pytestmark = pytest.mark.xdist_group("index_search")

@@ -10,9 +10,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from clip_lightning.errors import CheckpointError, NonFiniteLossError
 from clip_lightning.module import CLIPModule
-from tests.helpers import TINY_TRAIN_OVERRIDES, compose_train, quiet_trainer
+from tests.helpers import TINY_TRAIN_OVERRIDES, build, compose_train, quiet_trainer
 from tests.helpers.tasks import train_in_process
-from tests.test_model import build
 
 
 @pytest.fixture

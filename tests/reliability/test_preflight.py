@@ -8,7 +8,6 @@ import logging
 from pathlib import Path
 
 import pytest
-import torch
 from huggingface_hub import constants
 from hydra.utils import instantiate
 
@@ -17,35 +16,7 @@ from clip_lightning.cli.preflight import QUICKSTART_HINT, hardware_problems, pre
 from clip_lightning.data.loader_settings import available_cores, loader_options
 from clip_lightning.errors import ClipLightningError
 from clip_lightning.utils import hub
-from tests.helpers import compose_train, run_train
-
-needs_no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks a GPU-less machine")
-
-
-def error_lines(output: str) -> list[str]:
-    return [line for line in output.splitlines() if "[ERROR]" in line]
-
-
-@needs_no_gpu
-def test_offline_defaults_name_everything_missing_in_one_line_at_once(tmp_path: Path) -> None:
-    """The user story offline took 63 s and 250 lines and named one missing thing per run (the
-    ResNet-50 weights; DistilBERT the next run; the COCO layout the third); trainer=gpu on a
-    CPU machine was Lightning's raw MisconfigurationException after 20 s."""
-    proc = run_train(tmp_path, "dataset=coco", "trainer=gpu", "trainer.devices=4", check=False)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 1, output
-    (line,) = error_lines(output)
-    assert "cannot start (HF_HUB_OFFLINE is set), 4 things to fix: (1) trainer.accel" in line
-    assert "but torch finds no CUDA GPU on this machine: set trainer=cpu" in line
-    assert "(2) the resnet50 image weights (timm/resnet50.a1_in1k), not on this machine: " in line
-    assert "model.image_encoder.weights_file=FILE" in line
-    assert "(3) the text model distilbert-base-uncased" in line
-    assert "model.text_encoder.name_or_path=DIR" in line
-    assert "(4) the dataset yerevann/coco-karpathy (dataset=coco)" in line
-    assert "set dataset.root=DIR" in line and line.endswith(QUICKSTART_HINT)
-    assert "Retry" not in output and "Traceback" not in output and "CONFIG" not in output
-    assert "MisconfigurationException" not in output
-    assert len(output.strip().splitlines()) <= 3, output
+from tests.helpers import compose_train, needs_no_gpu
 
 
 def test_an_unreachable_hub_is_probed_once_then_nothing_is_fetched(monkeypatch) -> None:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,7 @@ from clip_lightning.cli.task import run_task
 from clip_lightning.cli.train import train
 from clip_lightning.errors import CheckpointError
 from clip_lightning.module import CLIPModule
-from tests.helpers import compose_task, train_env
+from tests.helpers import compose_task, run_command
 from tests.helpers.security import (
     CASES,
     REFUSED_FOR,
@@ -128,19 +126,13 @@ def test_the_full_chain_is_one_line_from_the_command_line(
 ) -> None:
     """The issue's exploit -- a dropped pickle loaded through an ``oc.create`` interpolation --
     run as a real command with the secret in its environment."""
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "clip_lightning.eval",
-            f"ckpt_path={corpus['dropped_pickle_chain']}",
-            "dataset=synthetic",
-        ],
-        cwd=tmp_path,
-        env=train_env(tmp_path, **{SECRET_ENV: SECRET}),
-        capture_output=True,
-        text=True,
-        timeout=300,
+    proc = run_command(
+        tmp_path,
+        "eval",
+        f"ckpt_path={corpus['dropped_pickle_chain']}",
+        "dataset=synthetic",
+        check=False,
+        **{SECRET_ENV: SECRET},
     )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 1, output[-2000:]

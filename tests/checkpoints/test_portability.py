@@ -12,8 +12,7 @@ from clip_lightning.cli.loading import load_model
 from clip_lightning.embedding import embed_images, embed_texts
 from clip_lightning.module import CLIPModule
 from clip_lightning.utils.config import package_path
-from tests.helpers import TINY_TRAIN_OVERRIDES, compose_train, quiet_trainer
-from tests.test_model import build
+from tests.helpers import TINY_TRAIN_OVERRIDES, build, compose_train, quiet_trainer
 
 CAPTIONS = ["two small red circles in the top left corner", "one large blue square"]
 

@@ -6,25 +6,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import TINY_RUN_OVERRIDES, train_env
+from tests.helpers import REPO_ROOT, TINY_RUN_OVERRIDES, run_process, train_env
 
-REPO = Path(__file__).resolve().parents[1]
 RECALL_KEYS = [f"test/{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)]
-
-
-def run(command: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, (
-        f"{' '.join(command)}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    )
-    return proc
 
 
 @pytest.fixture(scope="module")
@@ -33,12 +23,12 @@ def installed(tmp_path_factory) -> Path:
     ``pip --target`` into a fresh folder; its heavy dependencies come from this venv."""
     root = tmp_path_factory.mktemp("wheel")
     source = root / "source"
-    shutil.copytree(REPO / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO_ROOT / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
-        shutil.copy(REPO / name, source / name)
+        shutil.copy(REPO_ROOT / name, source / name)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
     env = train_env(root)
-    run(
+    run_process(
         [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(root / "dist"), str(source)],
         root,
         env,
@@ -48,7 +38,7 @@ def installed(tmp_path_factory) -> Path:
     assert "clip_lightning/conf/train.yaml" in names
     assert "clip_lightning/conf/experiment/quickstart.yaml" in names
     target = root / "site"
-    run(
+    run_process(
         [*pip, "install", "--no-deps", "--no-index", "--target", str(target), str(wheel)], root, env
     )
     return target
@@ -57,7 +47,7 @@ def installed(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_the_installed_wheel_trains_from_an_unrelated_directory(installed, tmp_path):
     env = train_env(tmp_path, PYTHONPATH=str(installed))  # ahead of the editable checkout
-    where = run(
+    where = run_process(
         [sys.executable, "-c", "import clip_lightning; print(clip_lightning.__file__)"],
         tmp_path,
         env,
@@ -66,14 +56,14 @@ def test_the_installed_wheel_trains_from_an_unrelated_directory(installed, tmp_p
 
     # the console script (pip puts it in <target>/bin) and Hydra's tab completion through it
     script = str(installed / "bin" / "clip-lightning-train")
-    job = run([script, "--cfg", "job"], tmp_path, env)
+    job = run_process([script, "--cfg", "job"], tmp_path, env)
     assert "_target_: clip_lightning.module.CLIPModule" in job.stdout
-    completion = run([script, "-sc", "install=bash"], tmp_path, env)
+    completion = run_process([script, "-sc", "install=bash"], tmp_path, env)
     assert "complete -o nospace -o default -F hydra_bash_completion clip-lightning-train" in (
         completion.stdout
     )
 
-    run([sys.executable, "-m", "clip_lightning.train", *TINY_RUN_OVERRIDES], tmp_path, env)
+    run_process([sys.executable, "-m", "clip_lightning.train", *TINY_RUN_OVERRIDES], tmp_path, env)
     (metrics_file,) = tmp_path.glob("logs/quickstart/runs/*/metrics.json")
     metrics = json.loads(metrics_file.read_text())
     assert all(0.0 <= metrics[key] <= 100.0 for key in RECALL_KEYS)

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import pytest
 import yaml
 
-from clip_lightning.models.text_cache import hash_module_weights
 from clip_lightning.utils.config import package_path
 from tests.helpers import CONFIG_DIR, TINY_RUN_OVERRIDES, read_metrics, run_dirs
-from tests.helpers.distributed import train_on_ranks
+from tests.helpers.distributed import RankWeights, train_on_ranks
 
 
 def _timm_hf_experiments() -> list[str]:
@@ -53,17 +51,6 @@ TINY_TOWERS = [
 ]
 
 
-class RankWeights(L.Callback):
-    """Writes a hash of each rank's weights after training, to compare ranks."""
-
-    def __init__(self, dirpath: str) -> None:
-        self.dirpath = Path(dirpath)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        digest = hash_module_weights(pl_module)
-        (self.dirpath / f"rank{trainer.global_rank}.txt").write_text(digest)
-
-
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One epoch of the tiny model with a trainable BERT text tower on two gloo ranks, each
@@ -76,7 +63,7 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "model.text_encoder.freeze=false",
         "model.text_encoder.cache=null",
         "test=false",
-        f"+callbacks.rank_weights._target_={__name__}.RankWeights",
+        f"+callbacks.rank_weights._target_={RankWeights.__module__}.RankWeights",
         f"+callbacks.rank_weights.dirpath={root}",
     )
     return root

@@ -10,8 +10,8 @@ import pytest
 
 from clip_lightning.cli.bench import BENCHMARKS, bench
 from clip_lightning.errors import ClipLightningError
+from tests.helpers.pretrained import TINY_OPEN_CLIP
 from tests.helpers.tasks import task_in_process
-from tests.pretrained import TINY_OPEN_CLIP
 
 TINY_BENCH = [
     "trainer.accelerator=cpu",

@@ -26,7 +26,7 @@ from clip_lightning.export.model_card import read_metrics
 from clip_lightning.module import CLIPModule
 from clip_lightning.utils.config import register_resolvers
 from tests.helpers import CONFIG_DIR, TINY_TRAIN_OVERRIDES, compose_train, quiet_trainer
-from tests.pretrained import hf_clip_cfg, open_clip_cfg
+from tests.helpers.pretrained import hf_clip_cfg, open_clip_cfg
 
 CAPTIONS = ["a red square on the left", "two blue circles", "a large green triangle and a dot"]
 IMAGES = [Image.new("RGB", (32, 32), (200, 40 * i, 90)) for i in range(3)]

@@ -17,10 +17,9 @@ from clip_lightning.cli.loading import build_datamodule
 from clip_lightning.errors import ModelLoadError, find_user_error
 from clip_lightning.models.open_clip import OpenCLIPImageTower
 from clip_lightning.module import CLIPModule
-from tests.experiments.test_ddp_sim import RankWeights
 from tests.helpers import compose_train, quiet_trainer
-from tests.helpers.distributed import train_on_ranks
-from tests.pretrained import (
+from tests.helpers.distributed import RankWeights, train_on_ranks
+from tests.helpers.pretrained import (
     PRETRAINED_BIAS,
     PRETRAINED_SCALE,
     TINY_OPEN_CLIP,

@@ -18,7 +18,7 @@ from clip_lightning.errors import ConfigError
 from clip_lightning.models.targets import build
 from clip_lightning.utils.instantiate import instantiate_list
 from tests.helpers import compose_train, quiet_trainer
-from tests.pretrained import open_clip_cfg
+from tests.helpers.pretrained import open_clip_cfg
 
 
 class Snapshot(L.Callback):

@@ -29,7 +29,7 @@ from clip_lightning.models.targets import build
 from clip_lightning.models.text_encoder import TextEncoder
 from clip_lightning.wise_ft import WeightSpaceEnsemble
 from tests.helpers import compose_export, quiet_trainer
-from tests.pretrained import (
+from tests.helpers.pretrained import (
     finetuned_checkpoint,
     hf_clip_cfg,
     minilm_tokenizer_dir,

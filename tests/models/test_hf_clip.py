@@ -17,7 +17,7 @@ from clip_lightning.cli.loading import build_datamodule
 from clip_lightning.errors import ModelLoadError, find_user_error
 from clip_lightning.module import CLIPModule
 from tests.helpers import quiet_trainer
-from tests.pretrained import (
+from tests.helpers.pretrained import (
     PRETRAINED_BIAS,
     PRETRAINED_SCALE,
     assert_one_step_trains_both_towers_and_the_scale,
