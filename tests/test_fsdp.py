@@ -9,7 +9,6 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
@@ -17,9 +16,9 @@ from clip_lightning.cli.eval import evaluate
 from clip_lightning.cli.export import export
 from clip_lightning.cli.loading import build_datamodule
 from clip_lightning.module import CLIPModule
-from clip_lightning.utils.config import register_resolvers
-from tests.helpers import CONFIG_DIR, TINY_TRAIN_OVERRIDES, compose_train
+from tests.helpers import TINY_TRAIN_OVERRIDES, compose_train
 from tests.helpers.distributed import free_port, join_as_rank, run_ranks
+from tests.helpers.tasks import compose_config
 
 pytestmark = [
     pytest.mark.slow,
@@ -86,25 +85,22 @@ def test_fsdp_trains_to_ddps_weights_into_one_checkpoint_file(checkpoints: Path)
 
 
 def test_an_fsdp_checkpoint_loads_in_eval_and_export(checkpoints: Path, tmp_path: Path) -> None:
-    register_resolvers()
     results = {}
     for name in STRATEGIES:
-        with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-            cfg = compose(
-                "eval",
-                [*DATA, f"ckpt_path={checkpoints / name}.ckpt", "trainer.accelerator=cpu"],
-            )
+        cfg = compose_config(
+            "eval",
+            [*DATA, f"ckpt_path={checkpoints / name}.ckpt", "trainer.accelerator=cpu"],
+        )
         with open_dict(cfg):
             cfg.paths.output_dir = str(tmp_path / name)
         results[name] = evaluate(cfg)["metrics"]
     assert results["fsdp"] == pytest.approx(results["ddp"], abs=1e-4)
-    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        cfg = compose(
-            "export",
-            [
-                f"ckpt_path={checkpoints / 'fsdp.ckpt'}",
-                f"out={tmp_path / 'exported'}",
-                "ignore_crop_pct=true",
-            ],
-        )
+    cfg = compose_config(
+        "export",
+        [
+            f"ckpt_path={checkpoints / 'fsdp.ckpt'}",
+            f"out={tmp_path / 'exported'}",
+            "ignore_crop_pct=true",
+        ],
+    )
     assert export(cfg)["max_embedding_difference"] < 1e-5

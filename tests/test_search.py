@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 from PIL import Image
 
@@ -21,8 +20,7 @@ from clip_lightning.cli.task import run_task
 from clip_lightning.errors import DataError
 from clip_lightning.indexing.folder import build_folder_index
 from clip_lightning.module import CLIPModule
-from clip_lightning.utils.config import register_resolvers
-from tests.helpers import CONFIG_DIR
+from tests.helpers.tasks import compose_config
 
 
 @pytest.fixture
@@ -87,23 +85,21 @@ def test_index_is_cached_outside_the_folder_and_rebuilt_when_it_changes(checkpoi
 
 def test_search_ranks_by_cosine_and_exports_embeddings(checkpoint, tmp_path):
     folder = make_images(tmp_path / "images")
-    register_resolvers()
     queries = ["two small red circles in the top left corner", "a green square", "blue sky"]
     (tmp_path / "queries.txt").write_text(f"{queries[2]}\n\n")
-    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        cfg = compose(
-            "search",
-            [
-                f"ckpt_path={checkpoint}",
-                f"images={folder}",
-                f"query=[{queries[0]},{queries[1]}]",
-                f"queries_file={tmp_path / 'queries.txt'}",
-                "k=4",
-                f"export={tmp_path / 'out' / 'embeddings.npy'}",
-                f"cache_dir={tmp_path / 'cache'}",
-                "accelerator=cpu",
-            ],
-        )
+    cfg = compose_config(
+        "search",
+        [
+            f"ckpt_path={checkpoint}",
+            f"images={folder}",
+            f"query=[{queries[0]},{queries[1]}]",
+            f"queries_file={tmp_path / 'queries.txt'}",
+            "k=4",
+            f"export={tmp_path / 'out' / 'embeddings.npy'}",
+            f"cache_dir={tmp_path / 'cache'}",
+            "accelerator=cpu",
+        ],
+    )
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path / "run")
     results = search(cfg)
@@ -161,9 +157,7 @@ def test_an_unreadable_image_is_skipped_and_listed_or_stops_the_build(checkpoint
 
 
 def compose_search(tmp_path: Path, *overrides: str):
-    register_resolvers()
-    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        cfg = compose("search", [*overrides, "accelerator=cpu"])
+    cfg = compose_config("search", [*overrides, "accelerator=cpu"])
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path / "run")
         cfg.paths.data_dir = str(tmp_path / "data")

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import open_dict
@@ -22,7 +21,6 @@ from clip_lightning.cli.loading import build_datamodule
 from clip_lightning.cli.train import train
 from clip_lightning.errors import ConfigError, DataError
 from clip_lightning.module import CLIPModule
-from clip_lightning.utils.config import register_resolvers
 from clip_lightning.zeroshot import (
     class_embeddings,
     folder_classnames,
@@ -32,6 +30,7 @@ from clip_lightning.zeroshot import (
 )
 from tests.helpers import CONFIG_DIR, TINY_TRAIN_OVERRIDES, compose_train, quiet_trainer
 from tests.helpers.data import COLOURS, make_folder
+from tests.helpers.tasks import compose_config
 
 TEMPLATES = ["a photo of a {}.", "{} square"]
 
@@ -77,17 +76,15 @@ def test_class_embeddings_are_normalised_means_of_prompt_embeddings(checkpoint):
 
 def test_eval_zeroshot_task_writes_results_json(checkpoint, tmp_path):
     folder = make_folder(tmp_path / "colours", dict(list(COLOURS.items())[:3]), per_class=2)
-    register_resolvers()
-    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        cfg = compose(
-            "eval",
-            [
-                "task=zeroshot",
-                f"ckpt_path={checkpoint}",
-                f"images={folder}",
-                "trainer.accelerator=cpu",
-            ],
-        )
+    cfg = compose_config(
+        "eval",
+        [
+            "task=zeroshot",
+            f"ckpt_path={checkpoint}",
+            f"images={folder}",
+            "trainer.accelerator=cpu",
+        ],
+    )
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path / "run")
     results = evaluate(cfg)

@@ -7,12 +7,12 @@ import typing
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 from clip_lightning.cli.config_schema import TASK_SCHEMAS, check_config
 from clip_lightning.errors import ClipLightningError, ConfigError
 from clip_lightning.utils.typecheck import describe, example, is_model, matches
 from tests.helpers import CONFIG_DIR, TINY_TRAIN_OVERRIDES, compose_train
+from tests.helpers.tasks import compose_config
 
 CONF = Path(CONFIG_DIR)
 # the groups of conf/train.yaml a user picks from, nested model groups included
@@ -41,8 +41,7 @@ EXPERIMENTS = sorted(path.stem for path in (CONF / "experiment").glob("*.yaml"))
 
 
 def compose_task(task: str, overrides: list[str] = ()) -> object:
-    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        return compose(task, overrides=list(overrides))
+    return compose_config(task, overrides=list(overrides))
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

@@ -8,13 +8,11 @@ import re
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from setuptools.config.pyprojecttoml import read_configuration
 
-from clip_lightning.utils.config import register_resolvers
 from tests.helpers import CONFIG_DIR, REPO_ROOT
-from tests.helpers.tasks import command_in_process
+from tests.helpers.tasks import command_in_process, compose_config
 
 TASKS = sorted(path.stem for path in Path(CONFIG_DIR).glob("*.yaml"))
 # "  key=VALUE   description" lines of a --help header
@@ -43,9 +41,7 @@ def test_every_task_has_a_console_script() -> None:
 
 @pytest.mark.parametrize("task", TASKS)
 def test_help_names_the_task_and_existing_main_keys(task: str) -> None:
-    register_resolvers()
-    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        cfg = compose(task, return_hydra_config=True)
+    cfg = compose_config(task, hydra=True)
     help_cfg = cfg.hydra.help
     assert help_cfg.app_name == f"clip-lightning-{task}"
     header = OmegaConf.to_container(help_cfg, resolve=False)["header"]

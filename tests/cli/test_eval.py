@@ -10,7 +10,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
@@ -25,10 +24,9 @@ from clip_lightning.cli.eval import evaluate
 from clip_lightning.cli.loading import build_datamodule, load_model
 from clip_lightning.cli.train import train
 from clip_lightning.errors import CheckpointError, ClipLightningError
-from clip_lightning.utils.config import register_resolvers
 from clip_lightning.utils.instantiate import instantiate_list
-from tests.helpers import CONFIG_DIR, TINY_TRAIN_OVERRIDES, quiet_trainer
-from tests.helpers.tasks import task_in_process
+from tests.helpers import TINY_TRAIN_OVERRIDES, compose_eval, quiet_trainer
+from tests.helpers.tasks import compose_config, task_in_process
 
 # the tests share a module fixture that trains: one worker builds it once
 pytestmark = pytest.mark.xdist_group("eval_trained")
@@ -45,9 +43,7 @@ RECALL_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rs
 
 def compose_train_run(overrides: list[str], output_dir: Path) -> DictConfig:
     """Compose ``train`` like the CLI and set ``HydraConfig``, as ``@hydra.main`` would."""
-    register_resolvers()
-    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    cfg = compose_config("train", overrides=overrides, hydra=True)
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
         cfg.paths.log_dir = str(output_dir.parent)
@@ -93,18 +89,16 @@ def test_training_logs_recall_every_epoch_and_checkpoints_on_rsum(trained):
 def test_eval_reproduces_the_training_runs_test_figures(trained, tmp_path):
     train_cfg, metrics = trained
     out = tmp_path / "eval"
-    register_resolvers()
-    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        cfg = compose(
-            "eval",
-            [
-                "dataset=synthetic",
-                *DATA,
-                f"ckpt_path={best_checkpoint(train_cfg)}",
-                "split=test",
-                "trainer.accelerator=cpu",
-            ],
-        )
+    cfg = compose_config(
+        "eval",
+        [
+            "dataset=synthetic",
+            *DATA,
+            f"ckpt_path={best_checkpoint(train_cfg)}",
+            "split=test",
+            "trainer.accelerator=cpu",
+        ],
+    )
     with open_dict(cfg):
         cfg.paths.output_dir = str(out)
     results = evaluate(cfg)
@@ -183,15 +177,6 @@ def test_heatmap_title_names_validation_pairs_and_whose_weights(trained, tmp_pat
         "Similarity of 4 validation pairs, tested weights",
         "Similarity of 4 validation pairs, weights at the end of fit",
     ]
-
-
-def compose_eval(overrides: list[str], output_dir: Path) -> DictConfig:
-    register_resolvers()
-    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        cfg = compose("eval", overrides)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-    return cfg
 
 
 @pytest.mark.slow

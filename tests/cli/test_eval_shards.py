@@ -8,31 +8,27 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from clip_lightning.cli.eval import evaluate
 from clip_lightning.data.datamodule import CaptionDataModule
 from clip_lightning.data.shards import write_split
 from clip_lightning.errors import ClipLightningError, DataError
-from clip_lightning.utils.config import register_resolvers
-from tests.helpers import CONFIG_DIR
 from tests.helpers.data import build_karpathy
+from tests.helpers.tasks import compose_config
 
 
 def run_eval(tmp_path: Path, checkpoint: Path, *dataset: str) -> dict:
-    register_resolvers()
-    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        cfg = compose(
-            "eval",
-            [
-                *dataset,
-                f"ckpt_path={checkpoint}",
-                "dataset.num_workers=0",
-                "dataset.eval_batch_size=4",
-                "trainer.accelerator=cpu",
-            ],
-        )
+    cfg = compose_config(
+        "eval",
+        [
+            *dataset,
+            f"ckpt_path={checkpoint}",
+            "dataset.num_workers=0",
+            "dataset.eval_batch_size=4",
+            "trainer.accelerator=cpu",
+        ],
+    )
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path / "eval")
     return evaluate(cfg)

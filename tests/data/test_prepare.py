@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 from clip_lightning.cli.prepare import prepare
 from clip_lightning.data.datamodule import CaptionDataModule
 from clip_lightning.errors import DataError
-from clip_lightning.utils.config import register_resolvers
-from tests.helpers import CONFIG_DIR
 from tests.helpers.data import BUILDERS, truncate
-from tests.helpers.tasks import task_in_process
+from tests.helpers.tasks import compose_config, task_in_process
 
 
 def compose_prepare(*overrides: str):
-    register_resolvers()
-    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        return compose("prepare", overrides=list(overrides))
+    return compose_config("prepare", overrides=list(overrides))
 
 
 def test_prepare_prints_statistics_without_a_model(tmp_path, capsys):

@@ -17,7 +17,7 @@ import io
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,7 +97,9 @@ def _composed(config_name: str, overrides: tuple[str, ...], hydra: bool) -> Dict
         return compose(config_name, overrides=list(overrides), return_hydra_config=hydra)
 
 
-def compose_config(config_name: str, overrides: list[str], hydra: bool = False) -> DictConfig:
+def compose_config(
+    config_name: str, overrides: Sequence[str] = (), hydra: bool = False
+) -> DictConfig:
     """``conf/<config_name>.yaml`` with ``overrides`` as Hydra composes it (with its ``hydra``
     node when ``hydra``), a fresh copy each call: composing takes about half a second, so each
     set of overrides is composed once per process. The copy's interpolations resolve when read,

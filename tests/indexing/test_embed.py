@@ -13,7 +13,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 from PIL import Image
 
@@ -24,24 +23,21 @@ from clip_lightning.errors import DataError
 from clip_lightning.indexing import layout
 from clip_lightning.indexing.sources import EmbedDataModule, ItemSource, PartStream
 from clip_lightning.module import CLIPModule
-from clip_lightning.utils.config import register_resolvers
-from tests.helpers import CONFIG_DIR
 from tests.helpers.data import write_image
+from tests.helpers.tasks import compose_config
 
 
 def compose_embed(tmp_path: Path, *overrides: str):
-    register_resolvers()
-    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        cfg = compose(
-            "embed",
-            [
-                "trainer.accelerator=cpu",
-                "num_workers=0",
-                "batch_size=3",
-                "dtype=float32",
-                *overrides,
-            ],
-        )
+    cfg = compose_config(
+        "embed",
+        [
+            "trainer.accelerator=cpu",
+            "num_workers=0",
+            "batch_size=3",
+            "dtype=float32",
+            *overrides,
+        ],
+    )
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path / "run")
     return cfg

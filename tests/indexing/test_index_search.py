@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from clip_lightning.cli.embed import embed
@@ -23,19 +22,16 @@ from clip_lightning.errors import ClipLightningError, DataError
 from clip_lightning.indexing import layout
 from clip_lightning.indexing.store import IndexFolder
 from clip_lightning.module import CLIPModule
-from clip_lightning.utils.config import register_resolvers
-from tests.helpers import CONFIG_DIR
 from tests.helpers.data import write_image
 from tests.helpers.pretrained import write_open_clip_weights
+from tests.helpers.tasks import compose_config
 
 # the tests share a module fixture that trains: one worker builds it once
 pytestmark = pytest.mark.xdist_group("index_search")
 
 
 def compose_task(task: str, tmp_path: Path, *overrides: str):
-    register_resolvers()
-    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        cfg = compose(task, list(overrides))
+    cfg = compose_config(task, list(overrides))
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path / f"{task}-run")
     return cfg

@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
@@ -16,13 +15,12 @@ from clip_lightning.cli.export import export
 from clip_lightning.cli.output_dir import WritableOutputDir
 from clip_lightning.cli.task import USER_ERROR_EXIT_CODE, run_task
 from clip_lightning.cli.train import train
-from clip_lightning.utils.config import register_resolvers
 from tests.helpers import (
-    CONFIG_DIR,
     TINY_TRAIN_MODEL_OVERRIDES,
     TINY_TRAIN_OVERRIDES,
     compose_train,
 )
+from tests.helpers.tasks import compose_config
 
 
 def one_error_line(caplog: pytest.LogCaptureFixture, task, cfg, name: str) -> str:
@@ -70,9 +68,7 @@ def test_a_dataset_root_that_is_a_symlink_loop_is_not_called_missing(tmp_path, c
 def test_export_to_an_existing_file_is_refused_before_loading(tmp_path, caplog):
     existing = tmp_path / "model.bin"
     existing.write_bytes(b"weights of something else")
-    register_resolvers()
-    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        cfg = compose("export", [f"ckpt_path={tmp_path / 'not-read.ckpt'}", f"out={existing}"])
+    cfg = compose_config("export", [f"ckpt_path={tmp_path / 'not-read.ckpt'}", f"out={existing}"])
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path / "run")
     message = one_error_line(caplog, export, cfg, "export")

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 from PIL import Image
@@ -24,9 +23,7 @@ from clip_lightning.cli.task import PREEMPTED_EXIT_CODE, run_task, user_message
 from clip_lightning.cli.train import train
 from clip_lightning.errors import DataError
 from clip_lightning.plugins import remove_stale_temporaries
-from clip_lightning.utils.config import register_resolvers
 from tests.helpers import (
-    CONFIG_DIR,
     TINY_RUN_OVERRIDES,
     TINY_TRAIN_OVERRIDES,
     PreemptedRun,
@@ -36,7 +33,7 @@ from tests.helpers import (
     run_dirs,
 )
 from tests.helpers.distributed import start_ranks
-from tests.helpers.tasks import task_in_process, train_in_process
+from tests.helpers.tasks import compose_config, task_in_process, train_in_process
 
 
 @pytest.mark.slow
@@ -201,9 +198,7 @@ def test_search_k_abc_is_one_line_and_exit_1(tmp_path):
 
 @pytest.mark.parametrize("k", [0, -1])
 def test_search_k_below_1_is_one_line_and_exit_1(tmp_path, caplog, k):
-    register_resolvers()
-    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        cfg = compose("search", ["ckpt_path=model.ckpt", "images=photos", "query=q", f"k={k}"])
+    cfg = compose_config("search", ["ckpt_path=model.ckpt", "images=photos", "query=q", f"k={k}"])
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path)
     with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as exit_info:
