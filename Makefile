@@ -19,10 +19,10 @@ train: $(STAMP)
 	$(BIN)/python -m clip_lightning.train experiment=quickstart $(ARGS)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadgroup $(ARGS)
+	$(BIN)/python -m pytest -n 2 --dist loadscope $(ARGS)
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadgroup -m "not slow" $(ARGS)
+	$(BIN)/python -m pytest -n 2 --dist loadscope -m "not slow" $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check src tests

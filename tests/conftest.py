@@ -11,9 +11,7 @@ from omegaconf import DictConfig
 
 from tests.helpers import (
     TINY_TRAIN_OVERRIDES,
-    PreemptedRun,
     compose_train,
-    preempt_and_resume,
     save_tiny_checkpoint,
 )
 
@@ -41,16 +39,10 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny_checkpoint"))
 
 
-@pytest.fixture(scope="session")
-def preempted_run(tmp_path_factory: pytest.TempPathFactory) -> PreemptedRun:
-    """One subprocess run stopped by SIGTERM mid-epoch and resumed, for the tests of its
-    different facts (mark them ``xdist_group("preempted_run")`` so one worker runs it once)."""
-    return preempt_and_resume(tmp_path_factory.mktemp("preempted"))
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Modules with a ``slow`` test first, each module kept in one piece (so its module-scoped
-    fixtures are built once): xdist hands tests out in this order, and a long test that
-    starts last would leave the other worker idle until it ends."""
+    """Modules with a ``slow`` test first, each module kept in one piece: ``make test`` hands
+    whole modules to the xdist workers in this order (``--dist loadscope``, so a module's
+    fixtures are built once), and a long module that starts last would leave the other worker
+    idle until it ends."""
     slow_modules = {item.module for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.module not in slow_modules)

@@ -22,7 +22,7 @@ from clip_lightning import losses
 from clip_lightning.losses import InfoNCELoss, SigLIPLoss, SoftTargetLoss
 from tests.helpers.distributed import WORLD_SIZE, run_ranks
 
-pytestmark = [pytest.mark.distributed, pytest.mark.xdist_group("distributed_losses")]
+pytestmark = [pytest.mark.distributed]
 
 LOCAL_BATCH = 4
 IMAGE_DIM, TEXT_DIM, EMBED_DIM = 6, 5, 4

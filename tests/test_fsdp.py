@@ -23,7 +23,6 @@ from tests.helpers.tasks import compose_config
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.distributed,
-    pytest.mark.xdist_group("distributed_losses"),
 ]
 
 MODEL = [*TINY_TRAIN_OVERRIDES, "model/head=linear", "++trainer.max_steps=2"]

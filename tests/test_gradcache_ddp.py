@@ -22,7 +22,6 @@ from tests.helpers.distributed import WORLD_SIZE, free_port, join_as_rank, run_r
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.distributed,
-    pytest.mark.xdist_group("distributed_losses"),
 ]
 
 ATOL = 1e-5

@@ -20,9 +20,6 @@ from tests.helpers import compose_eval, compose_export
 from tests.helpers.data import COLOURS, make_folder
 from tests.helpers.pretrained import finetuned_checkpoint, open_clip_cfg
 
-# the tests share a module fixture that trains: one worker builds it once
-pytestmark = pytest.mark.xdist_group("wise_ft")
-
 DATA = [
     "dataset=synthetic",
     "dataset.adapter_options.train=8",

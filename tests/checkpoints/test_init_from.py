@@ -16,9 +16,6 @@ from clip_lightning.cli.train import train
 from clip_lightning.errors import CheckpointError, ConfigError
 from tests.helpers import TINY_TRAIN_OVERRIDES, compose_train
 
-# the tests share a module fixture that trains: one worker builds it once
-pytestmark = pytest.mark.xdist_group("init_from")
-
 ONE_EPOCH = [*TINY_TRAIN_OVERRIDES, "test=false"]
 
 

@@ -18,9 +18,6 @@ from clip_lightning.errors import CheckpointError
 from clip_lightning.module import CLIPModule
 from tests.helpers import TINY_TRAIN_OVERRIDES, compose_train
 
-# the tests share a module fixture that trains: one worker builds it once
-pytestmark = pytest.mark.xdist_group("resume_semantics")
-
 # TINY_TRAIN_OVERRIDES: 48 train images, 16 per step -> 3 optimizer steps per epoch; the LR
 # is logged every step
 STEPS_PER_EPOCH = 3

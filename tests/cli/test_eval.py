@@ -28,9 +28,6 @@ from clip_lightning.utils.instantiate import instantiate_list
 from tests.helpers import TINY_TRAIN_OVERRIDES, compose_eval, quiet_trainer
 from tests.helpers.tasks import compose_config, task_in_process
 
-# the tests share a module fixture that trains: one worker builds it once
-pytestmark = pytest.mark.xdist_group("eval_trained")
-
 DATA = [
     "dataset.adapter_options.train=64",
     "dataset.adapter_options.val=32",

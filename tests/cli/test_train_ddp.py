@@ -71,7 +71,6 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.distributed
-@pytest.mark.xdist_group("ddp_run")
 def test_ddp_sim_writes_one_run_dir(ddp_run: Path) -> None:
     runs = run_dirs(ddp_run)
     assert len(runs) == 1, runs
@@ -83,7 +82,6 @@ def test_ddp_sim_writes_one_run_dir(ddp_run: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.distributed
-@pytest.mark.xdist_group("ddp_run")
 def test_trainable_bert_tower_keeps_ranks_identical(ddp_run: Path) -> None:
     ranks = [(ddp_run / f"rank{r}.txt").read_text() for r in (0, 1)]
     assert ranks[0] == ranks[1]

@@ -22,7 +22,7 @@ from clip_lightning.module import CLIPModule
 from tests.helpers.distributed import ranks_running, task_on_ranks
 from tests.helpers.embedding import SHARD_SIZES, caption
 
-pytestmark = [pytest.mark.slow, pytest.mark.distributed, pytest.mark.xdist_group("embed_ddp")]
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
 
 def embed_overrides(checkpoint: Path, urls: str, out: Path, *extra: str) -> list[str]:

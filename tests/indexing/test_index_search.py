@@ -26,9 +26,6 @@ from tests.helpers.data import write_image
 from tests.helpers.pretrained import write_open_clip_weights
 from tests.helpers.tasks import compose_config
 
-# the tests share a module fixture that trains: one worker builds it once
-pytestmark = pytest.mark.xdist_group("index_search")
-
 
 def compose_task(task: str, tmp_path: Path, *overrides: str):
     cfg = compose_config(task, list(overrides))

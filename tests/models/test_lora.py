@@ -36,9 +36,6 @@ from tests.helpers.pretrained import (
     open_clip_cfg,
 )
 
-# the tests share module fixtures that train: one worker builds them once
-pytestmark = pytest.mark.xdist_group("lora")
-
 CAPTIONS = ["a red square on the left", "two blue circles", "a large green triangle"]
 LORA = ["model.lora.r=4", "model.tower_lr={image_encoder:1e-2,text_encoder:1e-2}"]
 

@@ -12,6 +12,7 @@ from tests.helpers import (
     PREEMPTED_RUN_OVERRIDES,
     TINY_RUN_OVERRIDES,
     PreemptedRun,
+    preempt_and_resume,
     read_metrics,
     run_dirs,
 )
@@ -22,8 +23,13 @@ RESUME = PREEMPTED_RUN_OVERRIDES
 STEPS_PER_EPOCH = 20
 
 
+@pytest.fixture(scope="module")
+def preempted_run(tmp_path_factory: pytest.TempPathFactory) -> PreemptedRun:
+    """One run stopped by SIGTERM mid-epoch and resumed, for the tests of its different facts."""
+    return preempt_and_resume(tmp_path_factory.mktemp("preempted"))
+
+
 @pytest.mark.slow
-@pytest.mark.xdist_group("preempted_run")
 def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(
     tmp_path: Path, preempted_run: PreemptedRun
 ) -> None:
@@ -49,6 +55,28 @@ def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(
     # so the numbers are close, not bit-identical
     assert resumed["val/rsum"] == pytest.approx(expected["val/rsum"], abs=60.0)
     assert resumed["train/loss"] == pytest.approx(expected["train/loss"], rel=0.25)
+
+
+@pytest.mark.slow
+def test_sigterm_exits_143_keeps_last_ckpt_and_a_killed_save_is_cleaned_on_resume(
+    preempted_run: PreemptedRun,
+):
+    output = preempted_run.output
+    assert preempted_run.exit_code == PREEMPTED_EXIT_CODE
+    assert "saved" in output and "resume with ckpt_path=last" in output
+    assert "Traceback" not in output
+    (run,) = preempted_run.runs_at_stop
+    checkpoints = run / "checkpoints"
+    assert not (run / "metrics.json").exists()
+    state = torch.load(preempted_run.stopped_checkpoint, map_location="cpu", weights_only=True)
+    assert state["global_step"] >= 20
+
+    # a kill -9 in the middle of a later save left its temporary behind before the resume
+    stale, resumed = preempted_run.stale, preempted_run.resumed
+    assert not stale.exists()
+    assert f"removed {stale}" in resumed.output
+    assert (checkpoints / "last.ckpt").is_file()
+    assert "val/rsum" in read_metrics(run_dirs(preempted_run.root)[-1])
 
 
 def test_ckpt_path_last_without_earlier_run_is_one_clear_error(tmp_path: Path) -> None:

@@ -19,14 +19,13 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from clip_lightning.cli.search import search
-from clip_lightning.cli.task import PREEMPTED_EXIT_CODE, run_task, user_message
+from clip_lightning.cli.task import run_task, user_message
 from clip_lightning.cli.train import train
 from clip_lightning.errors import DataError
 from clip_lightning.plugins import remove_stale_temporaries
 from tests.helpers import (
     TINY_RUN_OVERRIDES,
     TINY_TRAIN_OVERRIDES,
-    PreemptedRun,
     compose_train,
     dead_pid,
     read_metrics,
@@ -34,29 +33,6 @@ from tests.helpers import (
 )
 from tests.helpers.distributed import start_ranks
 from tests.helpers.tasks import compose_config, task_in_process, train_in_process
-
-
-@pytest.mark.slow
-@pytest.mark.xdist_group("preempted_run")
-def test_sigterm_exits_143_keeps_last_ckpt_and_a_killed_save_is_cleaned_on_resume(
-    preempted_run: PreemptedRun,
-):
-    output = preempted_run.output
-    assert preempted_run.exit_code == PREEMPTED_EXIT_CODE
-    assert "saved" in output and "resume with ckpt_path=last" in output
-    assert "Traceback" not in output
-    (run,) = preempted_run.runs_at_stop
-    checkpoints = run / "checkpoints"
-    assert not (run / "metrics.json").exists()
-    state = torch.load(preempted_run.stopped_checkpoint, map_location="cpu", weights_only=True)
-    assert state["global_step"] >= 20
-
-    # a kill -9 in the middle of a later save left its temporary behind before the resume
-    stale, resumed = preempted_run.stale, preempted_run.resumed
-    assert not stale.exists()
-    assert f"removed {stale}" in resumed.output
-    assert (checkpoints / "last.ckpt").is_file()
-    assert "val/rsum" in read_metrics(run_dirs(preempted_run.root)[-1])
 
 
 def test_only_temporaries_of_dead_processes_on_this_host_are_removed(tmp_path):

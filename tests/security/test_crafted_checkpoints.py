@@ -47,9 +47,6 @@ ENTRY_POINTS: dict[str, tuple[str, Callable[[DictConfig], Any], str]] = {
     "train init_from=": ("train", train, "init_from"),
 }
 
-# one worker builds the corpus (session fixtures) and runs every case against it
-pytestmark = pytest.mark.xdist_group("security_corpus")
-
 
 @pytest.fixture(scope="module")
 def configs(tmp_path_factory) -> dict[str, DictConfig]:

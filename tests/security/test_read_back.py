@@ -31,7 +31,6 @@ from tests.helpers import compose_task
 from tests.helpers.security import SECRET, SECURITY_OVERRIDES, Payload, Targets
 
 # the worker of the corpus, whose real checkpoint (a session fixture) these tests share
-pytestmark = pytest.mark.xdist_group("security_corpus")
 
 
 def test_a_wandb_id_file_is_read_only_when_it_holds_an_id(tmp_path: Path, targets: Targets):
