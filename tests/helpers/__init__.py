@@ -1,8 +1,10 @@
-"""Test helpers: tiny settings, config composition and the train app run as a subprocess.
+"""Test helpers: tiny settings, config composition, the one process runner (:func:`run_process`,
+:func:`run_command`) and runs stopped by a signal.
 
-Conftest files hold only fixtures; tests import what they share from here (and the on-disk
-dataset builders from :mod:`tests.helpers.data`). ``tests/README.md`` says how to keep a new
-test fast: which session fixtures to reuse and when a subprocess run is justified.
+Conftest files hold only fixtures; tests import what they share from here and from the modules
+beside it (tasks run in the test process in :mod:`tests.helpers.tasks`, forked DDP ranks in
+:mod:`tests.helpers.distributed`, on-disk datasets in :mod:`tests.helpers.data`, tiny pretrained
+pairs in :mod:`tests.helpers.pretrained`). ``tests/README.md`` says how to keep a new test fast.
 """
 
 from __future__ import annotations
