@@ -317,10 +317,7 @@ def build(config: Any, key: str, partial: bool = False, **kwargs: Any) -> Any:
     With ``partial`` the result is a ``functools.partial`` that the caller completes
     (an optimizer gets its parameter groups, a scheduler its optimizer).
     """
-    config = plain(config)
-    if isinstance(config, Mapping):  # a checkpoint's arguments may have their old names
-        takes = inspect.signature(lookup(config.get("_target_"), key)).parameters
-        config = upgrade(config, key, takes)
+    config = with_new_names(plain(config), key)
     check_part(config, key, partial)
     target = lookup(config["_target_"], key)
     arguments = {k: v for k, v in config.items() if k not in IGNORED_KEYS} | kwargs
@@ -332,6 +329,15 @@ def build(config: Any, key: str, partial: bool = False, **kwargs: Any) -> Any:
     if partial:
         return functools.partial(target, **arguments)
     return target(**arguments)
+
+
+def with_new_names(config: Any, key: str) -> Any:
+    """``config`` with each renamed argument under the name its target takes now (a checkpoint
+    or an override may still use the old one); anything but a mapping passes unchanged."""
+    if not isinstance(config, Mapping):
+        return config
+    takes = inspect.signature(lookup(config.get("_target_"), key)).parameters
+    return upgrade(config, key, takes)
 
 
 @functools.cache

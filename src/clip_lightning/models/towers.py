@@ -17,7 +17,7 @@ from torch import nn
 
 from clip_lightning.errors import ConfigError
 from clip_lightning.models.pretrained_pair import shared_pair
-from clip_lightning.models.targets import build, check_part, plain
+from clip_lightning.models.targets import build, check_part, plain, with_new_names
 from clip_lightning.models.text_cache import TextFeatureCache
 
 
@@ -105,7 +105,8 @@ def build_towers(
     pretrained model (open_clip, transformers) get that model built once and handed to both
     as ``pair=``; any other towers are built on their own.
     """
-    image, text = plain(image), plain(text)
+    image = with_new_names(plain(image), "model.image_encoder")
+    text = with_new_names(plain(text), "model.text_encoder")
     check_part(image, "model.image_encoder")
     check_part(text, "model.text_encoder")
     pair = shared_pair(image, text)
