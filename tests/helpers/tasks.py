@@ -129,7 +129,10 @@ def hydra_job(config_name: str, overrides: list[str], root: Path) -> Iterator[Di
         job = copy.deepcopy(cfg)
         with open_dict(job):
             del job.hydra
-        yield job
+        # the command's Hydra stays initialized while the task runs: a task may compose again
+        # (dataset.root alone picks its dataset group)
+        with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+            yield job
     finally:
         HydraConfig.instance().cfg = None
         for key, value in saved.items():
