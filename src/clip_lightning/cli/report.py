@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from clip_lightning.errors import ClipLightningError
+from clip_lightning.utils.results import read_json_object
 
 RECALLS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
 HEADERS = {
@@ -111,15 +111,8 @@ def _csv_rows(run: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    """A result file as an object; anything else is one line naming the file."""
-    try:
-        loaded = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ReportError(f"{path} is not readable JSON ({exc})") from None
-    if not isinstance(loaded, dict):
-        raise ReportError(f"{path} holds {type(loaded).__name__}, not a results object")
-    return loaded
+def _read_results(path: Path) -> dict[str, Any]:
+    return read_json_object(path, ReportError, "a results object")
 
 
 def training_rows(run: Path) -> list[Row]:
@@ -168,7 +161,7 @@ def training_rows(run: Path) -> list[Row]:
                 float(top1) if top1 else None,
             )
         )
-    metrics = _read_json(metrics_file) if metrics_file.is_file() else {}
+    metrics = _read_results(metrics_file) if metrics_file.is_file() else {}
     if "test/rsum" in metrics:
         rows.append(
             Row(
@@ -189,7 +182,7 @@ def eval_rows(run: Path) -> list[Row]:
     rows = []
     wise = run / "wise_ft.json"
     if wise.is_file():
-        results = _read_json(wise)
+        results = _read_results(wise)
         for entry in results["rows"]:
             rows.append(
                 Row(
@@ -205,7 +198,7 @@ def eval_rows(run: Path) -> list[Row]:
             )
     single = run / "eval_results.json"
     if single.is_file():
-        results = _read_json(single)
+        results = _read_results(single)
         what = (
             f"eval of {Path(results['checkpoint']).name}"
             if results.get("checkpoint")
@@ -234,7 +227,7 @@ def published_rows(runs: Sequence[Path], rows: Sequence[Row]) -> list[Row]:
             models.add((str(model["arch"]), str(model.get("pretrained"))))
         single = run / "eval_results.json"
         if single.is_file():
-            results = _read_json(single)
+            results = _read_results(single)
             if results.get("model") and results.get("pretrained"):
                 models.add((str(results["model"]), str(results["pretrained"])))
     protocols = sorted({row.protocol for row in rows})

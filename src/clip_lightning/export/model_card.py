@@ -3,7 +3,6 @@ scores, written from the run directory the checkpoint came from."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
@@ -13,7 +12,7 @@ from omegaconf import OmegaConf
 from clip_lightning.export.faithful import ExportError
 from clip_lightning.module import CLIPModule
 from clip_lightning.protocols import Protocol
-from clip_lightning.utils.results import RECALL_COLUMNS
+from clip_lightning.utils.results import RECALL_COLUMNS, read_json_object
 
 LOAD = {
     "open_clip": """```python
@@ -102,12 +101,7 @@ def read_metrics(path: Path) -> dict[str, float]:
     """The run's ``metrics.json`` as numbers; anything else is refused in one line (the card
     would otherwise show a table it cannot vouch for)."""
     fix = f"fix {path} or move it away to export without the recall table"
-    try:
-        metrics = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ExportError(f"{path} is not readable JSON ({exc}); {fix}") from None
-    if not isinstance(metrics, dict):
-        raise ExportError(f"{path} holds {type(metrics).__name__}, not an object; {fix}")
+    metrics = read_json_object(path, ExportError, fix=fix)
     for key, value in metrics.items():
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ExportError(f"{path}: {key!r} is {value!r}, not a number; {fix}")

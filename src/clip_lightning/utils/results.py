@@ -30,6 +30,21 @@ def to_floats(metrics: Mapping[str, torch.Tensor | float]) -> dict[str, float]:
     }
 
 
+def read_json_object(
+    path: Path, error: type[Exception], what: str = "an object", fix: str = ""
+) -> dict[str, Any]:
+    """A result file read back as a JSON object; anything else raises ``error`` in one line
+    naming the file, what it holds instead of ``what`` and the ``fix``."""
+    fix = f"; {fix}" if fix else ""
+    try:
+        loaded = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error(f"{path} is not readable JSON ({exc}){fix}") from None
+    if not isinstance(loaded, dict):
+        raise error(f"{path} holds {type(loaded).__name__}, not {what}{fix}")
+    return loaded
+
+
 def write_json(path: Path, results: Mapping[str, Any]) -> None:
     """Write ``results`` as indented JSON, creating the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
